@@ -1,0 +1,43 @@
+# visionpipes: the two set-up commands.
+#   make demo   set up .venv (first time, or when a pyproject changed), then run the main job
+#   make test   set up .venv, then ruff and the whole test suite
+# FAISS=gpu installs faiss-gpu instead of faiss-cpu (they overwrite each other: choose one).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+FAISS  ?= cpu
+STAMP  := $(VENV)/.installed-$(FAISS)
+SETUP_INPUTS := pyproject.toml $(wildcard packages/*/pyproject.toml)
+
+.PHONY: setup demo test lint bench clean
+.DEFAULT_GOAL := demo
+
+setup: $(STAMP)
+
+$(STAMP): $(SETUP_INPUTS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e . -e packages/core -e packages/medical -e packages/driving -e 'packages/retail[$(FAISS)]'
+	@# ultralytics pulls opencv-python beside opencv-python-headless; both write cv2/.
+	@# Keep the headless build only, installed last so that its cv2/ is the one on disk.
+	$(BIN)/python -m pip uninstall -q -y opencv-python || true
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps opencv-python-headless
+	@rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/vp-core demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/core_blocks.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
