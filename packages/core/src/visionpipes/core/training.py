@@ -1,0 +1,237 @@
+"""The training glue every domain shares: a Lightning Trainer with the DVCLive logger, seeding,
+device choice, checkpoint/resume and progress bars.
+
+Domains bring a `LightningModule` and data loaders; this module owns how they are run. Scale-out
+is Lightning's: set `devices`/`strategy="ddp"`/`num_nodes` in `TrainConfig` and launch with
+`torchrun` (or let Lightning spawn processes); nothing here is home-made distribution.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from visionpipes.core.errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    """How to run training; every field can come from a `params.yaml` section.
+
+    Attributes:
+        max_epochs: epochs to train (the total, also when resuming).
+        max_steps: optimiser steps limit (-1: none).
+        max_time: wall-clock limit as `DD:HH:MM:SS`, or None.
+        accelerator: `auto`, `cpu`, `cuda`/`gpu`, `mps`.
+        devices: devices per node (`auto`, a count, or a list).
+        strategy: `auto`, `ddp`, `ddp_spawn`, `fsdp`, ... (Lightning's names).
+        num_nodes: nodes for multi-node DDP (launch with torchrun).
+        precision: Lightning precision (`32-true`, `16-mixed`, `bf16-mixed`).
+        seed: seed of python, numpy and torch (and data-loader workers).
+        log_every_n_steps: logging interval in steps.
+        check_val_every_n_epoch: validation interval in epochs.
+        monitor: metric that picks the best checkpoint (None: keep the last only).
+        mode: `max` or `min` for `monitor`.
+        gradient_clip_val: clip gradients by norm, or None.
+        accumulate_grad_batches: batches per optimiser step.
+        progress: show progress bars.
+        deterministic: ask torch for deterministic algorithms.
+    """
+
+    max_epochs: int = 10
+    max_steps: int = -1
+    max_time: str | None = None
+    accelerator: str = "auto"
+    devices: int | str | list[int] = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    seed: int = 0
+    log_every_n_steps: int = 10
+    check_val_every_n_epoch: int = 1
+    monitor: str | None = None
+    mode: str = "max"
+    gradient_clip_val: float | None = None
+    accumulate_grad_batches: int = 1
+    progress: bool = True
+    deterministic: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "training config") -> TrainConfig:
+        """Build from a mapping, ignoring nothing: unknown keys are an error.
+
+        Raises:
+            UserError: on an unknown key or a bad `mode`.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"{source}: unknown training keys {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
+        config = cls(**dict(data))
+        if config.mode not in ("max", "min"):
+            raise UserError(f"{source}: mode must be 'max' or 'min', got {config.mode!r}.")
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    """What `fit` produced."""
+
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    metrics: dict[str, float]
+    epochs: int
+    seconds: float
+    resumed_from: Path | None
+
+
+def seed_everything(seed: int) -> int:
+    """Seed python, numpy and torch, and make data-loader workers derive their seeds from it."""
+    import lightning
+
+    return lightning.seed_everything(seed, workers=True, verbose=False)
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """The device to run on: `auto` picks cuda, then mps, then cpu.
+
+    Raises:
+        UserError: if an explicitly requested device is not available.
+    """
+    pref = preference.lower()
+    if pref == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if pref.startswith(("cuda", "gpu")):
+        if not torch.cuda.is_available():
+            raise UserError(f"device '{preference}' was requested but no CUDA GPU is available.")
+        return torch.device(pref.replace("gpu", "cuda"))
+    if pref == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise UserError("device 'mps' was requested but Apple MPS is not available.")
+        return torch.device("mps")
+    if pref == "cpu":
+        return torch.device("cpu")
+    raise UserError(f"unknown device '{preference}'; use auto, cpu, cuda, cuda:N or mps.")
+
+
+def _accelerator(config: TrainConfig) -> str:
+    if config.accelerator == "auto":
+        return select_device("auto").type.replace("cuda", "gpu")
+    return config.accelerator
+
+
+def build_trainer(
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    callbacks: Sequence[Any] = (),
+    resume_logs: bool = False,
+) -> Any:
+    """A `lightning.Trainer` logging to DVCLive in `<out_dir>/dvclive` and checkpointing to
+    `<out_dir>/checkpoints` (`last.ckpt`, plus `best.ckpt` when `config.monitor` is set).
+
+    DVCLive writes `metrics.json` and `plots/metrics/*.tsv` there without touching any
+    `dvc.yaml` (`dvcyaml=False`): the pipelines declare metrics and plots themselves.
+    """
+    import lightning
+    from dvclive.lightning import DVCLiveLogger
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor=config.monitor,
+        mode=config.mode,
+        save_last=True,
+        save_top_k=1 if config.monitor else 0,
+        enable_version_counter=False,
+    )
+    logger = DVCLiveLogger(
+        dir=str(out_dir / "dvclive"), dvcyaml=False, save_dvc_exp=False, resume=resume_logs, report=None
+    )
+    return lightning.Trainer(
+        max_epochs=config.max_epochs,
+        max_steps=config.max_steps,
+        max_time=config.max_time,
+        accelerator=_accelerator(config),
+        devices=config.devices,
+        strategy=config.strategy,
+        num_nodes=config.num_nodes,
+        precision=config.precision,
+        log_every_n_steps=config.log_every_n_steps,
+        check_val_every_n_epoch=config.check_val_every_n_epoch,
+        gradient_clip_val=config.gradient_clip_val,
+        accumulate_grad_batches=config.accumulate_grad_batches,
+        enable_progress_bar=config.progress,
+        enable_model_summary=False,
+        deterministic=config.deterministic,
+        default_root_dir=str(out_dir),
+        callbacks=[checkpoint, *callbacks],
+        logger=logger,
+    )
+
+
+def fit(
+    module: Any,
+    train_loader: Any,
+    val_loader: Any = None,
+    *,
+    config: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = True,
+    callbacks: Sequence[Any] = (),
+) -> FitResult:
+    """Train `module` (a `lightning.LightningModule`) and return where its checkpoints are.
+
+    With `resume=True` and a `<out_dir>/checkpoints/last.ckpt` from an earlier run, training
+    continues from it (optimizer, scheduler and epoch included) up to `config.max_epochs`, and
+    DVCLive appends to the same logs.
+
+    Args:
+        module: the LightningModule.
+        train_loader: training data loader.
+        val_loader: validation data loader, or None.
+        config: how to run.
+        out_dir: folder for checkpoints and DVCLive logs.
+        resume: continue from `last.ckpt` when present.
+        callbacks: extra Lightning callbacks.
+
+    Returns:
+        FitResult with the best and last checkpoints and the final logged metrics.
+
+    Example:
+        >>> # fit(MyModule(), train_dl, val_dl, config=TrainConfig(max_epochs=2), out_dir="runs/a")
+    """
+    seed_everything(config.seed)
+    out_dir = Path(out_dir)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = last if resume and last.is_file() else None
+    trainer = build_trainer(config, out_dir, callbacks=callbacks, resume_logs=ckpt_path is not None)
+    start = time.perf_counter()
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
+    seconds = time.perf_counter() - start
+    checkpoint = trainer.checkpoint_callback
+    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    return FitResult(
+        best_checkpoint=best,
+        last_checkpoint=last if last.is_file() else None,
+        metrics=metrics,
+        epochs=trainer.current_epoch,
+        seconds=seconds,
+        resumed_from=ckpt_path,
+    )
