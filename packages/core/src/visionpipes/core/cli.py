@@ -1,0 +1,108 @@
+"""`vp-core`: the core package's command line — list and profile backbones, and run the demo
+(every domain pipeline on its built-in sample data, then one table of their metrics).
+
+It only wires arguments to library functions; no model or pipeline logic lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from visionpipes.core.errors import UserError, run_cli
+
+
+def _project_root() -> Path:
+    from visionpipes.core.settings import find_project_root
+
+    root = find_project_root() or find_project_root(Path(__file__).parent)
+    if root is None:
+        raise UserError("not inside the visionpipes repository (no folder with .dvc/ and packages/ above here).")
+    return root
+
+
+def domain_pipelines(root: Path) -> list[str]:
+    """Names of the domains that have a `pipelines/<domain>/dvc.yaml`."""
+    return sorted(p.parent.name for p in (root / "pipelines").glob("*/dvc.yaml"))
+
+
+def _print_backbone_table(names: list[str] | None, size: int, batch: int, repeats: int) -> None:
+    from visionpipes.core.profile import backbone_table, format_table
+
+    print(f"backbone presets: params, GFLOPs and CPU latency at batch {batch}, {size}x{size}", flush=True)
+    print(format_table(backbone_table(names, batch=batch, size=size, repeats=repeats)))
+
+
+def _cmd_backbones(args: argparse.Namespace) -> None:
+    from visionpipes.core.backbones import get_spec, list_backbones
+
+    names = args.names or list_backbones()
+    unknown = [n for n in names if n not in list_backbones()]
+    if unknown:
+        raise UserError(f"unknown backbone {unknown[0]!r}; presets: {', '.join(list_backbones())}.")
+    if args.spec:
+        print(json.dumps({n: get_spec(n).to_dict() for n in names}, indent=2))
+    elif args.profile:
+        _print_backbone_table(names, args.size, args.batch, args.repeats)
+    else:
+        print("\n".join(names))
+
+
+def _dvc() -> str:
+    exe = Path(sys.executable).with_name("dvc")
+    found = str(exe) if exe.exists() else shutil.which("dvc")
+    if not found:
+        raise UserError("dvc is not installed in this environment; run `make demo` from the repository root.")
+    return found
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    root = _project_root()
+    domains = domain_pipelines(root)
+    if not domains:
+        print("no domain pipeline exists yet (pipelines/<domain>/dvc.yaml); profiling the core backbones instead.")
+        _print_backbone_table(None, args.size, args.batch, args.repeats)
+        return 0
+    dvc = _dvc()
+    for domain in domains:
+        print(f"== dvc repro pipelines/{domain}", flush=True)
+        code = subprocess.call([dvc, "repro", f"pipelines/{domain}"], cwd=root)
+        if code != 0:
+            print(f"error: the {domain} pipeline failed (dvc exit code {code}).", file=sys.stderr)
+            return code
+    print("== metrics of every pipeline", flush=True)
+    return subprocess.call([dvc, "metrics", "show"], cwd=root)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vp-core", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("backbones", help="list backbone presets, their specs, or a params/FLOPs/latency table")
+    p.add_argument("names", nargs="*", help="presets (default: all)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--profile", action="store_true", help="print params, GFLOPs and CPU latency")
+    group.add_argument("--spec", action="store_true", help="print each spec as JSON (usable in params.yaml)")
+    p.set_defaults(func=_cmd_backbones)
+
+    p = sub.add_parser("demo", help="run every domain pipeline on the sample data and print their metrics")
+    p.set_defaults(func=_cmd_demo)
+
+    for p in (sub.choices["backbones"], sub.choices["demo"]):
+        p.add_argument("--size", type=int, default=224, help="input size for profiling (default 224)")
+        p.add_argument("--batch", type=int, default=1, help="batch size for profiling (default 1)")
+        p.add_argument("--repeats", type=int, default=5, help="timed runs per preset (default 5)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `vp-core`."""
+    from visionpipes.core.settings import apply_runtime_settings
+
+    args = build_parser().parse_args(argv)
+    apply_runtime_settings()
+    sys.exit(run_cli(lambda: args.func(args)))
