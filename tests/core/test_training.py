@@ -66,6 +66,16 @@ def test_train_config_from_params_refuses_unknown_keys() -> None:
     assert TrainConfig.from_dict({"max_epochs": 2, "seed": 3}).max_epochs == 2
     with pytest.raises(UserError, match="unknown training keys epochs"):
         TrainConfig.from_dict({"epochs": 2}, source="params.yaml:train")
+    with pytest.raises(UserError, match="logger must be one of"):
+        TrainConfig.from_dict({"logger": "wandb"})
+
+
+def test_fit_with_csv_logger_needs_no_dvc(tmp_path: Path) -> None:
+    train, val = _loaders()
+    result = fit(Regressor(), train, val, config=TrainConfig(max_epochs=1, progress=False, logger="csv"), out_dir=tmp_path)
+    assert result.last_checkpoint is not None
+    assert "val_mse" in (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert not (tmp_path / "dvclive").exists()
 
 
 def test_select_device() -> None:

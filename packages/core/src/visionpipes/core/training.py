@@ -18,6 +18,8 @@ import torch
 
 from visionpipes.core.errors import UserError
 
+LOGGERS = ("dvclive", "csv", "none")
+
 
 @dataclass
 class TrainConfig:
@@ -41,6 +43,8 @@ class TrainConfig:
         accumulate_grad_batches: batches per optimiser step.
         progress: show progress bars.
         deterministic: ask torch for deterministic algorithms.
+        logger: `dvclive` (metrics and plots for `dvc metrics`/`dvc plots`), `csv` (Lightning's
+            CSVLogger, for environments without DVC) or `none`.
     """
 
     max_epochs: int = 10
@@ -60,6 +64,7 @@ class TrainConfig:
     accumulate_grad_batches: int = 1
     progress: bool = True
     deterministic: bool = False
+    logger: str = "dvclive"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "training config") -> TrainConfig:
@@ -75,6 +80,8 @@ class TrainConfig:
         config = cls(**dict(data))
         if config.mode not in ("max", "min"):
             raise UserError(f"{source}: mode must be 'max' or 'min', got {config.mode!r}.")
+        if config.logger not in LOGGERS:
+            raise UserError(f"{source}: logger must be one of {', '.join(LOGGERS)}, got {config.logger!r}.")
         return config
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,14 +146,13 @@ def build_trainer(
     callbacks: Sequence[Any] = (),
     resume_logs: bool = False,
 ) -> Any:
-    """A `lightning.Trainer` logging to DVCLive in `<out_dir>/dvclive` and checkpointing to
+    """A `lightning.Trainer` logging (by default) to DVCLive in `<out_dir>/dvclive` and checkpointing to
     `<out_dir>/checkpoints` (`last.ckpt`, plus `best.ckpt` when `config.monitor` is set).
 
     DVCLive writes `metrics.json` and `plots/metrics/*.tsv` there without touching any
     `dvc.yaml` (`dvcyaml=False`): the pipelines declare metrics and plots themselves.
     """
     import lightning
-    from dvclive.lightning import DVCLiveLogger
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     out_dir = Path(out_dir)
@@ -159,9 +165,6 @@ def build_trainer(
         save_last=True,
         save_top_k=1 if config.monitor else 0,
         enable_version_counter=False,
-    )
-    logger = DVCLiveLogger(
-        dir=str(out_dir / "dvclive"), dvcyaml=False, save_dvc_exp=False, resume=resume_logs, report=None
     )
     return lightning.Trainer(
         max_epochs=config.max_epochs,
@@ -181,8 +184,22 @@ def build_trainer(
         deterministic=config.deterministic,
         default_root_dir=str(out_dir),
         callbacks=[checkpoint, *callbacks],
-        logger=logger,
+        logger=_make_logger(config.logger, out_dir, resume_logs),
     )
+
+
+def _make_logger(kind: str, out_dir: Path, resume: bool) -> Any:
+    if kind == "dvclive":
+        from dvclive.lightning import DVCLiveLogger
+
+        return DVCLiveLogger(dir=str(out_dir / "dvclive"), dvcyaml=False, save_dvc_exp=False, resume=resume, report=None)
+    if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(str(out_dir), name="csv", version=0)
+    if kind == "none":
+        return False
+    raise ValueError(f"unknown logger {kind!r}; use one of {', '.join(LOGGERS)}.")
 
 
 def fit(
