@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,8 +91,11 @@ def apply_runtime_settings(threads: int | None = None) -> RuntimeSettings:
     os.environ.setdefault("MPLCONFIGDIR", str(cache / "matplotlib"))
     _place_font(yolo_dir)
     n = threads or int(os.environ.get("VISIONPIPES_THREADS", 0)) or (os.cpu_count() or 1)
-    import torch
-
-    if torch.get_num_threads() != n:
+    # torch reads OMP_NUM_THREADS when it is first imported; set it already so that commands
+    # which never need torch (metrics, --help) do not pay for importing it here.
+    if threads or "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(n)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return RuntimeSettings(threads=n, cache_dir=cache, yolo_config_dir=yolo_dir)

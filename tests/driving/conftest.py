@@ -1,0 +1,17 @@
+"""Shared fixtures of the driving tests: the real BDD100K files under ../shared/fixtures/bdd100k."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "bdd100k"
+
+
+@pytest.fixture(scope="session")
+def bdd_fixtures() -> Path:
+    """The BDD100K fixture folder (official toolkit test files); skips when it is absent."""
+    if not (FIXTURES / "det" / "gt.json").is_file():
+        pytest.skip(f"BDD100K fixtures not found at {FIXTURES}")
+    return FIXTURES

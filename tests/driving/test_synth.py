@@ -1,0 +1,164 @@
+"""`vp-driving synth`: a complete sample in the official layout, readable by the format's own readers."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from visionpipes.core.errors import UserError
+from visionpipes.driving import cli
+from visionpipes.driving.bdd100k import (
+    DET_CATEGORIES,
+    LANE_CATEGORIES,
+    YoloSplit,
+    decode_lane_mask,
+    det_to_yolo,
+    drivable_polygons_to_masks,
+    lane_attributes,
+    lane_polygons_to_masks,
+    load_frames,
+    read_mask,
+)
+from visionpipes.driving.metrics import evaluate_drivable, evaluate_lanes
+from visionpipes.driving.synth import SynthConfig, write_sample
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "bdd"
+    config = SynthConfig(images=5, seed=7, cameras=2, video_frames=6, video_size=(192, 108))
+    summary = write_sample(out, config)
+    assert summary["images"] == {"train": 4, "val": 1}
+    return out
+
+
+def test_layout(sample: Path) -> None:
+    for split, count in (("train", 4), ("val", 1)):
+        images = sorted((sample / "images" / "100k" / split).glob("*.jpg"))
+        assert len(images) == count
+        stems = [p.stem for p in images]
+        for folder in ("lane", "drivable"):
+            assert (
+                sorted(p.stem for p in (sample / "labels" / folder / "masks" / split).glob("*.png")) == stems
+            )
+        assert cv2.imread(str(images[0])).shape == (720, 1280, 3)
+        det = load_frames(sample / "labels" / "det_20" / f"det_{split}.json")  # boxes checked inside 1280x720
+        assert sorted(Path(f.name).stem for f in det) == stems
+        assert all(f.attributes["timeofday"] for f in det)
+    summary = json.loads((sample / "synth.json").read_text())
+    assert summary["config"]["seed"] == 7
+
+
+def test_masks_match_polygons(sample: Path, tmp_path: Path) -> None:
+    lanes = sample / "labels" / "lane"
+    drivable = sample / "labels" / "drivable"
+    lane_polygons_to_masks(lanes / "polygons" / "lane_train.json", tmp_path / "lane", thickness=8)
+    drivable_polygons_to_masks(drivable / "polygons" / "drivable_train.json", tmp_path / "drivable")
+    assert evaluate_lanes(lanes / "masks" / "train", tmp_path / "lane").F1_pix1 == 100.0
+    assert evaluate_drivable(drivable / "masks" / "train", tmp_path / "drivable").mIoU == 100.0
+    for path in (lanes / "masks" / "train").glob("*.png"):
+        mask = read_mask(path, expected_shape=(720, 1280))
+        bits = decode_lane_mask(mask)
+        assert (bits.background == 0).sum() > 1000  # every scene has its two curbs at least
+        assert np.array_equal(mask, read_mask(tmp_path / "lane" / path.name))
+
+
+def test_videos(sample: Path) -> None:
+    for cam in range(2):
+        cap = cv2.VideoCapture(str(sample / "videos" / f"cam{cam}.mp4"))
+        frames = []
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            frames.append(frame)
+        cap.release()
+        assert len(frames) == 6 and frames[0].shape == (108, 192, 3)
+        assert not np.array_equal(frames[0], frames[-1])  # the scene moves
+    assert not (sample / "videos" / "cam2.mp4").exists()
+
+
+def test_sample_converts_to_yolo(sample: Path, tmp_path: Path) -> None:
+    splits = [
+        YoloSplit(s, sample / "labels" / "det_20" / f"det_{s}.json", sample / "images" / "100k" / s)
+        for s in ("train", "val")
+    ]
+    ds = det_to_yolo(splits, tmp_path / "yolo")
+    assert ds.images == {"train": 4, "val": 1} and ds.boxes["train"] > 0
+
+
+def test_classes_and_lane_kinds_all_appear(tmp_path: Path) -> None:
+    config = SynthConfig(images=40, seed=1, cameras=0, image_size=(320, 180), lane_thickness=2)
+    write_sample(tmp_path / "s", config)
+    det = Counter()
+    lanes: set[tuple[int, int, int]] = set()
+    for split in ("train", "val"):
+        for frame in load_frames(
+            tmp_path / "s" / "labels" / "det_20" / f"det_{split}.json", image_size=(320, 180)
+        ):
+            det.update(label.category for label in frame.labels)
+        for frame in load_frames(tmp_path / "s" / "labels" / "lane" / "polygons" / f"lane_{split}.json"):
+            for label in frame.labels:
+                a = lane_attributes(label)
+                lanes.add((a.category, a.style, a.direction))
+    expected = {
+        "car",
+        "truck",
+        "pedestrian",
+        "rider",
+        "bicycle",
+        "motorcycle",
+        "traffic light",
+        "traffic sign",
+    }
+    assert set(det) == expected and set(det) <= set(DET_CATEGORIES)
+    assert {c for c, _, _ in lanes} == set(range(len(LANE_CATEGORIES)))
+    assert {s for _, s, _ in lanes} == {0, 1} and {d for _, _, d in lanes} == {0, 1}
+
+
+def test_same_seed_same_labels(tmp_path: Path) -> None:
+    config = SynthConfig(images=3, seed=11, cameras=0, image_size=(256, 144))
+    write_sample(tmp_path / "a", config)
+    write_sample(tmp_path / "b", config)
+    for rel in ("labels/det_20/det_train.json", "labels/lane/polygons/lane_val.json"):
+        assert (tmp_path / "a" / rel).read_text() == (tmp_path / "b" / rel).read_text()
+    write_sample(tmp_path / "a", SynthConfig(images=2, seed=12, cameras=0, image_size=(256, 144)))  # replaced
+    assert len(list((tmp_path / "a" / "images" / "100k" / "train").glob("*.jpg"))) == 1
+
+
+def test_bad_synth_requests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="refusing to overwrite"):
+        write_sample(tmp_path / "mine", SynthConfig(images=1, cameras=0))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["synth", str(tmp_path / "x"), "--images", "0"])
+    assert exc.value.code == 2 and "at least 1 image" in capsys.readouterr().err
+
+
+def test_synth_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(
+            [
+                "synth",
+                str(tmp_path / "s"),
+                "--images",
+                "2",
+                "--seed",
+                "3",
+                "--cameras",
+                "1",
+                "--video-frames",
+                "2",
+            ]
+        )
+    assert exc.value.code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == {"train": 1, "val": 1} and summary["videos"] == ["videos/cam0.mp4"]
+    assert (tmp_path / "s" / "videos" / "cam0.mp4").stat().st_size > 0
