@@ -78,6 +78,42 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return subprocess.call([dvc, "metrics", "show"], cwd=root)
 
 
+def _cmd_search(args: argparse.Namespace) -> None:
+    from dataclasses import fields
+
+    from visionpipes.core.io import load_params
+    from visionpipes.core.search import ProxyTraining, SearchConfig, run_search, summary_lines, write_outcome
+
+    settings = load_params(args.params, "search") if args.params else {}
+    proxy = dict(settings.pop("proxy", {}) or {})
+    known = {f.name for f in fields(SearchConfig)} - {"proxy", "space"}
+    unknown = sorted(set(settings) - known) + sorted(f"proxy.{k}" for k in set(proxy) - {f.name for f in fields(ProxyTraining)})
+    if unknown:
+        raise UserError(f"{args.params}: unknown search keys {', '.join(unknown)}.")
+    for key in ("trials", "cost", "seed", "storage", "study_name"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    if args.budget is not None:
+        settings["param_budget"] = args.budget
+    if args.baselines is not None:
+        settings["baselines"] = tuple(b for b in args.baselines.split(",") if b)
+    for key in ("epochs", "per_class", "size"):
+        if getattr(args, key) is not None:
+            proxy[key] = getattr(args, key)
+    if "baselines" in settings:
+        from visionpipes.core.backbones import list_backbones
+
+        bad = [b for b in settings["baselines"] if b not in list_backbones()]
+        if bad:
+            raise UserError(f"unknown baseline backbone {bad[0]!r}; presets: {', '.join(list_backbones())}.")
+        settings["baselines"] = tuple(settings["baselines"])
+    config = SearchConfig(**settings, proxy=ProxyTraining(**proxy))
+    outcome = run_search(config)
+    write_outcome(outcome, config, Path(args.out))
+    print("\n".join(summary_lines(outcome, config.cost)))
+    print(f"wrote {args.out}/search.json, best_spec.yaml, pareto.png")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vp-core", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run every domain pipeline on the sample data and print their metrics")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("search", help="architecture search over the block library on the proxy task (Optuna)")
+    p.add_argument("--out", required=True, help="folder for search.json, best_spec.yaml, pareto.png")
+    p.add_argument("--params", help="params.yaml with a `search` section (flags override it)")
+    p.add_argument("--trials", type=int, help="total trials (a resumed study runs only the missing ones)")
+    p.add_argument("--cost", choices=["flops", "latency"], help="second objective (default flops: reproducible)")
+    p.add_argument("--budget", type=int, help="parameter budget; larger candidates are pruned unseen")
+    p.add_argument("--seed", type=int, help="sampler and training seed")
+    p.add_argument("--storage", help="Optuna storage URL, e.g. sqlite:///search.db (resumable)")
+    p.add_argument("--study-name", dest="study_name", help="study name inside the storage")
+    p.add_argument("--baselines", help="comma-separated presets trained on the same proxy task")
+    p.add_argument("--epochs", type=int, help="proxy training epochs per trial")
+    p.add_argument("--per-class", dest="per_class", type=int, help="proxy images per class")
+    p.add_argument("--size", type=int, help="proxy image size")
+    p.set_defaults(func=_cmd_search)
 
     for p in (sub.choices["backbones"], sub.choices["demo"]):
         p.add_argument("--size", type=int, default=224, help="input size for profiling (default 224)")
