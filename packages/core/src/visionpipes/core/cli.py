@@ -74,8 +74,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if code != 0:
             print(f"error: the {domain} pipeline failed (dvc exit code {code}).", file=sys.stderr)
             return code
+    from visionpipes.core.summary import domain_metrics, format_summary
+
     print("== metrics of every pipeline", flush=True)
-    return subprocess.call([dvc, "metrics", "show"], cwd=root)
+    print(format_summary({d: domain_metrics(root / "pipelines" / d) for d in domains}))
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> None:
+    from visionpipes.core.summary import format_summary, write_summary
+
+    pipeline = Path(args.pipeline)
+    metrics = write_summary(pipeline.name, pipeline, Path(args.out))
+    print(format_summary({pipeline.name: metrics}))
 
 
 def _cmd_search(args: argparse.Namespace) -> None:
@@ -127,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run every domain pipeline on the sample data and print their metrics")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("summary", help="collect a pipeline's declared metrics into one summary file")
+    p.add_argument("pipeline", help="pipeline folder, e.g. pipelines/medical")
+    p.add_argument("--out", required=True, help="summary JSON to write")
+    p.set_defaults(func=_cmd_summary)
 
     p = sub.add_parser("search", help="architecture search over the block library on the proxy task (Optuna)")
     p.add_argument("--out", required=True, help="folder for search.json, best_spec.yaml, pareto.png")
