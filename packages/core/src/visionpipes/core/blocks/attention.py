@@ -135,8 +135,8 @@ def sinusoidal_position_encoding(
         shape[axis] = n
         parts.append(enc.reshape(per_axis, *shape).expand(per_axis, *size))
     pe = torch.cat(parts, dim=0)
-    if pe.shape[0] < channels:
-        pe = torch.cat([pe, pe.new_zeros(channels - pe.shape[0], *size)], dim=0)
+    if per_axis * dims < channels:
+        pe = torch.cat([pe, pe.new_zeros(channels - per_axis * dims, *size)], dim=0)
     return pe.unsqueeze(0).to(dtype or torch.float32)
 
 
@@ -185,6 +185,7 @@ class SelfAttention(nn.Module):
         if pos_encoding not in (None, "sinusoidal", "learned"):
             raise ValueError(f"pos_encoding must be 'sinusoidal', 'learned' or None, got {pos_encoding!r}.")
         conv = conv_type(spatial_dims)
+        self.channels = channels
         self.num_heads = num_heads
         self.pos_encoding = pos_encoding
         self.norm1 = make_norm(norm, spatial_dims, channels)
@@ -206,7 +207,8 @@ class SelfAttention(nn.Module):
     def _position(self, x: torch.Tensor) -> torch.Tensor | None:
         size = tuple(x.shape[2:])
         if self.pos_encoding == "sinusoidal":
-            return sinusoidal_position_encoding(x.shape[1], size, device=x.device, dtype=x.dtype)
+            # the channel count is a python int (not a traced shape), so export traces no branch
+            return sinusoidal_position_encoding(self.channels, size, device=x.device, dtype=x.dtype)
         if self.pos is not None:
             if tuple(self.pos.shape[2:]) == size:
                 return self.pos
