@@ -1,0 +1,218 @@
+"""`vp-medical`: the medical domain's command line, one verb per user intention (synth, validate, ...).
+
+It parses arguments and prints; the work lives in the library modules, imported only by the verb that
+needs them. Bad input ends as one `error:` line and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from visionpipes.core.errors import run_cli
+
+#: The verbs, in the order a user meets them.
+VERBS: tuple[str, ...] = ("synth", "validate", "train", "evaluate", "predict")
+
+
+def _progress(verb: str, every: int = 1) -> Callable[[int, int], None]:
+    def report(done: int, total: int) -> None:
+        if done == total or done % every == 0:
+            print(f"{verb}: {done}/{total}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from visionpipes.medical.synth import SynthConfig, write_synthetic_task
+
+    config = SynthConfig(
+        cases=args.cases, size=args.size, seed=args.seed, test_cases=args.test_cases, spacing=args.spacing
+    )
+    every = max(1, (config.cases + config.test_cases) // 10)
+    out = write_synthetic_task(
+        args.out_dir, config, overwrite=args.overwrite, progress=_progress("synth", every)
+    )
+    print(f"wrote {config.cases} training cases and {config.test_cases} test images to {out}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from visionpipes.medical.validate import validate_task
+
+    problems = validate_task(args.task_dir, progress=_progress("validate", every=25))
+    for problem in problems:
+        print(problem)
+    errors = sum(p.severity == "error" for p in problems)
+    warnings = len(problems) - errors
+    print(f"{args.task_dir}: {errors} errors, {warnings} warnings", file=sys.stderr)
+    if errors or (warnings and args.strict):
+        return 1
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from visionpipes.core.io import load_params
+    from visionpipes.medical.train import SegmentationConfig, train
+
+    params = load_params(args.params, args.section) if args.params else {}
+    source = f"{args.params}:{args.section}" if args.params else "defaults"
+    if args.epochs is not None:
+        params = {**params, "trainer": {**(params.get("trainer") or {}), "max_epochs": args.epochs}}
+    if args.seed is not None:
+        params = {**params, "trainer": {**(params.get("trainer") or {}), "seed": args.seed}}
+    config = SegmentationConfig.from_dict(params, source=source)
+    result = train(args.task_dir, args.out, config, resume=not args.no_resume)
+    best = result.fit.best_checkpoint or result.fit.last_checkpoint
+    print(
+        f"trained {result.fit.epochs} epochs ({result.seconds_per_epoch:.1f} s/epoch); "
+        f"val_dice {result.fit.metrics.get('val_dice', float('nan')):.4f}; checkpoint {best}"
+    )
+    return 0
+
+
+def _inference_config(args: argparse.Namespace):
+    from visionpipes.medical.infer import InferenceConfig
+
+    return InferenceConfig(overlap=args.overlap, sw_batch_size=args.sw_batch_size, tta_flips=args.tta)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from visionpipes.core.errors import UserError
+    from visionpipes.medical.infer import Predictor
+
+    if not args.input.exists():
+        raise UserError(f"input {args.input} does not exist.")
+    predictor = Predictor.from_checkpoint(args.model, _inference_config(args), device=args.device)
+    if args.input.is_dir():
+        written = predictor.predict_folder(
+            args.input,
+            args.output,
+            progress=lambda i, n, p: print(f"predict: {i}/{n} {p.name}", file=sys.stderr),
+        )
+        print(f"wrote {len(written)} label maps to {args.output}")
+    else:
+        print(f"wrote {predictor.predict_file(args.input, args.output)}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from visionpipes.medical.evaluate import evaluate_cases, select_cases, write_metrics
+    from visionpipes.medical.infer import Predictor
+    from visionpipes.medical.msd import load_task
+
+    task = load_task(args.task_dir)
+    cases = select_cases(task, args.split, args.subset)
+    predictor = Predictor.from_checkpoint(args.model, _inference_config(args), device=args.device)
+    result = evaluate_cases(
+        predictor, task, cases, progress=lambda i, n, c: print(f"evaluate: {i}/{n} {c}", file=sys.stderr)
+    )
+    write_metrics(result, args.metrics, args.cases_out)
+    print(json.dumps({k: v["dice"] for k, v in result["summary"].items()}, indent=None))
+    return 0
+
+
+def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="checkpoint written by `vp-medical train`")
+    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default: 0.5)")
+    parser.add_argument("--sw-batch-size", type=int, default=4, help="windows per forward pass (default: 4)")
+    parser.add_argument("--tta", action="store_true", help="average with predictions of flipped volumes")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `vp-medical` argument parser with its sub-commands."""
+    parser = argparse.ArgumentParser(
+        prog="vp-medical",
+        description="Medical Segmentation Decathlon tumour segmentation: data, training, evaluation, deployment.",
+    )
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    synth = verbs.add_parser(
+        "synth",
+        help="write a synthetic Task01_BrainTumour-format sample",
+        description="Write a complete Task01_BrainTumour-format sample (dataset.json, 4-D FLAIR/T1w/t1gd/T2w "
+        "images, labels 0-3, a few imagesTs), deterministic by seed, written atomically.",
+    )
+    synth.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="task folder to create")
+    synth.add_argument("--cases", type=int, default=12, help="training cases (default: 12)")
+    synth.add_argument("--test-cases", type=int, default=2, help="images in imagesTs (default: 2)")
+    synth.add_argument(
+        "--size", type=int, default=48, help="edge of each cubic volume in voxels (default: 48)"
+    )
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    synth.add_argument("--spacing", type=float, default=1.0, help="voxel size in mm (default: 1.0)")
+    synth.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it is not empty")
+    synth.set_defaults(run=_cmd_synth)
+
+    validate = verbs.add_parser(
+        "validate",
+        help="check an MSD task folder, decoding every volume",
+        description="Check an MSD task folder: dataset.json keys and counts, files present and decodable, "
+        "no NaN/inf, channels = modalities, label values declared, image/label shape and affine agree. "
+        "Prints one problem per line; exit status 0 when there is no error, 1 otherwise.",
+    )
+    validate.add_argument("task_dir", type=Path, metavar="TASK_DIR", help="the TaskXX_Name folder")
+    validate.add_argument("--strict", action="store_true", help="exit non-zero on warnings too")
+    validate.set_defaults(run=_cmd_validate)
+
+    train = verbs.add_parser(
+        "train",
+        help="train a region segmentation model on an MSD task",
+        description="Train a 3-D region model (MONAI UNet / SegResNet / core attention U-Net) on an MSD task "
+        "folder with DiceCE on sigmoid region channels; checkpoints, DVCLive logs, split.json and train.json go "
+        "to --out. Resumes from --out/checkpoints/last.ckpt when present.",
+    )
+    train.add_argument("task_dir", type=Path, metavar="TASK_DIR", help="the TaskXX_Name folder")
+    train.add_argument("--out", type=Path, required=True, help="run folder to write")
+    train.add_argument("--params", type=Path, help="params.yaml holding the training settings")
+    train.add_argument("--section", default="train", help="section of --params to read (default: train)")
+    train.add_argument("--epochs", type=int, help="override trainer.max_epochs")
+    train.add_argument("--seed", type=int, help="override trainer.seed")
+    train.add_argument("--no-resume", action="store_true", help="start afresh even if last.ckpt exists")
+    train.set_defaults(run=_cmd_train)
+
+    predict = verbs.add_parser(
+        "predict",
+        help="segment a scan (or a folder of scans) into an MSD label map",
+        description="Predict label maps (0 background, then the task's labels, e.g. 1 edema, 2 non-enhancing, "
+        "3 enhancing tumour) by Gaussian-blended sliding windows; written as NIfTI with the input's affine "
+        "and header. With a folder as --input, --output must be an existing folder.",
+    )
+    _add_inference_options(predict)
+    predict.add_argument("--input", type=Path, required=True, help="a .nii/.nii.gz scan or a folder of them")
+    predict.add_argument("--output", type=Path, required=True, help="output .nii.gz (or folder)")
+    predict.set_defaults(run=_cmd_predict)
+
+    evaluate = verbs.add_parser(
+        "evaluate",
+        help="Dice and HD95 per region on labelled cases",
+        description="Predict labelled cases of TASK_DIR (all, or the --subset of a split.json) and write Dice and "
+        "HD95 per region and their mean (null where a region is absent) to --metrics.",
+    )
+    evaluate.add_argument("task_dir", type=Path, metavar="TASK_DIR", help="the TaskXX_Name folder")
+    _add_inference_options(evaluate)
+    evaluate.add_argument("--split", type=Path, help="split.json written by train (default: all cases)")
+    evaluate.add_argument("--subset", default="val", help="list of --split to evaluate (default: val)")
+    evaluate.add_argument("--metrics", type=Path, required=True, help="metrics.json to write")
+    evaluate.add_argument("--cases-out", type=Path, help="also write per-case scores here")
+    evaluate.set_defaults(run=_cmd_evaluate)
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` and run the verb; returns the exit code (bad input raises `UserError`)."""
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point of `vp-medical`."""
+    from visionpipes.core.settings import apply_runtime_settings
+
+    apply_runtime_settings()
+    sys.exit(run_cli(lambda: run(argv)))

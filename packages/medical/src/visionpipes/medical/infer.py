@@ -1,0 +1,283 @@
+"""Whole-volume prediction with a trained region model: the training's preprocessing, MONAI's
+`sliding_window_inference` with Gaussian blending, optional flip test-time augmentation, region channels
+turned back into the MSD label map, written as NIfTI with the input's affine and header.
+
+It predicts and writes; it neither trains nor scores (see `train`, `metrics`). Outputs are atomic.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from visionpipes.core.errors import UserError
+from visionpipes.core.io import atomic_path
+from visionpipes.medical.models import ModelConfig, build_model
+from visionpipes.medical.msd import Region, read_nifti, regions_to_labels, to_channels_first
+from visionpipes.medical.validate import is_junk
+
+
+@dataclass
+class InferenceConfig:
+    """How windows are run and blended.
+
+    Attributes:
+        overlap: fraction of overlap between neighbouring windows.
+        sw_batch_size: windows per forward pass.
+        blend: `gaussian` (weights fall off toward window edges) or `constant`.
+        tta_flips: also predict the volume flipped along each axis and average the probabilities.
+        threshold: probability above which a voxel belongs to a region.
+    """
+
+    overlap: float = 0.5
+    sw_batch_size: int = 4
+    blend: str = "gaussian"
+    tta_flips: bool = False
+    threshold: float = 0.5
+
+    def check(self) -> None:
+        """Raises `UserError` on values sliding-window inference cannot use."""
+        if not 0.0 <= self.overlap < 1.0:
+            raise UserError(f"overlap must be in [0, 1), not {self.overlap}.")
+        if self.sw_batch_size < 1:
+            raise UserError(f"sw_batch_size must be at least 1, not {self.sw_batch_size}.")
+        if self.blend not in ("gaussian", "constant"):
+            raise UserError(f"blend must be gaussian or constant, not '{self.blend}'.")
+        if not 0.0 < self.threshold < 1.0:
+            raise UserError(f"threshold must be in (0, 1), not {self.threshold}.")
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a training checkpoint (`best.ckpt` / `last.ckpt`) as a dict, on the CPU.
+
+    Raises:
+        UserError: if the file is missing or not a visionpipes medical checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model checkpoint {path} does not exist.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a file that is not a checkpoint
+        raise UserError(f"model checkpoint {path} is not a readable PyTorch checkpoint ({err}).") from None
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hp, dict) or not {"model", "regions", "modality", "roi_size"} <= set(hp):
+        raise UserError(
+            f"model checkpoint {path} was not written by `vp-medical train` (no model description)."
+        )
+    return ckpt
+
+
+class Predictor:
+    """A trained region model with its preprocessing, predicting label maps for whole scans.
+
+    Args:
+        net: maps `(B, C, X, Y, Z)` to region logits `(B, R, X, Y, Z)`.
+        regions: the regions in channel order.
+        modality: modality names in channel order (their count is the expected channel count).
+        roi_size: sliding-window size.
+        pixdim: voxel size the model was trained at (None: as stored).
+        config: window, blending and TTA settings.
+        device: where the network runs.
+
+    Example:
+        >>> predictor = Predictor.from_checkpoint("runs/medical/checkpoints/best.ckpt")  # doctest: +SKIP
+        >>> predictor.predict_file("BRATS_485.nii.gz", "BRATS_485_seg.nii.gz")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        *,
+        regions: Sequence[Region],
+        modality: Sequence[str],
+        roi_size: Sequence[int],
+        pixdim: Sequence[float] | None = None,
+        config: InferenceConfig | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.config = config or InferenceConfig()
+        self.config.check()
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.regions = tuple(regions)
+        self.modality = list(modality)
+        self.roi_size = tuple(int(s) for s in roi_size)
+        self.pixdim = None if pixdim is None else tuple(float(p) for p in pixdim)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, config: InferenceConfig | None = None, device: str = "cpu"
+    ) -> Predictor:
+        """Rebuild the network and its preprocessing from a `vp-medical train` checkpoint.
+
+        Raises:
+            UserError: if the checkpoint is missing or not one of ours.
+        """
+        ckpt = load_checkpoint(path)
+        hp = ckpt["hyper_parameters"]
+        regions = [Region(name, frozenset(int(v) for v in values)) for name, values in hp["regions"]]
+        net = build_model(ModelConfig.from_dict(hp["model"]), len(hp["modality"]), len(regions))
+        state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        net.load_state_dict(state)
+        from visionpipes.core.training import select_device
+
+        return cls(
+            net,
+            regions=regions,
+            modality=hp["modality"],
+            roi_size=hp["roi_size"],
+            pixdim=hp.get("pixdim"),
+            config=config,
+            device=select_device(device),
+        )
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.modality)
+
+    def _spatial(self):
+        from monai.transforms import Compose, Orientation, Spacing
+
+        from visionpipes.medical.train import _AXIS_LABELS, AXCODES
+
+        steps = [Orientation(axcodes=AXCODES, labels=_AXIS_LABELS)]
+        if self.pixdim is not None:
+            steps.append(Spacing(pixdim=self.pixdim, mode="bilinear"))
+        return Compose(steps)
+
+    @torch.inference_mode()
+    def region_probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """Region probabilities `(R, X, Y, Z)` of a preprocessed image `(C, X, Y, Z)` (model grid)."""
+        from monai.inferers import sliding_window_inference
+
+        x = torch.as_tensor(image, dtype=torch.float32).as_subclass(torch.Tensor)[None].to(self.device)
+
+        def run(volume: torch.Tensor) -> torch.Tensor:
+            logits = sliding_window_inference(
+                volume,
+                roi_size=self.roi_size,
+                sw_batch_size=self.config.sw_batch_size,
+                predictor=self.net,
+                overlap=self.config.overlap,
+                mode=self.config.blend,
+            )
+            return torch.sigmoid(logits)
+
+        probs = run(x)
+        if self.config.tta_flips:
+            for axis in (2, 3, 4):
+                probs += torch.flip(run(torch.flip(x, dims=(axis,))), dims=(axis,))
+            probs /= 4
+        return probs[0].cpu()
+
+    def predict_array(self, image: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        """Label map (input grid) of an image `(C, X, Y, Z)` with its voxel-to-world `affine`.
+
+        Reorients (and resamples) as in training, normalises non-zero voxels per channel, predicts, and
+        maps the probabilities back onto the input grid before thresholding.
+
+        Raises:
+            UserError: if the channel count differs from the model's.
+        """
+        from monai.data import MetaTensor
+        from monai.transforms import NormalizeIntensity
+
+        if image.shape[0] != self.num_channels:
+            raise UserError(
+                f"the scan has {image.shape[0]} channels, but the model expects {self.num_channels}."
+            )
+        spatial = self._spatial()
+        volume = spatial(
+            MetaTensor(torch.from_numpy(np.ascontiguousarray(image)), affine=torch.as_tensor(affine))
+        )
+        normalised = NormalizeIntensity(nonzero=True, channel_wise=True)(volume)
+        probs = self.region_probabilities(normalised)
+        probs = MetaTensor(probs, meta=volume.meta, applied_operations=volume.applied_operations)
+        probs = spatial.inverse(probs)
+        return regions_to_labels(probs.as_tensor().numpy(), self.regions, threshold=self.config.threshold)
+
+    def predict_file(self, input_path: str | os.PathLike, output_path: str | os.PathLike) -> Path:
+        """Predict one NIfTI scan and write its label map with the input's affine and header.
+
+        Raises:
+            UserError: if the input is missing, corrupt or has the wrong channel count / dimensions, the
+                output's folder does not exist, or the output name is not `.nii` / `.nii.gz`.
+        """
+        output = Path(output_path)
+        _check_output(output)
+        data, image = read_nifti(input_path)
+        volume = to_channels_first(data, self.num_channels, input_path)
+        labels = self.predict_array(volume, image.affine)
+        write_label_map(labels, image, output)
+        return output
+
+    def predict_folder(
+        self,
+        input_dir: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        *,
+        progress: Callable[[int, int, Path], None] | None = None,
+    ) -> list[Path]:
+        """Predict every `.nii` / `.nii.gz` in `input_dir` into `output_dir` (same file names).
+
+        Raises:
+            UserError: if `input_dir` holds no NIfTI file or `output_dir` is not an existing folder.
+        """
+        input_dir, output_dir = Path(input_dir), Path(output_dir)
+        if not output_dir.is_dir():
+            raise UserError(f"output folder {output_dir} does not exist.")
+        scans = sorted(
+            p for p in input_dir.iterdir() if p.name.endswith((".nii", ".nii.gz")) and not is_junk(p.name)
+        )
+        if not scans:
+            raise UserError(f"input folder {input_dir} holds no .nii or .nii.gz scan.")
+        written = []
+        for i, scan in enumerate(scans, start=1):
+            written.append(self.predict_file(scan, output_dir / scan.name))
+            if progress:
+                progress(i, len(scans), scan)
+        return written
+
+
+def _check_output(output: Path) -> None:
+    if not output.name.endswith((".nii", ".nii.gz")):
+        raise UserError(f"output {output} must end in .nii or .nii.gz.")
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"output folder {parent} does not exist (for {output}).")
+
+
+def write_label_map(labels: np.ndarray, reference: Any, output: str | os.PathLike) -> Path:
+    """Write a label map as NIfTI with `reference`'s affine and header (3-D, integer), atomically.
+
+    Args:
+        labels: `(X, Y, Z)` integer labels on the reference's grid.
+        reference: the nibabel image the labels were predicted from.
+        output: a `.nii` or `.nii.gz` path.
+
+    Raises:
+        UserError: if the output name or folder is unusable.
+    """
+    import nibabel as nib
+
+    output = Path(output)
+    _check_output(output)
+    header = reference.header.copy()
+    image = nib.Nifti1Image(labels, reference.affine, header=header)
+    image.set_data_dtype(labels.dtype)
+    image.header.set_slope_inter(1.0, 0.0)
+    image.header["cal_min"], image.header["cal_max"] = 0, int(labels.max()) if labels.size else 0
+    payload = image.to_bytes()
+    if output.name.endswith(".gz"):
+        payload = gzip.compress(payload, compresslevel=1, mtime=0)
+    with atomic_path(output) as tmp:
+        tmp.write_bytes(payload)
+    return output
