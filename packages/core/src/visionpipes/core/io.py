@@ -97,5 +97,6 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, ImportError) as err:
+        # ImportError: ultralytics patches Image.open process-wide to try an optional HEIF plugin.
         raise UserError(f"image file {path} is not a readable image ({err}).") from None

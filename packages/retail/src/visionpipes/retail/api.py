@@ -1,14 +1,20 @@
-"""HTTP query API over a `ProductIndex`: search by photo, similar items, live add/delete, health and
-Prometheus metrics. `create_app(index_dir, embedder)` opens (and verifies) the index before it returns,
-so a bad index or a model of another dimension/version stops the server from starting at all.
+"""HTTP query API over a `ProductIndex`: search by photo, similar items, live add/delete, product
+images, the search page at `/`, health and Prometheus metrics. `create_app(index_dir, embedder)` opens
+(and verifies) the index before it returns, so a bad index or a model of another dimension/version
+stops the server from starting at all; `app_for_index` does the same for a deployed index, finding
+its ONNX model and catalog images through the index manifest.
 
 It does not train or embed catalogs in bulk; the embedder is any callable from images to embeddings.
+Uploaded product photos (`POST /items`) are kept in `<index>/uploads/`, written and fsynced before
+the add is committed, so an acknowledged product always has its image.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import threading
 import time
 from collections import Counter
@@ -21,14 +27,19 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 
 from visionpipes.core.errors import UserError
 from visionpipes.retail.index import ProductIndex, SearchHit, SearchSettings
+from visionpipes.retail.manifest import fsync_path, read_manifest
+from visionpipes.retail.page import SEARCH_PAGE
 from visionpipes.retail.store import ProductExistsError, ProductRecord
 
 Embedder = Callable[[Sequence[np.ndarray]], np.ndarray]
+#: Prefix of the image path of a photo uploaded through POST /items (kept in <index>/uploads/).
+UPLOAD_PREFIX = "upload:"
+UPLOADS_DIR = "uploads"
 
 
 @dataclass
@@ -55,6 +66,7 @@ class Hit(BaseModel):
     category: str
     metadata: dict[str, Any]
     image_path: str
+    image_url: str | None = None
 
 
 class SearchResponse(BaseModel):
@@ -96,6 +108,12 @@ class _Metrics:
             self.seconds[route] += seconds
 
 
+def _image_url(product_id: str, image_path: str) -> str | None:
+    from urllib.parse import quote
+
+    return f"/items/{quote(product_id, safe='')}/image" if image_path else None
+
+
 def _hit(h: SearchHit) -> Hit:
     return Hit(
         product_id=h.product_id,
@@ -104,10 +122,20 @@ def _hit(h: SearchHit) -> Hit:
         category=h.category,
         metadata=h.metadata,
         image_path=h.image_path,
+        image_url=_image_url(h.product_id, h.image_path),
     )
 
 
-def decode_image(data: bytes, name: str) -> np.ndarray:
+@dataclass
+class Upload:
+    """A decoded upload: the RGB pixels, the bytes as sent and PIL's name of their format."""
+
+    pixels: np.ndarray
+    data: bytes
+    format: str
+
+
+def decode_upload(data: bytes, name: str) -> Upload:
     """Decode uploaded bytes to an HxWx3 uint8 RGB array.
 
     Raises:
@@ -118,9 +146,55 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()  # a truncated file fails here, not later
-            return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+            return Upload(np.asarray(img.convert("RGB")), data, (img.format or "png").lower())
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, ImportError) as err:
+        # ImportError: ultralytics, once imported in the same process, patches Image.open to try
+        # an optional HEIF plugin on unknown bytes; without the plugin that is still "not an image".
         raise HTTPException(415, f"upload {name!r} is not a readable image ({err}).") from None
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Decode uploaded bytes to an HxWx3 uint8 RGB array (see `decode_upload`)."""
+    return decode_upload(data, name).pixels
+
+
+def save_uploads(folder: Path, uploads: Sequence[Upload]) -> list[str]:
+    """Write uploaded photos into `folder` under content-hash names, fsynced (file and folder) before
+    returning their image paths (`upload:<name>`)."""
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for up in uploads:
+        suffix = {"jpeg": "jpg"}.get(up.format, up.format)
+        name = f"{hashlib.sha256(up.data).hexdigest()[:32]}.{suffix}"
+        target = folder / name
+        if not target.exists():
+            tmp = folder / f".{name}.tmp"
+            with open(tmp, "wb") as fh:
+                fh.write(up.data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        paths.append(UPLOAD_PREFIX + name)
+    fsync_path(folder)
+    return paths
+
+
+def resolve_image(image_path: str, *, catalog_root: Path | None, uploads: Path) -> Path | None:
+    """The file of a stored image path, or None when there is none (no catalog root, a path outside
+    it, or a missing file). Paths never escape the catalog root or the uploads folder."""
+    if not image_path:
+        return None
+    if image_path.startswith(UPLOAD_PREFIX):
+        name = image_path[len(UPLOAD_PREFIX) :]
+        base, candidate = uploads.resolve(), (uploads / name).resolve()
+    elif catalog_root is not None:
+        base = catalog_root.resolve()
+        candidate = (base / image_path).resolve()
+    else:
+        return None
+    if candidate != base and base not in candidate.parents:
+        return None
+    return candidate if candidate.is_file() else None
 
 
 def create_app(
@@ -130,6 +204,7 @@ def create_app(
     model_version: str | None = None,
     config: APIConfig | None = None,
     settings: SearchSettings | None = None,
+    catalog_root: str | Path | None = None,
 ) -> FastAPI:
     """Open the index at `index_dir` and build the FastAPI app serving it.
 
@@ -140,6 +215,8 @@ def create_app(
             an index built with another version is refused.
         config: upload/k/batch limits.
         settings: FAISS query settings (nprobe, efSearch).
+        catalog_root: the folder catalog image paths are relative to (default: the manifest's
+            `catalog_root`, relative to the index directory), for `GET /items/{id}/image`.
 
     Returns:
         The app; the index is closed when the app shuts down.
@@ -155,6 +232,11 @@ def create_app(
     index = ProductIndex.open(
         index_dir, dimension=int(probe.shape[1]), model_version=version, settings=settings
     )
+    index_path = Path(index_dir)
+    uploads = index_path / UPLOADS_DIR
+    if catalog_root is None:
+        catalog_root = manifest_catalog_root(index_path, index.manifest.extra)
+    images_root = Path(catalog_root) if catalog_root is not None else None
     metrics = _Metrics()
 
     @asynccontextmanager
@@ -188,7 +270,7 @@ def create_app(
             raise HTTPException(422, f"k must be between 1 and {config.max_k}, got {k}.")
         return k
 
-    async def read_images(files: list[UploadFile]) -> list[np.ndarray]:
+    async def read_uploads(files: list[UploadFile]) -> list[Upload]:
         images = []
         for f in files:
             data = await f.read(config.max_upload_bytes + 1)
@@ -198,16 +280,29 @@ def create_app(
                 )
             if not data:
                 raise HTTPException(422, f"upload {f.filename!r} is empty.")
-            images.append(decode_image(data, f.filename or "image"))
+            images.append(decode_upload(data, f.filename or "image"))
         return images
+
+    async def read_images(files: list[UploadFile]) -> list[np.ndarray]:
+        return [u.pixels for u in await read_uploads(files)]
 
     def embed(images: list[np.ndarray]) -> np.ndarray:
         return np.asarray(embedder(images), dtype=np.float32)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        """The search page: drop or choose a photo, see the top products with their scores."""
+        return SEARCH_PAGE
 
     @app.get("/health")
     def health() -> dict[str, Any]:
         """Liveness and index counts."""
         return {"status": "ok", **index.stats()}
+
+    @app.get("/categories")
+    def categories() -> dict[str, list[str]]:
+        """The categories a search can be filtered by."""
+        return {"categories": index.categories()}
 
     @app.post("/search", response_model=SearchResponse)
     async def search(
@@ -250,6 +345,19 @@ def create_app(
             views=len(p.vector_ids),
         )
 
+    @app.get("/items/{product_id}/image")
+    def item_image(product_id: str, view: Annotated[int, Query(ge=0)] = 0) -> FileResponse:
+        """A product's photo (its view number `view`), from the catalog or the uploads."""
+        paths = index.view_paths(product_id)
+        if not paths:
+            raise HTTPException(404, f"product_id {product_id!r} is not in the index.")
+        if view >= len(paths):
+            raise HTTPException(404, f"product_id {product_id!r} has {len(paths)} view(s); view {view} does not exist.")
+        file = resolve_image(paths[view], catalog_root=images_root, uploads=uploads)
+        if file is None:
+            raise HTTPException(404, f"the image of product_id {product_id!r} view {view} is not available.")
+        return FileResponse(file)
+
     @app.get("/items/{product_id}/similar", response_model=SearchResponse)
     def similar(product_id: str, k: int = 10, category: str | None = None) -> SearchResponse:
         """Products most similar to a catalog product, itself left out."""
@@ -281,16 +389,12 @@ def create_app(
             raise HTTPException(
                 409, f"product_id {product_id!r} already exists (send replace=true to overwrite it)."
             )
-        arrays = await read_images(images)
-        record = ProductRecord(
-            product_id,
-            title=title,
-            category=category,
-            metadata=meta,
-            image_paths=[f.filename or "" for f in images],
-        )
+        decoded = await read_uploads(images)
+        vectors = await run_in_threadpool(lambda: embed([u.pixels for u in decoded]))
+        paths = await run_in_threadpool(lambda: save_uploads(uploads, decoded))
+        record = ProductRecord(product_id, title=title, category=category, metadata=meta, image_paths=paths)
         try:
-            ids = await run_in_threadpool(lambda: index.add(record, embed(arrays), replace=replace))
+            ids = await run_in_threadpool(lambda: index.add(record, vectors, replace=replace))
         except ProductExistsError as err:
             raise HTTPException(409, str(err)) from None
         return AddResponse(product_id=product_id, vector_ids=[int(i) for i in ids], replaced=existed)
@@ -336,3 +440,60 @@ def create_app(
         return "\n".join(lines) + "\n"
 
     return app
+
+
+def manifest_catalog_root(index_dir: Path, extra: dict[str, Any]) -> Path | None:
+    """The catalog image folder a deployed index names in its manifest (relative to the index
+    directory, or absolute), or None when it names none or the folder is gone."""
+    for key in ("catalog_root", "catalog_root_absolute"):
+        value = extra.get(key)
+        if value:
+            root = Path(value) if os.path.isabs(value) else index_dir / value
+            if root.is_dir():
+                return root
+    return None
+
+
+def find_index_dir(path: str | Path) -> Path:
+    """An index directory given itself or a deploy folder holding `index/`.
+
+    Raises:
+        UserError: if neither holds a manifest.
+    """
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        return path
+    if (path / "index" / "manifest.json").is_file():
+        return path / "index"
+    if not path.exists():
+        raise UserError(f"index directory {path} does not exist.")
+    raise UserError(f"{path} is neither an index directory (manifest.json) nor a deploy folder holding index/.")
+
+
+def app_for_index(
+    index: str | Path,
+    *,
+    model: str | Path | None = None,
+    config: APIConfig | None = None,
+    settings: SearchSettings | None = None,
+    threads: int | None = None,
+) -> FastAPI:
+    """The app for a deployed index: its ONNX model (from `model`, else the manifest's `model`
+    entry) embeds the queries.
+
+    Raises:
+        UserError: if the index or model is missing, corrupted, or they do not match.
+    """
+    from visionpipes.retail.evaluate import load_embedder
+
+    index_dir = find_index_dir(index)
+    manifest = read_manifest(index_dir)
+    if model is None:
+        named = manifest.extra.get("model")
+        if not named:
+            raise UserError(f"index directory {index_dir} names no model in its manifest; pass --model.")
+        model = Path(named) if os.path.isabs(named) else index_dir / named
+        if not Path(model).is_file():
+            raise UserError(f"model {model} named by the manifest of {index_dir} does not exist; pass --model.")
+    embedder = load_embedder(model, threads=threads)
+    return create_app(index_dir, embedder, config=config, settings=settings)
