@@ -16,20 +16,7 @@ from visionpipes.medical.models import MODEL_NAMES, ModelConfig, build_model
 from visionpipes.medical.msd import MSDCase, load_task, read_nifti, regions_from_labels
 from visionpipes.medical.train import SegmentationConfig, build_transforms, split_cases, train
 
-TINY_TRAIN = {
-    "model": {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1},
-    "data": {"roi_size": [32, 32, 32], "val_fraction": 0.34, "num_samples": 1, "batch_size": 2},
-    "trainer": {"max_epochs": 2, "progress": False, "log_every_n_steps": 1},
-}
 REGIONS = regions_from_labels({0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"})
-
-
-@pytest.fixture(scope="module")
-def trained(synth_task_readonly: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-epoch run of a tiny UNet on the tiny synthetic sample: its output folder."""
-    out = tmp_path_factory.mktemp("run")
-    train(synth_task_readonly, out, SegmentationConfig.from_dict(TINY_TRAIN))
-    return out
 
 
 # --- models and configuration ---------------------------------------------------------------------
@@ -106,12 +93,27 @@ def test_train_writes_checkpoints_logs_and_split(trained: Path) -> None:
     assert hp["regions"] == [["TC", [2, 3]], ["WT", [1, 2, 3]], ["ET", [3]]]
 
 
-def test_train_resumes_from_last_checkpoint(trained: Path, synth_task_readonly: Path, tmp_path: Path) -> None:
+def test_training_is_reproducible_by_seed(
+    synth_task_readonly: Path, tmp_path: Path, tiny_train: dict
+) -> None:
+    """The seed fixes the initial weights too, not only the data order: same seed, same weights."""
+    config = SegmentationConfig.from_dict({**tiny_train, "max_epochs": 1, "trainer": {"progress": False}})
+    weights = []
+    for run in ("a", "b"):
+        train(synth_task_readonly, tmp_path / run, config)
+        weights.append(load_checkpoint(tmp_path / run / "checkpoints" / "last.ckpt")["state_dict"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_train_resumes_from_last_checkpoint(
+    trained: Path, synth_task_readonly: Path, tmp_path: Path, tiny_train: dict
+) -> None:
     import shutil
 
     run = Path(shutil.copytree(trained, tmp_path / "run"))
     config = SegmentationConfig.from_dict(
-        {**TINY_TRAIN, "trainer": {**TINY_TRAIN["trainer"], "max_epochs": 3}}
+        {**tiny_train, "trainer": {**tiny_train["trainer"], "max_epochs": 3}}
     )
     result = train(synth_task_readonly, run, config)
     assert result.fit.resumed_from == run / "checkpoints" / "last.ckpt"
@@ -119,12 +121,14 @@ def test_train_resumes_from_last_checkpoint(trained: Path, synth_task_readonly: 
     assert json.loads((run / "train.json").read_text())["epochs_this_run"] == 1
 
 
-def test_train_rejects_volumes_that_do_not_match_the_task(synth_task: Path, tmp_path: Path) -> None:
+def test_train_rejects_volumes_that_do_not_match_the_task(
+    synth_task: Path, tmp_path: Path, tiny_train: dict
+) -> None:
     path = synth_task / "imagesTr" / "BRATS_001.nii.gz"
     img = nib.load(path)
     nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj)[..., :2], img.affine), path)
     with pytest.raises(UserError, match=r"BRATS_001\.nii\.gz has shape \(32, 32, 32, 2\).*4 modalities"):
-        train(synth_task, tmp_path / "run", SegmentationConfig.from_dict(TINY_TRAIN))
+        train(synth_task, tmp_path / "run", SegmentationConfig.from_dict(tiny_train))
 
 
 # --- inference ----------------------------------------------------------------------------------
@@ -242,11 +246,13 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]
     return info.value.code, out, err
 
 
-def test_cli_train_with_params_file(synth_task_readonly: Path, tmp_path: Path, capsys) -> None:
+def test_cli_train_with_params_file(
+    synth_task_readonly: Path, tmp_path: Path, capsys, tiny_train: dict
+) -> None:
     import yaml
 
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"train": TINY_TRAIN}))
+    params.write_text(yaml.safe_dump({"train": tiny_train}))
     code, out, _ = _cli(["train", str(synth_task_readonly), "--out", str(tmp_path / "run"), "--params", str(params),
                          "--epochs", "1"], capsys)  # fmt: skip
     assert code == 0 and "trained 1 epochs" in out

@@ -104,14 +104,19 @@ def test_search_add_delete_over_http(index_dir, embedder):
         assert r.status_code == 201, r.text
         r = client.post("/search", params={"k": 1}, files={"image": ("q.png", png(new), "image/png")})
         assert r.json()["results"][0]["product_id"] == "new-1"
-        assert client.get("/items/new-1").json() == {
+        item = client.get("/items/new-1").json()
+        assert item.pop("image_path").startswith("upload:")
+        assert item == {
             "product_id": "new-1",
             "title": "new thing",
             "category": "odd",
             "metadata": {"color": "teal"},
-            "image_path": "n.png",
             "views": 1,
         }
+        # The uploaded photo is kept and served back, byte for byte.
+        r = client.get("/items/new-1/image")
+        assert r.status_code == 200 and r.content == png(new)
+        assert client.get("/items/new-1/image", params={"view": 1}).status_code == 404
         r = client.post("/items", data=form, files=[("images", ("n.png", png(new), "image/png"))])
         assert r.status_code == 409 and "already exists" in r.json()["detail"]
         r = client.post(
@@ -129,6 +134,13 @@ def test_search_add_delete_over_http(index_dir, embedder):
         assert "sku-4" not in [h["product_id"] for h in r.json()["results"]]
         assert client.get("/items/sku-4").status_code == 404
         assert client.delete("/items/sku-4").status_code == 404
+
+        assert client.get("/categories").json() == {"categories": ["even", "odd"]}
+        page = client.get("/")
+        assert page.status_code == 200 and "Visual product search" in page.text
+        assert client.get("/docs").status_code == 200
+        paths = client.get("/openapi.json").json()["paths"]
+        assert {"/search", "/search/batch", "/items", "/items/{product_id}", "/items/{product_id}/similar"} <= set(paths)
 
         metrics = client.get("/metrics").text
         assert "retail_index_products 18" in metrics

@@ -125,6 +125,76 @@ def _cmd_search(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/search.json, best_spec.yaml, pareto.png")
 
 
+def _proxy_settings(params: str | None, section: str) -> dict:
+    """`search.proxy` of a params file, updated by the keys of `section` (e.g. `train.epochs`)."""
+    from dataclasses import fields
+
+    from visionpipes.core.io import load_params
+    from visionpipes.core.search import ProxyTraining
+
+    if not params:
+        return {}
+    data = load_params(params)
+    search = data.get("search") or {}
+    proxy = dict(search.get("proxy") or {}) if isinstance(search, dict) else {}
+    extra = data.get(section) or {}
+    if not isinstance(extra, dict):
+        raise UserError(f"{params}: section '{section}' must be a mapping.")
+    proxy.update(extra)
+    unknown = sorted(set(proxy) - {f.name for f in fields(ProxyTraining)})
+    if unknown:
+        raise UserError(f"{params}: unknown proxy training keys {', '.join(unknown)} (in search.proxy or {section}).")
+    return proxy
+
+
+def _cmd_train_proxy(args: argparse.Namespace) -> None:
+    from visionpipes.core.search import ProxyTraining, load_spec_file, train_spec
+
+    spec = load_spec_file(args.spec)
+    proxy = _proxy_settings(args.params, "train")
+    for key in ("epochs", "seed"):
+        if getattr(args, key) is not None:
+            proxy[key] = getattr(args, key)
+    try:
+        cfg = ProxyTraining(**proxy)
+    except TypeError as err:
+        raise UserError(f"{args.params}: invalid proxy training settings: {err}") from None
+    if cfg.epochs < 1 or cfg.per_class < 2 or cfg.size < 32:
+        raise UserError(f"proxy training needs epochs >= 1, per_class >= 2 and size >= 32, got {cfg.epochs}, "
+                        f"{cfg.per_class}, {cfg.size}.")
+    result = train_spec(spec, cfg, Path(args.out), log=lambda m: print(m, flush=True))
+    print(f"{spec.name}: accuracy {result.accuracy:.3f} after {cfg.epochs} epochs, {result.mflops:.1f} MFLOPs, "
+          f"{result.latency_ms:.2f} ms, {result.params / 1e6:.2f} M params; wrote {args.out}/model.pt, metrics.json, dvclive/")
+
+
+def _cmd_evaluate_search(args: argparse.Namespace) -> None:
+    from visionpipes.core.io import load_params
+    from visionpipes.core.search import evaluate_search
+
+    settings = dict(load_params(args.params, "eval")) if args.params else {}
+    unknown = sorted(set(settings) - {"rounds", "per_round", "threads"})
+    if unknown:
+        raise UserError(f"{args.params}: unknown eval keys {', '.join(unknown)}.")
+    for key in ("rounds", "per_round", "threads"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    if any(not isinstance(v, int) or v < 1 for v in settings.values()):
+        raise UserError(f"eval rounds, per_round and threads must be integers >= 1, got {settings}.")
+    metrics = evaluate_search(Path(args.search), Path(args.trained), Path(args.out), **settings,
+                              log=lambda m: print(m, flush=True))
+    best = metrics["best"]
+    print(f"best {best['name']}: accuracy {best['accuracy']:.3f} (trained longer: {best['accuracy_trained']:.3f}), "
+          f"{best['mflops']:.1f} MFLOPs, {best['latency_ms']:.2f} ms, {best['params'] / 1e6:.2f} M params")
+    for name, b in metrics["baselines"].items():
+        print(f"baseline {name}: accuracy {b['accuracy']:.3f}, {b['mflops']:.1f} MFLOPs, {b['latency_ms']:.2f} ms, "
+              f"{b['params'] / 1e6:.2f} M params")
+    for name, f in metrics["front"].items():
+        for cost in ("flops", "latency"):
+            if f[f"dominates_{cost}"]:
+                print(f"{name} dominates {f[f'dominates_{cost}']} on accuracy and {cost}")
+    print(f"wrote {args.out}/metrics.json, pareto.png")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vp-core", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,6 +228,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", dest="per_class", type=int, help="proxy images per class")
     p.add_argument("--size", type=int, help="proxy image size")
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("train-proxy", help="train a backbone spec on the proxy task (e.g. the search's best, longer)")
+    p.add_argument("--spec", required=True, help="backbone spec file (best_spec.yaml, or JSON)")
+    p.add_argument("--out", required=True, help="folder for model.pt, metrics.json and dvclive/")
+    p.add_argument("--params", help="params.yaml: search.proxy, updated by the `train` section (flags override)")
+    p.add_argument("--epochs", type=int, help="training epochs")
+    p.add_argument("--seed", type=int, help="data and training seed")
+    p.set_defaults(func=_cmd_train_proxy)
+
+    p = sub.add_parser("evaluate-search", help="compare the search's front and best spec with the baseline presets")
+    p.add_argument("--search", required=True, help="folder written by `vp-core search` (search.json)")
+    p.add_argument("--trained", required=True, help="folder written by `vp-core train-proxy` (metrics.json)")
+    p.add_argument("--out", required=True, help="folder for metrics.json and pareto.png")
+    p.add_argument("--params", help="params.yaml with an `eval` section (rounds, per_round, threads)")
+    p.add_argument("--rounds", type=int, help="interleaved timing rounds (default 6)")
+    p.add_argument("--per-round", dest="per_round", type=int, help="timed runs per model and round (default 5)")
+    p.add_argument("--threads", type=int, help="CPU threads while timing (default 1)")
+    p.set_defaults(func=_cmd_evaluate_search)
 
     for p in (sub.choices["backbones"], sub.choices["demo"]):
         p.add_argument("--size", type=int, default=224, help="input size for profiling (default 224)")

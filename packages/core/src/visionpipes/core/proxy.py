@@ -4,6 +4,10 @@ classification set generated on the fly, so that a search runs on a CPU in minut
 Eight classes of shapes and textures, drawn at random scale, place, colour and rotation over a
 cluttered background with noise. Some classes differ only in global layout (two blobs far apart
 vs close together), so receptive field matters, not only local texture. Deterministic by seed.
+
+A second, two-class set (`make_context_dataset`) needs context by construction: two identical
+small discs far apart, labelled by the orientation of the pair, which a unit that sees only one
+disc cannot tell. Generation only: no training or model code here.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ CLASSES = (
     "checker",
     "two_blobs_far",
 )
+
+CONTEXT_CLASSES = ("pair_horizontal", "pair_vertical")
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,59 @@ def make_proxy_dataset(config: ProxyConfig = ProxyConfig()) -> tuple[torch.Tenso
         img = np.broadcast_to(background[:, None, None], images.shape[1:]).copy()
         img[:, _distractor(rng, config.size)] = rng.uniform(0, 1, size=(3, 1)).astype(np.float32)
         img[:, _draw(CLASSES[label], rng, config.size)] = colour[:, None]
+        img += rng.normal(0, config.noise, size=img.shape).astype(np.float32)
+        images[i] = np.clip(img, 0, 1)
+    order = rng.permutation(n)
+    return torch.from_numpy(images[order]), torch.from_numpy(labels[order]).long()
+
+
+def make_context_dataset(
+    config: ProxyConfig = ProxyConfig(), distance: tuple[float, float] = (0.5, 0.7)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generate the large-context set: two identical small discs whose centres are `distance`
+    (a fraction of the image side) apart, the pair tilted up to 25 degrees off the horizontal
+    (`pair_horizontal`) or off the vertical (`pair_vertical`) axis, over a noisy background.
+
+    A disc alone tells next to nothing (only its place in the frame hints weakly at the label); a
+    unit has to see both discs, i.e. have a receptive field of at least about `distance * size`
+    pixels. Horizontal flips keep the label.
+
+    Returns:
+        `(images, labels)` as `make_proxy_dataset`, labels indexing `CONTEXT_CLASSES`.
+
+    Raises:
+        ValueError: if `distance` is not within (0, 0.8].
+
+    Example:
+        >>> x, y = make_context_dataset(ProxyConfig(per_class=3, size=32))
+        >>> tuple(x.shape), sorted(set(y.tolist()))
+        ((6, 3, 32, 32), [0, 1])
+    """
+    lo, hi = distance
+    if not 0 < lo <= hi <= 0.8:
+        raise ValueError(f"distance must satisfy 0 < low <= high <= 0.8, got {distance}.")
+    rng = np.random.default_rng(config.seed)
+    size = config.size
+    n = config.per_class * len(CONTEXT_CLASSES)
+    images = np.empty((n, 3, size, size), dtype=np.float32)
+    labels = np.repeat(np.arange(len(CONTEXT_CLASSES)), config.per_class)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    for i, label in enumerate(labels):
+        background = rng.uniform(0.0, 0.6, size=3).astype(np.float32)
+        colour = rng.uniform(0.0, 1.0, size=3).astype(np.float32)
+        while np.abs(colour - background).sum() < 0.6:
+            colour = rng.uniform(0.0, 1.0, size=3).astype(np.float32)
+        radius = rng.uniform(0.05, 0.08)
+        d = rng.uniform(lo, hi)
+        angle = np.deg2rad(rng.uniform(-25, 25)) + (np.pi / 2 if label == 1 else 0.0)
+        half = 0.5 * d * np.array([np.sin(angle), np.cos(angle)])  # (dy, dx)
+        margin = radius + 0.02
+        low = margin + np.abs(half)
+        centre = rng.uniform(low, 1 - low)
+        img = np.broadcast_to(background[:, None, None], images.shape[1:]).copy()
+        for sign in (-1.0, 1.0):
+            cy, cx = centre + sign * half
+            img[:, np.hypot(yy - cy, xx - cx) < radius] = colour[:, None]
         img += rng.normal(0, config.noise, size=img.shape).astype(np.float32)
         images[i] = np.clip(img, 0, 1)
     order = rng.permutation(n)

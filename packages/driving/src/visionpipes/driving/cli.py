@@ -1,4 +1,5 @@
-"""`vp-driving`: the command line of the driving package (official metrics, format conversion, samples).
+"""`vp-driving`: the command line of the driving package (official metrics, format conversion, samples,
+the pipeline verbs data/prepare/train-det/train-lanes/predict/evaluate/export/deploy).
 
 Each verb is a thin wrapper over a library function; nothing heavy (torch, ultralytics) is imported
 until a verb that needs it runs, so `vp-driving --help` and the evaluation verbs start fast.
@@ -94,6 +95,232 @@ def _cmd_synth(args: argparse.Namespace) -> None:
     _emit(summary, None)
 
 
+# --------------------------------------------------------------------------------------------------
+# Pipeline verbs: data, prepare, train-det, train-lanes, predict, evaluate, export, deploy
+# --------------------------------------------------------------------------------------------------
+
+
+def _params(path: str | None, section: str) -> dict[str, Any]:
+    """One section of a params.yaml (empty when no file is given)."""
+    if not path:
+        return {}
+    from visionpipes.core.io import load_params
+
+    data = load_params(path)
+    value = data.get(section) or {}
+    if not isinstance(value, dict):
+        raise UserError(f"params file {path}: section '{section}' must be a mapping.")
+    return value
+
+
+def _cmd_data(args: argparse.Namespace) -> None:
+    from visionpipes.driving.prepare import DataConfig, obtain_data
+
+    section = _params(args.params, "data")
+    config = DataConfig.from_dict(section, source=f"{args.params}: data" if args.params else "data")
+    if args.path is not None:
+        config.path = args.path
+    base = Path(args.params).parent if args.params else Path.cwd()
+    summary = obtain_data(config, args.out, base_dir=base)
+    _emit({k: v for k, v in summary.items() if k != "label_files"}, None)
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from visionpipes.driving.prepare import PrepareConfig, manifest_summary, prepare_dataset
+
+    config = PrepareConfig.from_dict(_params(args.params, "prepare"), source="prepare")
+    dataset = prepare_dataset(args.raw, args.out, config)
+    _emit({**manifest_summary(dataset), "manifest": str(Path(args.out) / "dataset.json")}, None)
+
+
+def _cmd_train_det(args: argparse.Namespace) -> None:
+    from visionpipes.driving.detect import DetectorConfig, train_detector
+    from visionpipes.driving.prepare import load_manifest
+
+    section = dict(_params(args.params, "det"))
+    for key in ("epochs", "imgsz", "batch", "device", "time_minutes", "model"):
+        value = getattr(args, key)
+        if value is not None:
+            section[key] = value
+    config = DetectorConfig.from_dict(section, source="det")
+    dataset = load_manifest(args.dataset)
+    print(f"train-det: {config.model} at {config.imgsz} px on {len(dataset.names['train'])} images", flush=True)
+    run = train_detector(dataset.data_yaml, args.out, config)
+    _emit({"weights": str(run.best), "epochs": run.epochs, "seconds": round(run.seconds, 1), "metrics": run.metrics}, None)
+
+
+def _cmd_train_lanes(args: argparse.Namespace) -> None:
+    from visionpipes.core.training import TrainConfig
+    from visionpipes.driving.lanes import LaneModelConfig, LaneSample, LaneTrainConfig, train_lanes
+    from visionpipes.driving.prepare import load_manifest
+
+    section = _params(args.params, "lanes")
+    unknown = sorted(set(section) - {"model", "train", "trainer"})
+    if unknown:
+        raise UserError(f"lanes: unknown keys {', '.join(unknown)} (known: model, train, trainer).")
+    model_config = LaneModelConfig.from_dict(section.get("model") or {}, source="lanes.model")
+    train_config = LaneTrainConfig.from_dict(section.get("train") or {}, source="lanes.train")
+    trainer = dict(section.get("trainer") or {})
+    if args.epochs is not None:
+        trainer["max_epochs"] = args.epochs
+    if args.max_time is not None:
+        trainer["max_time"] = args.max_time
+    if args.device is not None:
+        trainer["accelerator"] = args.device
+    trainer_config = TrainConfig.from_dict(trainer, source="lanes.trainer")
+    dataset = load_manifest(args.dataset)
+
+    def samples(split: str) -> list[LaneSample]:
+        from visionpipes.driving.bdd100k import mask_name
+
+        pairs = [
+            LaneSample(dataset.images[split] / name, dataset.lane_masks[split] / mask_name(name))
+            for name in dataset.names[split]
+        ]
+        pairs = [p for p in pairs if p.mask.is_file()]
+        if not pairs:
+            raise UserError(f"no {split} image has a lane mask in {dataset.lane_masks[split]}.")
+        return pairs
+
+    train, val = samples("train"), samples("val")
+    print(
+        f"train-lanes: {model_config.arch}/{model_config.encoder} at {model_config.width}x{model_config.height} "
+        f"on {len(train)} images",
+        flush=True,
+    )
+    run = train_lanes(
+        train, val, args.out, model_config=model_config, train_config=train_config, trainer_config=trainer_config
+    )
+    if not args.keep_checkpoints:  # lane_model.pt holds the chosen weights; the Lightning states are large
+        import shutil
+
+        shutil.rmtree(Path(args.out) / "checkpoints", ignore_errors=True)
+    _emit({"model": str(run.model_path), "epochs": run.epochs, "seconds": round(run.seconds, 1), "metrics": run.metrics}, None)
+
+
+def _image_files(paths: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"image file or folder {path} does not exist.")
+    if not files:
+        raise UserError(f"no .jpg/.png images in {', '.join(paths)}.")
+    return files
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from visionpipes.core.io import atomic_path
+
+    if args.det is None and args.lanes is None:
+        raise UserError("predict needs a detector (--det), a lane model (--lanes), or both.")
+    images = _image_files(args.images)
+    model = net = None
+    if args.det is not None:
+        from visionpipes.driving.detect import load_detector
+
+        model = load_detector(args.det)
+    if args.lanes is not None:
+        from visionpipes.driving.lanes import load_lane_model
+
+        net = load_lane_model(args.lanes)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"images": len(images)}
+    if model is not None:
+        from visionpipes.driving.bdd100k import save_frames
+        from visionpipes.driving.detect import predict_detections
+
+        imgsz = args.imgsz or int((getattr(model, "ckpt", None) or {}).get("train_args", {}).get("imgsz", 320))
+        frames = predict_detections(model, images, imgsz=imgsz, conf=args.conf, device=args.device)
+        save_frames(out / "det.json", frames)
+        result["det"] = str(out / "det.json")
+        result["boxes"] = sum(len(f.labels or []) for f in frames)
+    if net is not None:
+        from visionpipes.driving.lanes import predict_lane_masks
+
+        device = "cpu" if args.device in ("auto", "cpu") else f"cuda:{args.device}".replace("cuda:cuda", "cuda")
+        with atomic_path(out / "lanes", is_dir=True) as tmp:
+            predict_lane_masks(net, images, tmp, device=device)
+        result["lanes"] = str(out / "lanes")
+    _emit(result, None)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from visionpipes.driving.evaluation import EvalConfig, evaluate_models
+    from visionpipes.driving.prepare import load_manifest
+
+    config = EvalConfig.from_dict(_params(args.params, "eval"), source="eval")
+    if args.device is not None:
+        config.device = args.device
+    dataset = load_manifest(args.dataset)
+    result = evaluate_models(
+        dataset,
+        det_weights=args.det,
+        lane_model=args.lanes,
+        metrics_path=args.metrics,
+        plots_dir=args.plots,
+        predictions_dir=args.predictions,
+        config=config,
+        split=args.split,
+    )
+    short: dict[str, Any] = {"metrics": str(result.metrics_path), "plots": [p.name for p in result.plots]}
+    if "det" in result.metrics:
+        short["det"] = {k: result.metrics["det"][k] for k in ("AP", "AP_50", "AP_75")}
+    if "lanes" in result.metrics:
+        short["lanes"] = {k: result.metrics["lanes"][k] for k in ("F1_pix1", "F1_pix2", "F1_pix5")}
+    _emit(short, None)
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from visionpipes.driving.deploy import DeployConfig, export_models
+
+    config = DeployConfig.from_dict(_params(args.params, "deploy"), source="deploy")
+    _emit(export_models(args.out, det_weights=args.det, lane_model=args.lanes, config=config), None)
+
+
+def _cmd_deploy(args: argparse.Namespace) -> None:
+    from visionpipes.driving.deploy import DeployConfig, deploy
+
+    config = DeployConfig.from_dict(_params(args.params, "deploy"), source="deploy")
+    params = None
+    if args.params:
+        params = {k: _params(args.params, k) for k in ("data", "prepare", "det", "lanes")}
+    summary = deploy(
+        args.out, det_weights=args.det, lane_model=args.lanes, metrics_path=args.metrics, params=params, config=config
+    )
+    _emit(summary, None)
+
+
+def _cmd_stream(args: argparse.Namespace) -> None:
+    from visionpipes.driving.streams import StreamConfig, run_streams
+
+    det, lanes = args.det, args.lanes
+    if args.deploy is not None:
+        folder = Path(args.deploy)
+        det = det or str(folder / "detector.onnx")
+        lanes = lanes or (str(folder / "lanes.onnx") if (folder / "lanes.onnx").is_file() else None)
+    if det is None:
+        raise UserError("stream needs the exported detector: --det detector.onnx or --deploy FOLDER.")
+    config = StreamConfig(
+        conf=args.conf,
+        tracker=args.tracker,
+        lanes_every=0 if args.no_lanes else args.lanes_every,
+        max_seconds=args.seconds,
+        max_frames=args.max_frames,
+        realtime=not args.no_realtime,
+        loop=args.loop,
+        threads=args.threads,
+        write_video=not args.no_video,
+    )
+    report = run_streams(args.sources, args.out, detector_path=det, lanes_path=lanes, config=config)
+    _emit(report.as_dict(), None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `vp-driving` argument parser (one sub-command per verb)."""
     parser = argparse.ArgumentParser(
@@ -155,6 +382,95 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cameras", type=int, default=4, help="number of camera videos (default 4)")
     p.add_argument("--video-frames", type=int, default=48, help="frames per camera video (default 48)")
     p.set_defaults(func=_cmd_synth)
+
+    p = verbs.add_parser("data", help="write the raw data: the synthetic sample, or a pointer to a real BDD100K copy")
+    p.add_argument("--out", required=True, help="raw data folder to write (replaced)")
+    p.add_argument("--params", help="params.yaml with a 'data' section (path, synth)")
+    p.add_argument("--path", help="a real BDD100K root (overrides data.path)")
+    p.set_defaults(func=_cmd_data)
+
+    p = verbs.add_parser("prepare", help="YOLO dataset, lane masks and the dataset.json manifest from raw data")
+    p.add_argument("--raw", required=True, help="raw data folder (from `vp-driving data`)")
+    p.add_argument("--out", required=True, help="prepared folder to write (replaced)")
+    p.add_argument("--params", help="params.yaml with a 'prepare' section")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = verbs.add_parser("train-det", help="train the YOLO detector (offline, from a model yaml)")
+    p.add_argument("--dataset", required=True, help="dataset.json from `vp-driving prepare`")
+    p.add_argument("--out", required=True, help="run folder to write (weights/best.pt, results.csv, plots)")
+    p.add_argument("--params", help="params.yaml with a 'det' section")
+    p.add_argument("--model", help="model yaml or local .pt (overrides det.model)")
+    p.add_argument("--epochs", type=int, help="epochs (overrides det.epochs)")
+    p.add_argument("--imgsz", type=int, help="image size (overrides det.imgsz)")
+    p.add_argument("--batch", type=int, help="batch size (overrides det.batch)")
+    p.add_argument("--time-minutes", type=float, help="training budget in minutes (overrides det.time_minutes)")
+    p.add_argument("--device", help="auto, cpu or a CUDA index (overrides det.device)")
+    p.set_defaults(func=_cmd_train_det)
+
+    p = verbs.add_parser("train-lanes", help="train the lane-marking model (Lightning + DVCLive)")
+    p.add_argument("--dataset", required=True, help="dataset.json from `vp-driving prepare`")
+    p.add_argument("--out", required=True, help="folder to write (lane_model.pt, checkpoints/, dvclive/)")
+    p.add_argument("--params", help="params.yaml with a 'lanes' section (model, train, trainer)")
+    p.add_argument("--epochs", type=int, help="epochs (overrides lanes.trainer.max_epochs)")
+    p.add_argument("--max-time", help="time budget DD:HH:MM:SS (overrides lanes.trainer.max_time)")
+    p.add_argument("--device", help="auto, cpu or gpu (overrides lanes.trainer.accelerator)")
+    p.add_argument(
+        "--keep-checkpoints", action="store_true", help="keep Lightning's checkpoints/ (to resume; large)"
+    )
+    p.set_defaults(func=_cmd_train_lanes)
+
+    p = verbs.add_parser("predict", help="detections (det JSON) and lane masks (PNG) for images")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--out", required=True, help="folder for det.json and lanes/*.png")
+    p.add_argument("--det", help="detector weights (.pt)")
+    p.add_argument("--lanes", help="lane model (lane_model.pt)")
+    p.add_argument("--imgsz", type=int, help="detector input size (default: its training size)")
+    p.add_argument("--conf", type=float, default=0.25, help="detection score threshold (default 0.25)")
+    p.add_argument("--device", default="auto", help="auto, cpu or a CUDA index")
+    p.set_defaults(func=_cmd_predict)
+
+    p = verbs.add_parser("evaluate", help="official metrics of the models on a split, with plots")
+    p.add_argument("--dataset", required=True, help="dataset.json from `vp-driving prepare`")
+    p.add_argument("--det", help="detector weights (.pt)")
+    p.add_argument("--lanes", help="lane model (lane_model.pt)")
+    p.add_argument("--metrics", required=True, help="metrics.json to write")
+    p.add_argument("--plots", required=True, help="folder for the PNG plots (replaced)")
+    p.add_argument("--predictions", required=True, help="folder for the predictions (replaced)")
+    p.add_argument("--split", default="val", help="split to evaluate (default val)")
+    p.add_argument("--params", help="params.yaml with an 'eval' section")
+    p.add_argument("--device", help="auto, cpu or a CUDA index (overrides eval.device)")
+    p.set_defaults(func=_cmd_evaluate)
+
+    for verb, text in (
+        ("export", "ONNX exports of the detector and/or lane model, checked against the eager models"),
+        ("deploy", "ONNX exports of both models plus a Markdown model card and deploy.json"),
+    ):
+        p = verbs.add_parser(verb, help=text)
+        p.add_argument("--out", required=True, help="folder to write" + (" (replaced)" if verb == "deploy" else ""))
+        p.add_argument("--det", help="detector weights (.pt)")
+        p.add_argument("--lanes", help="lane model (lane_model.pt)")
+        p.add_argument("--params", help="params.yaml (its 'deploy' section; deploy also records data/det/lanes)")
+        if verb == "deploy":
+            p.add_argument("--metrics", help="metrics.json of `vp-driving evaluate`, for the model card")
+        p.set_defaults(func=_cmd_export if verb == "export" else _cmd_deploy)
+
+    p = verbs.add_parser("stream", help="run the exported models on several camera streams at once")
+    p.add_argument("sources", nargs="+", help="video files, camera indices (0, 1, ...) or RTSP/HTTP URLs")
+    p.add_argument("--out", required=True, help="folder for camK.mp4 (annotated) and camK.json (BDD100K det JSON)")
+    p.add_argument("--deploy", help="a deploy folder holding detector.onnx (and lanes.onnx)")
+    p.add_argument("--det", help="exported detector (.onnx)")
+    p.add_argument("--lanes", help="exported lane model (.onnx)")
+    p.add_argument("--no-lanes", action="store_true", help="run the detector only")
+    p.add_argument("--lanes-every", type=int, default=1, help="run the lane model every n-th tick (default 1)")
+    p.add_argument("--conf", type=float, default=0.25, help="detection score threshold (default 0.25)")
+    p.add_argument("--tracker", default="bytetrack", choices=["bytetrack", "botsort"], help="tracker (default bytetrack)")
+    p.add_argument("--seconds", type=float, help="stop after this many seconds")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames per camera")
+    p.add_argument("--no-realtime", action="store_true", help="read video files as fast as possible")
+    p.add_argument("--loop", action="store_true", help="replay video files when they end")
+    p.add_argument("--threads", type=int, help="onnxruntime threads per model (default: all cores)")
+    p.add_argument("--no-video", action="store_true", help="write no annotated videos")
+    p.set_defaults(func=_cmd_stream)
     return parser
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from visionpipes.core.errors import run_cli
 
 #: The verbs, in the order a user meets them.
-VERBS: tuple[str, ...] = ("synth", "validate", "train", "evaluate", "predict")
+VERBS: tuple[str, ...] = ("synth", "validate", "data", "train", "evaluate", "export", "predict")
 
 
 def _progress(verb: str, every: int = 1) -> Callable[[int, int], None]:
@@ -55,6 +55,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from visionpipes.core.io import load_params
+    from visionpipes.medical.data import resolve_task_dir
     from visionpipes.medical.train import SegmentationConfig, train
 
     params = load_params(args.params, args.section) if args.params else {}
@@ -64,7 +65,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.seed is not None:
         params = {**params, "trainer": {**(params.get("trainer") or {}), "seed": args.seed}}
     config = SegmentationConfig.from_dict(params, source=source)
-    result = train(args.task_dir, args.out, config, resume=not args.no_resume)
+    result = train(resolve_task_dir(args.task_dir), args.out, config, resume=not args.no_resume)
     best = result.fit.best_checkpoint or result.fit.last_checkpoint
     print(
         f"trained {result.fit.epochs} epochs ({result.seconds_per_epoch:.1f} s/epoch); "
@@ -73,10 +74,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inference_config(args: argparse.Namespace):
+def _section(args: argparse.Namespace, name: str) -> dict:
+    """`name` section of `--params` (empty without `--params` or when the file lacks it)."""
+    from visionpipes.core.io import load_params
+
+    if not getattr(args, "params", None):
+        return {}
+    return dict(load_params(args.params).get(name) or {})
+
+
+def _inference_overrides(args: argparse.Namespace) -> dict:
+    """Inference settings: the `inference:` section of `--params`, then the flags given."""
     from visionpipes.medical.infer import InferenceConfig
 
-    return InferenceConfig(overlap=args.overlap, sw_batch_size=args.sw_batch_size, tta_flips=args.tta)
+    settings = _section(args, "inference")
+    if settings:
+        InferenceConfig.from_dict(settings, source=f"{args.params}:inference")  # names the file at fault
+    flags = {
+        "overlap": args.overlap,
+        "sw_batch_size": args.sw_batch_size,
+        "tta_flips": args.tta,
+        "crop_foreground": args.crop_foreground,
+    }
+    return {**settings, **{k: v for k, v in flags.items() if v is not None}}
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -85,7 +105,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if not args.input.exists():
         raise UserError(f"input {args.input} does not exist.")
-    predictor = Predictor.from_checkpoint(args.model, _inference_config(args), device=args.device)
+    predictor = Predictor.load(args.model, device=args.device, **_inference_overrides(args))
     if args.input.is_dir():
         written = predictor.predict_folder(
             args.input,
@@ -101,27 +121,126 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from visionpipes.medical.evaluate import evaluate_cases, select_cases, write_metrics
+    from visionpipes.medical.data import resolve_task_dir
+    from visionpipes.medical.evaluate import (
+        OverlaySlices,
+        evaluate_cases,
+        select_cases,
+        write_metrics,
+        write_overlay,
+    )
     from visionpipes.medical.infer import Predictor
     from visionpipes.medical.msd import load_task
 
-    task = load_task(args.task_dir)
+    for out in (args.metrics, args.cases_out, args.overlay):
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+    task = load_task(resolve_task_dir(args.task_dir))
     cases = select_cases(task, args.split, args.subset)
-    predictor = Predictor.from_checkpoint(args.model, _inference_config(args), device=args.device)
+    predictor = Predictor.load(args.model, device=args.device, **_inference_overrides(args))
+    overlay = OverlaySlices(max_cases=3)
     result = evaluate_cases(
-        predictor, task, cases, progress=lambda i, n, c: print(f"evaluate: {i}/{n} {c}", file=sys.stderr)
+        predictor,
+        task,
+        cases,
+        progress=lambda i, n, c: print(f"evaluate: {i}/{n} {c}", file=sys.stderr),
+        on_case=overlay if args.overlay else None,
     )
     write_metrics(result, args.metrics, args.cases_out)
+    if args.overlay:
+        write_overlay(overlay, task.labels, args.overlay, channel_name=task.modality_names[0])
     print(json.dumps({k: v["dice"] for k, v in result["summary"].items()}, indent=None))
     return 0
 
 
-def _add_inference_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, required=True, help="checkpoint written by `vp-medical train`")
-    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default: 0.5)")
-    parser.add_argument("--sw-batch-size", type=int, default=4, help="windows per forward pass (default: 4)")
-    parser.add_argument("--tta", action="store_true", help="average with predictions of flipped volumes")
+def _cmd_data(args: argparse.Namespace) -> int:
+    from visionpipes.medical.data import TASK_POINTER, DataStageConfig, prepare_data
+
+    settings = _section(args, args.section)
+    base = args.params.parent if args.params else Path(".")
+    if args.path is not None:
+        settings["path"], base = str(args.path), Path(".")
+    source = f"{args.params}:{args.section}" if args.params else "data settings"
+    config = DataStageConfig.from_dict(settings, source=source)
+    record = prepare_data(
+        config, args.out, base_dir=base, progress=lambda line: print(f"data: {line}", file=sys.stderr)
+    )
+    kind = "synthetic" if record["synthetic"] else "real"
+    print(
+        f"{kind} task {record['name']}: {record['num_training']} training and {record['num_test']} test cases, "
+        f"{len(record['validation']['warnings'])} warnings; {args.out / TASK_POINTER} -> {record['task_dir']}"
+    )
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from visionpipes.core.errors import UserError
+    from visionpipes.core.export import ExportParityError
+    from visionpipes.medical.deploy import DeployConfig, deploy
+    from visionpipes.medical.infer import InferenceConfig
+
+    settings = _section(args, "deploy")
+    if args.formats:
+        settings.update(formats=args.formats, runtime=args.formats[0])
+    config = DeployConfig.from_dict(
+        settings, source=f"{args.params}:deploy" if args.params else "deploy settings"
+    )
+    inference = InferenceConfig.from_dict(_inference_overrides(args))
+    params = None
+    if args.params:
+        params = {k: v for k in ("data", "train", "inference", "deploy") if (v := _section(args, k))}
+    try:
+        result = deploy(
+            args.model,
+            args.out,
+            config=config,
+            inference=inference,
+            task_dir=args.task,
+            metrics=args.metrics,
+            params=params,
+        )
+    except ExportParityError as err:
+        raise UserError(str(err)) from None
+    for fmt, info in result.record["files"].items():
+        print(f"{fmt}: {result.out_dir / info['file']} (parity max abs diff {info['max_abs_diff']:.2e})")
+    print(f"model card: {result.out_dir / 'MODEL_CARD.md'}")
+    return 0
+
+
+def _add_inference_options(parser: argparse.ArgumentParser, model_help: str) -> None:
+    parser.add_argument("--model", type=Path, required=True, help=model_help)
+    parser.add_argument(
+        "--params", type=Path, help="params.yaml whose `inference:` section gives the settings below"
+    )
+    parser.add_argument(
+        "--overlap", type=float, help="sliding-window overlap (default: the model's, else 0.5)"
+    )
+    parser.add_argument(
+        "--sw-batch-size", type=int, help="windows per forward pass (default: the model's, else 4)"
+    )
+    parser.add_argument(
+        "--tta", action=argparse.BooleanOptionalAction, help="average with predictions of flipped volumes"
+    )
+    parser.add_argument(
+        "--crop-foreground",
+        action=argparse.BooleanOptionalAction,
+        help="run windows over the non-zero bounding box only (skull-stripped MRI)",
+    )
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: cpu)")
+    _add_threads(parser)
+
+
+def _add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch and onnxruntime (default: $VISIONPIPES_THREADS or all)",
+    )
+
+
+_ANY_MODEL = (
+    "a `vp-medical train` checkpoint (.ckpt), a `vp-medical export` folder, or its model.onnx / model.pt"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,46 +286,100 @@ def build_parser() -> argparse.ArgumentParser:
         "folder with DiceCE on sigmoid region channels; checkpoints, DVCLive logs, split.json and train.json go "
         "to --out. Resumes from --out/checkpoints/last.ckpt when present.",
     )
-    train.add_argument("task_dir", type=Path, metavar="TASK_DIR", help="the TaskXX_Name folder")
+    train.add_argument(
+        "task_dir",
+        type=Path,
+        metavar="TASK_DIR",
+        help="the TaskXX_Name folder (or the data stage's task.json)",
+    )
     train.add_argument("--out", type=Path, required=True, help="run folder to write")
     train.add_argument("--params", type=Path, help="params.yaml holding the training settings")
     train.add_argument("--section", default="train", help="section of --params to read (default: train)")
     train.add_argument("--epochs", type=int, help="override trainer.max_epochs")
     train.add_argument("--seed", type=int, help="override trainer.seed")
     train.add_argument("--no-resume", action="store_true", help="start afresh even if last.ckpt exists")
+    _add_threads(train)
     train.set_defaults(run=_cmd_train)
+
+    data = verbs.add_parser(
+        "data",
+        help="the pipeline's data stage: synthesise the sample or validate a real task folder",
+        description="Write OUT/task.json naming the task folder the later stages read, with a fingerprint of "
+        "its files: without data.path (params) or --path, synthesise the Task01 sample into "
+        "OUT/Task01_BrainTumour; with one, validate that real MSD folder (every volume decoded) and point to "
+        "it. OUT is replaced as a whole, and only when validation passes.",
+    )
+    data.add_argument("--out", type=Path, required=True, help="output folder (e.g. ../../data/medical/raw)")
+    data.add_argument(
+        "--params", type=Path, help="params.yaml whose section gives path, cases, size, seed, ..."
+    )
+    data.add_argument("--section", default="data", help="section of --params to read (default: data)")
+    data.add_argument("--path", type=Path, help="a real MSD task folder (overrides data.path)")
+    data.set_defaults(run=_cmd_data)
+
+    evaluate = verbs.add_parser(
+        "evaluate",
+        help="Dice and HD95 per region on labelled cases",
+        description="Predict labelled cases of TASK_DIR (all, or the --subset of a split.json) and write Dice "
+        "and HD95 per region and their mean (null where a region is absent) to --metrics; optionally a PNG of "
+        "slices with ground truth and prediction drawn over the image.",
+    )
+    evaluate.add_argument(
+        "task_dir",
+        type=Path,
+        metavar="TASK_DIR",
+        help="the TaskXX_Name folder (or the data stage's task.json)",
+    )
+    _add_inference_options(evaluate, _ANY_MODEL)
+    evaluate.add_argument("--split", type=Path, help="split.json written by train (default: all cases)")
+    evaluate.add_argument("--subset", default="val", help="list of --split to evaluate (default: val)")
+    evaluate.add_argument("--metrics", type=Path, required=True, help="metrics.json to write")
+    evaluate.add_argument("--cases-out", type=Path, help="also write per-case scores here")
+    evaluate.add_argument("--overlay", type=Path, help="also draw slices of up to 3 cases into this PNG")
+    evaluate.set_defaults(run=_cmd_evaluate)
+
+    export = verbs.add_parser(
+        "export",
+        aliases=["deploy"],
+        help="deploy a checkpoint: TorchScript + ONNX (parity-checked) and a model card",
+        description="Export a trained checkpoint to OUT: model.onnx and model.pt (TorchScript), each checked "
+        "against the eager network and carrying the model description and inference settings, model.json, "
+        "and MODEL_CARD.md with metrics, params and the data fingerprint. OUT appears whole or not at all.",
+    )
+    _add_inference_options(export, "checkpoint written by `vp-medical train`")
+    export.add_argument("--out", type=Path, required=True, help="folder to write (replaced as a whole)")
+    export.add_argument("--task", type=Path, help="training data to fingerprint: task folder or task.json")
+    export.add_argument("--metrics", type=Path, help="metrics.json from `vp-medical evaluate`, for the card")
+    export.add_argument(
+        "--formats",
+        nargs="+",
+        choices=["onnx", "torchscript"],
+        help="override deploy.formats (the first is the runtime predict uses)",
+    )
+    export.set_defaults(run=_cmd_export)
 
     predict = verbs.add_parser(
         "predict",
         help="segment a scan (or a folder of scans) into an MSD label map",
         description="Predict label maps (0 background, then the task's labels, e.g. 1 edema, 2 non-enhancing, "
-        "3 enhancing tumour) by Gaussian-blended sliding windows; written as NIfTI with the input's affine "
-        "and header. With a folder as --input, --output must be an existing folder.",
+        "3 enhancing tumour) by Gaussian-blended sliding windows; written as NIfTI with the input's affine and "
+        "header. With a folder as --input, --output must be an existing folder. --model takes a checkpoint or "
+        "a deployed model (its folder, model.onnx or model.pt); a deployed model brings its own settings.",
     )
-    _add_inference_options(predict)
+    _add_inference_options(predict, _ANY_MODEL)
     predict.add_argument("--input", type=Path, required=True, help="a .nii/.nii.gz scan or a folder of them")
     predict.add_argument("--output", type=Path, required=True, help="output .nii.gz (or folder)")
     predict.set_defaults(run=_cmd_predict)
-
-    evaluate = verbs.add_parser(
-        "evaluate",
-        help="Dice and HD95 per region on labelled cases",
-        description="Predict labelled cases of TASK_DIR (all, or the --subset of a split.json) and write Dice and "
-        "HD95 per region and their mean (null where a region is absent) to --metrics.",
-    )
-    evaluate.add_argument("task_dir", type=Path, metavar="TASK_DIR", help="the TaskXX_Name folder")
-    _add_inference_options(evaluate)
-    evaluate.add_argument("--split", type=Path, help="split.json written by train (default: all cases)")
-    evaluate.add_argument("--subset", default="val", help="list of --split to evaluate (default: val)")
-    evaluate.add_argument("--metrics", type=Path, required=True, help="metrics.json to write")
-    evaluate.add_argument("--cases-out", type=Path, help="also write per-case scores here")
-    evaluate.set_defaults(run=_cmd_evaluate)
     return parser
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse `argv` and run the verb; returns the exit code (bad input raises `UserError`)."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        from visionpipes.core.settings import apply_runtime_settings
+
+        apply_runtime_settings(threads=args.threads)  # before torch is imported by the verb
     return args.run(args)
 
 

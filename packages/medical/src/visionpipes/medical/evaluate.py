@@ -13,8 +13,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import write_json
+from visionpipes.core.io import atomic_path, write_json
 from visionpipes.medical.infer import Predictor
 from visionpipes.medical.metrics import case_metrics, summarize
 from visionpipes.medical.msd import MSDCase, MSDTask, labels_to_regions, read_nifti, to_channels_first
@@ -61,6 +63,7 @@ def evaluate_cases(
     cases: Sequence[MSDCase],
     *,
     progress: Callable[[int, int, str], None] | None = None,
+    on_case: Callable[[str, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
 ) -> dict[str, Any]:
     """Predict each case and score it against its label, per region.
 
@@ -69,6 +72,8 @@ def evaluate_cases(
         task: the task the cases belong to (its label names must give the model's regions).
         cases: labelled cases.
         progress: called as `progress(done, total, case_id)`.
+        on_case: called as `on_case(case_id, image (C, X, Y, Z), truth, predicted)` (label maps on the
+            image grid), e.g. to keep slices for a figure.
 
     Returns:
         `{"summary": {region: {"dice", "hd95", "n_dice", "n_hd95"}, "mean": {...}}, "cases": [...]}`,
@@ -86,9 +91,8 @@ def evaluate_cases(
     per_case = []
     for done, case in enumerate(cases, start=1):
         data, image = read_nifti(case.image)
-        predicted = predictor.predict_array(
-            to_channels_first(data, predictor.num_channels, case.image), image.affine
-        )
+        volume = to_channels_first(data, predictor.num_channels, case.image)
+        predicted = predictor.predict_array(volume, image.affine)
         truth, _ = read_nifti(case.label)
         if truth.shape != predicted.shape:
             raise UserError(
@@ -101,6 +105,8 @@ def evaluate_cases(
             spacing=[float(z) for z in image.header.get_zooms()[:3]],
         )
         per_case.append({"case_id": case.case_id, **scores})
+        if on_case:
+            on_case(case.case_id, volume, truth, predicted)
         if progress:
             progress(done, len(cases), case.case_id)
     summary = summarize(
@@ -117,3 +123,62 @@ def write_metrics(
     write_json(metrics_path, _json_safe(result["summary"]))
     if cases_path is not None:
         write_json(cases_path, _json_safe(result["cases"]))
+
+
+class OverlaySlices:
+    """Keeps, for the first `max_cases` cases given to it (as `evaluate_cases`' `on_case`), the axial slice
+    where the true label map has most foreground: the first channel of the image, truth and prediction."""
+
+    def __init__(self, max_cases: int = 3) -> None:
+        self.max_cases = max_cases
+        self.slices: list[tuple[str, int, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def __call__(self, case_id: str, image: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> None:
+        if len(self.slices) >= self.max_cases:
+            return
+        z = int(np.argmax((truth > 0).sum(axis=(0, 1))))
+        self.slices.append((case_id, z, np.asarray(image[0, :, :, z]), truth[:, :, z], predicted[:, :, z]))
+
+
+def write_overlay(
+    slices: OverlaySlices, labels: dict[int, str], path: str | os.PathLike, channel_name: str = "image"
+) -> Path:
+    """A PNG with one row per kept case: the image slice, the truth and the prediction drawn over it.
+
+    Raises:
+        UserError: if no case was kept or the output folder does not exist.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    if not slices.slices:
+        raise UserError("no evaluated case to draw in the overlay figure.")
+    colours = ["#00000000", "#2ca02c", "#ffd700", "#d62728", "#1f77b4", "#9467bd", "#8c564b"]
+    top = max(labels) if labels else 3
+    cmap = ListedColormap(colours[: top + 1] if top + 1 <= len(colours) else plt.cm.tab10.colors[: top + 1])
+    rows = len(slices.slices)
+    fig, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
+    for row, (case_id, z, image, truth, predicted) in enumerate(slices.slices):
+        for col, (title, mask) in enumerate(
+            ((channel_name, None), ("ground truth", truth), ("prediction", predicted))
+        ):
+            ax = axes[row, col]
+            ax.imshow(image.T, cmap="gray", origin="lower")
+            if mask is not None:
+                shown = np.ma.masked_equal(mask.T.astype(int), 0)
+                ax.imshow(
+                    shown, cmap=cmap, vmin=0, vmax=top, alpha=0.55, origin="lower", interpolation="nearest"
+                )
+            ax.set_title(f"{case_id} z={z}: {title}", fontsize=8)
+            ax.set_axis_off()
+    legend = ", ".join(f"{v}={name}" for v, name in sorted(labels.items()) if v)
+    fig.suptitle(f"labels: {legend}", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+    return path

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,10 @@ class InferenceConfig:
         blend: `gaussian` (weights fall off toward window edges) or `constant`.
         tta_flips: also predict the volume flipped along each axis and average the probabilities.
         threshold: probability above which a voxel belongs to a region.
+        crop_foreground: run the windows over the bounding box of the non-zero voxels only (plus
+            `crop_margin`), as training crops its samples; outside it every region is absent. Skull-stripped
+            MRI (BraTS) is zero outside the brain; a CT (no zero background) keeps its whole grid.
+        crop_margin: voxels kept around the foreground box.
     """
 
     overlap: float = 0.5
@@ -41,6 +45,8 @@ class InferenceConfig:
     blend: str = "gaussian"
     tta_flips: bool = False
     threshold: float = 0.5
+    crop_foreground: bool = False
+    crop_margin: int = 4
 
     def check(self) -> None:
         """Raises `UserError` on values sliding-window inference cannot use."""
@@ -52,6 +58,28 @@ class InferenceConfig:
             raise UserError(f"blend must be gaussian or constant, not '{self.blend}'.")
         if not 0.0 < self.threshold < 1.0:
             raise UserError(f"threshold must be in (0, 1), not {self.threshold}.")
+        if self.crop_margin < 0:
+            raise UserError(f"crop_margin must be 0 or more, not {self.crop_margin}.")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "inference settings") -> InferenceConfig:
+        """Build from a mapping (a `params.yaml` section or a deployed model's record).
+
+        Raises:
+            UserError: on an unknown key or an unusable value, naming `source`.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(
+                f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))})."
+            )
+        config = cls(**dict(data))
+        try:
+            config.check()
+        except UserError as err:
+            raise UserError(f"{source}: {err}") from None
+        return config
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -73,6 +101,49 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"model checkpoint {path} was not written by `vp-medical train` (no model description)."
         )
     return ckpt
+
+
+class NotDeployedError(UserError):
+    """The file is not a model written by `vp-medical export`."""
+
+
+def model_description(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """What inference needs besides the weights, from a checkpoint's hyper-parameters: the network
+    (`model`), `regions`, `modality`, `labels`, `roi_size` and `pixdim`."""
+    keys = ("model", "regions", "modality", "labels", "roi_size", "pixdim")
+    out = {k: hparams.get(k) for k in keys}
+    out["labels"] = {str(k): v for k, v in (out["labels"] or {}).items()}
+    return out
+
+
+def network_from_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The eager network of a `vp-medical train` checkpoint and its `model_description`.
+
+    Raises:
+        UserError: if the checkpoint is missing or not one of ours.
+    """
+    ckpt = load_checkpoint(path)
+    description = model_description(ckpt["hyper_parameters"])
+    net = build_model(
+        ModelConfig.from_dict(description["model"]), len(description["modality"]), len(description["regions"])
+    )
+    state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    net.load_state_dict(state)
+    return net.eval(), description
+
+
+def foreground_box(image: torch.Tensor, margin: int) -> tuple[slice, ...]:
+    """Bounding box (one slice per spatial axis) of the voxels non-zero in any channel of `(C, *spatial)`,
+    grown by `margin`; the whole grid if every voxel is zero."""
+    nonzero = (image != 0).any(dim=0)
+    if not bool(nonzero.any()):
+        return tuple(slice(0, n) for n in nonzero.shape)
+    box = []
+    for axis, n in enumerate(nonzero.shape):
+        others = tuple(a for a in range(nonzero.ndim) if a != axis)
+        hit = torch.nonzero(nonzero.any(dim=others)).flatten()
+        box.append(slice(max(0, int(hit[0]) - margin), min(n, int(hit[-1]) + 1 + margin)))
+    return tuple(box)
 
 
 class Predictor:
@@ -121,23 +192,62 @@ class Predictor:
         Raises:
             UserError: if the checkpoint is missing or not one of ours.
         """
-        ckpt = load_checkpoint(path)
-        hp = ckpt["hyper_parameters"]
-        regions = [Region(name, frozenset(int(v) for v in values)) for name, values in hp["regions"]]
-        net = build_model(ModelConfig.from_dict(hp["model"]), len(hp["modality"]), len(regions))
-        state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-        net.load_state_dict(state)
+        net, description = network_from_checkpoint(path)
+        return cls.from_description(net, description, config, device)
+
+    @classmethod
+    def from_description(
+        cls,
+        net: torch.nn.Module,
+        description: Mapping[str, Any],
+        config: InferenceConfig | None = None,
+        device: str = "cpu",
+    ) -> Predictor:
+        """A predictor around `net` from a model description (`model_description`'s keys)."""
         from visionpipes.core.training import select_device
 
+        regions = [Region(name, frozenset(int(v) for v in values)) for name, values in description["regions"]]
         return cls(
             net,
             regions=regions,
-            modality=hp["modality"],
-            roi_size=hp["roi_size"],
-            pixdim=hp.get("pixdim"),
+            modality=description["modality"],
+            roi_size=description["roi_size"],
+            pixdim=description.get("pixdim"),
             config=config,
             device=select_device(device),
         )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cpu", **overrides: Any) -> Predictor:
+        """A predictor from any model `vp-medical` writes: a training checkpoint (`.ckpt`), a deployed
+        folder (`vp-medical export`), or one of its files (`model.onnx` run by onnxruntime, `model.pt`
+        TorchScript).
+
+        Inference settings are the ones a deployed model was evaluated with (the defaults for a
+        checkpoint), with `overrides` (InferenceConfig fields) on top.
+
+        Raises:
+            UserError: if the path is missing or is none of these, or an override is unusable.
+        """
+        from visionpipes.medical.deploy import load_deployed
+
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"model {path} does not exist.")
+        if path.suffix == ".ckpt":
+            net, description = network_from_checkpoint(path)
+            recorded = {}
+        elif path.is_dir() or path.suffix == ".onnx":
+            net, description, recorded = load_deployed(path)
+        else:
+            try:
+                net, description, recorded = load_deployed(path)
+            except NotDeployedError:
+                net, description = network_from_checkpoint(path)
+                recorded = {}
+        settings = {**recorded, **{k: v for k, v in overrides.items() if v is not None}}
+        config = InferenceConfig.from_dict(settings, source=f"inference settings for {path}")
+        return cls.from_description(net, description, config, device)
 
     @property
     def num_channels(self) -> int:
@@ -156,9 +266,18 @@ class Predictor:
     @torch.inference_mode()
     def region_probabilities(self, image: torch.Tensor) -> torch.Tensor:
         """Region probabilities `(R, X, Y, Z)` of a preprocessed image `(C, X, Y, Z)` (model grid)."""
-        from monai.inferers import sliding_window_inference
-
         x = torch.as_tensor(image, dtype=torch.float32).as_subclass(torch.Tensor)[None].to(self.device)
+        if self.config.crop_foreground:
+            box = foreground_box(x[0], self.config.crop_margin)
+            crop = x[(slice(None), slice(None), *box)]
+            if crop.shape != x.shape:
+                out = torch.zeros((len(self.regions), *x.shape[2:]), dtype=torch.float32)
+                out[(slice(None), *box)] = self._probabilities(crop)[0].cpu()
+                return out
+        return self._probabilities(x)[0].cpu()
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        from monai.inferers import sliding_window_inference
 
         def run(volume: torch.Tensor) -> torch.Tensor:
             logits = sliding_window_inference(
@@ -176,7 +295,7 @@ class Predictor:
             for axis in (2, 3, 4):
                 probs += torch.flip(run(torch.flip(x, dims=(axis,))), dims=(axis,))
             probs /= 4
-        return probs[0].cpu()
+        return probs
 
     def predict_array(self, image: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """Label map (input grid) of an image `(C, X, Y, Z)` with its voxel-to-world `affine`.

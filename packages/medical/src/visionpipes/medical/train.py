@@ -22,10 +22,12 @@ from monai.transforms import MapTransform
 
 from visionpipes.core.errors import UserError
 from visionpipes.core.io import write_json
-from visionpipes.core.training import FitResult, TrainConfig, fit
+from visionpipes.core.training import FitResult, TrainConfig, fit, seed_everything
 from visionpipes.medical.models import ModelConfig, build_model
 from visionpipes.medical.msd import MSDCase, MSDTask, Region, labels_to_regions, load_task
 
+#: `TrainConfig` fields, which a training section may give flat instead of under `trainer:`.
+TRAINER_KEYS: frozenset[str] = frozenset(f.name for f in fields(TrainConfig))
 #: Orientation every volume is brought to before the network sees it.
 AXCODES = "RAS"
 _AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -65,6 +67,9 @@ class DataConfig:
 class SegmentationConfig:
     """Everything `train` needs; one `params.yaml` section (`model:`, `data:`, `trainer:` and the rest).
 
+    The trainer's keys may also be given flat in the section (`max_epochs: 60` beside `lr:`), which is
+    what `dvc exp run -S params.yaml:train.max_epochs=2` sets.
+
     Attributes:
         model: the network.
         data: transforms, crops, split and caching.
@@ -95,10 +100,11 @@ class SegmentationConfig:
             UserError: on unknown keys or unusable values, naming `source`.
         """
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known - TRAINER_KEYS)
         if unknown:
             raise UserError(
-                f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))})."
+                f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))}, "
+                "or any trainer key given flat)."
             )
         data = dict(data)
         model = ModelConfig.from_dict(data.pop("model", {}) or {}, source=f"{source} model")
@@ -109,7 +115,12 @@ class SegmentationConfig:
             raise UserError(
                 f"{source} data: unknown keys {', '.join(bad)} (known: {', '.join(sorted(known_data))})."
             )
-        trainer_section = {"monitor": "val_dice", "mode": "max", **(data.pop("trainer", {}) or {})}
+        trainer_section = dict(data.pop("trainer", {}) or {})
+        flat = {name: data.pop(name) for name in TRAINER_KEYS & set(data)}
+        both = sorted(set(flat) & set(trainer_section))
+        if both:
+            raise UserError(f"{source}: {', '.join(both)} given both flat and under trainer; keep one.")
+        trainer_section = {"monitor": "val_dice", "mode": "max", **trainer_section, **flat}
         trainer = TrainConfig.from_dict(trainer_section, source=f"{source} trainer")
         config = cls(model=model, data=DataConfig(**data_section), trainer=trainer, **data)
         config.check(source)
@@ -450,6 +461,8 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
 
     seed = config.trainer.seed
+    # Seeded before the network is built: its initial weights, not only the data order, follow the seed.
+    seed_everything(seed)
     train_cases, val_cases = split_cases(task.training, config.data.val_fraction, seed)
     split = {"train": [c.case_id for c in train_cases], "val": [c.case_id for c in val_cases]}
     write_json(out / "split.json", split)

@@ -31,6 +31,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 from pydantic import BaseModel
 
 from visionpipes.core.errors import UserError
+from visionpipes.retail.catalog import IMAGE_SUFFIXES
 from visionpipes.retail.index import ProductIndex, SearchHit, SearchSettings
 from visionpipes.retail.manifest import fsync_path, read_manifest
 from visionpipes.retail.page import SEARCH_PAGE
@@ -187,6 +188,11 @@ def resolve_image(image_path: str, *, catalog_root: Path | None, uploads: Path) 
     if image_path.startswith(UPLOAD_PREFIX):
         name = image_path[len(UPLOAD_PREFIX) :]
         base, candidate = uploads.resolve(), (uploads / name).resolve()
+    elif os.path.isabs(image_path):
+        # A catalog that names its images by absolute path (`vp-retail data --source`); such paths come
+        # only from the deployed catalog: uploads are always stored under the upload prefix.
+        path = Path(image_path)
+        return path if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES else None
     elif catalog_root is not None:
         base = catalog_root.resolve()
         candidate = (base / image_path).resolve()

@@ -536,10 +536,13 @@ class ProductIndex:
         model_version: str,
         use_gpu: bool | None = None,
         settings: SearchSettings | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> ProductIndex:
         """Create an empty index directory and open it.
 
         IVF/PQ indexes are trained on the first `add_many` batch (which must hold enough vectors).
+        `extra` (JSON data, e.g. where the model and the catalog images are) is kept in the manifest
+        across saves.
 
         Raises:
             UserError: if `directory` already exists, or on a bad factory string or dimension.
@@ -555,7 +558,9 @@ class ProductIndex:
                 tmp, 1, index, writer=lambda p: write_empty_snapshot(p, dimension=dimension)
             )
             counts = {"products": 0, "vectors": 0, "tombstones": 0, "index_ntotal": 0}
-            write_manifest(tmp, cls._make_manifest(tmp, 1, model_version, dimension, factory.strip(), counts))
+            manifest = cls._make_manifest(tmp, 1, model_version, dimension, factory.strip(), counts)
+            manifest.extra = dict(extra or {})
+            write_manifest(tmp, manifest)
         fsync_path(directory.parent)
         return cls.open(
             directory, dimension=dimension, model_version=model_version, use_gpu=use_gpu, settings=settings
@@ -573,6 +578,7 @@ class ProductIndex:
         model_version: str,
         use_gpu: bool | None = None,
         settings: SearchSettings | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> ProductIndex:
         """Create an index directory from a whole catalog in one go (training on it) and save it.
 
@@ -597,6 +603,7 @@ class ProductIndex:
             model_version=model_version,
             use_gpu=use_gpu,
             settings=settings,
+            extra=extra,
         )
         try:
             idx.add_many(records, vectors)
@@ -890,6 +897,16 @@ class ProductIndex:
         """A product's stored (normalised) view vectors."""
         with self._lock:
             return self._store.vectors_of(product_id)
+
+    def view_paths(self, product_id: str) -> list[str]:
+        """The image path recorded for each view of a product (empty if unknown)."""
+        with self._lock:
+            return self._store.view_paths(product_id)
+
+    def categories(self) -> list[str]:
+        """Distinct categories of the products in the index, sorted."""
+        with self._lock:
+            return self._store.categories()
 
     def list_products(self, *, category: str | None = None, limit: int = 100, offset: int = 0) -> list[str]:
         """Product ids in id order, optionally of one category."""

@@ -372,6 +372,13 @@ class CatalogStore:
             )
         return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), self.dimension).copy()
 
+    def view_paths(self, product_id: str) -> list[str]:
+        """The image path of each view of a product, in view order (empty if unknown)."""
+        rows = self._conn.execute(
+            "SELECT image_path FROM live_vectors WHERE product_id = ? ORDER BY vector_id", (product_id,)
+        )
+        return [r[0] for r in rows]
+
     def iter_vectors(
         self, *, source: str = "live", batch: int = 65536
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -411,6 +418,11 @@ class CatalogStore:
                 "SELECT product_id FROM live_products WHERE category = ? ORDER BY product_id LIMIT ? OFFSET ?",
                 (category, limit, offset),
             )
+        return [r[0] for r in rows]
+
+    def categories(self) -> list[str]:
+        """Distinct categories of the live products, sorted."""
+        rows = self._conn.execute("SELECT DISTINCT category FROM live_products ORDER BY category")
         return [r[0] for r in rows]
 
     def journal_size(self) -> int:

@@ -1,0 +1,157 @@
+"""Multi-camera throughput: `vp-driving stream` (one reader thread per camera, each tick one batched
+ONNX detection call over all cameras) against the common pattern of one thread per camera, each with
+its own ultralytics model calling `model.predict(stream=True)` on its video — same detector, same
+videos, same run. Also the per-frame latency of both models under onnxruntime vs eager PyTorch.
+
+    python benchmarks/driving_streams.py --weights data/driving/models/det/weights/best.pt \
+        --lanes data/driving/models/lanes/lane_model.pt --out benchmarks/results/driving_streams.json
+
+Without --videos it writes 4 synthetic 640x360 camera videos first. Numbers depend on the machine
+and on what else runs on it: compare the two columns of one run, not runs with each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _median_ms(fn: Any, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return round(1000 * statistics.median(times), 2)
+
+
+def baseline_threads(weights: str, videos: list[str], imgsz: int, frames: int, conf: float) -> dict[str, Any]:
+    """One thread per camera, each with its own YOLO calling predict(stream=True)."""
+    from visionpipes.driving.detect import load_detector
+
+    counts = [0] * len(videos)
+    models = [load_detector(weights) for _ in videos]
+
+    def work(i: int) -> None:
+        for _ in models[i].predict(source=videos[i], stream=True, imgsz=imgsz, conf=conf, verbose=False, device="cpu"):
+            counts[i] += 1
+            if counts[i] >= frames:
+                break
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(videos))]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    return {"frames": sum(counts), "seconds": round(seconds, 2), "total_fps": round(sum(counts) / seconds, 2)}
+
+
+def ours(detector: Path, lanes: Path | None, videos: list[str], frames: int, conf: float, out: Path) -> dict[str, Any]:
+    from visionpipes.driving.streams import StreamConfig, run_streams
+
+    report = run_streams(
+        videos,
+        out,
+        detector_path=detector,
+        lanes_path=lanes,
+        config=StreamConfig(conf=conf, realtime=False, max_frames=frames, write_video=False, lanes_every=1 if lanes else 0),
+        printer=lambda line: None,
+    )
+    return {"frames": sum(c.frames for c in report.cameras), "seconds": report.seconds, "total_fps": report.total_fps}
+
+
+def latencies(weights: str, lane_model: str | None, work: Path, repeats: int) -> dict[str, Any]:
+    import copy
+
+    import torch
+
+    from visionpipes.core.export import OnnxRunner
+    from visionpipes.driving.detect import export_detector_onnx, load_detector
+    from visionpipes.driving.lanes import export_lane_onnx, load_lane_model
+
+    out: dict[str, Any] = {}
+    yolo = load_detector(weights)
+    imgsz = int((getattr(yolo, "ckpt", None) or {}).get("train_args", {}).get("imgsz", 320))
+    det_path = export_detector_onnx(yolo, work / "det.onnx", imgsz=imgsz).path
+    eager = copy.deepcopy(yolo.model).float().eval().fuse()
+    x = torch.rand(1, 3, imgsz, imgsz)
+    runner = OnnxRunner(det_path)
+    with torch.inference_mode():
+        out["detector"] = {
+            "input": [1, 3, imgsz, imgsz],
+            "eager_ms": _median_ms(lambda: eager(x), repeats),
+            "onnxruntime_ms": _median_ms(lambda: runner(x.numpy()), repeats),
+        }
+    if lane_model:
+        net = load_lane_model(lane_model)
+        lane_path = export_lane_onnx(net, work / "lanes.onnx").path
+        x = torch.rand(1, 3, net.config.height, net.config.width)
+        runner = OnnxRunner(lane_path)
+        with torch.inference_mode():
+            out["lanes"] = {
+                "input": list(x.shape),
+                "eager_ms": _median_ms(lambda: net(x), repeats),
+                "onnxruntime_ms": _median_ms(lambda: runner(x.numpy()), repeats),
+            }
+    out["_files"] = {"detector": str(det_path), "lanes": str(work / "lanes.onnx") if lane_model else None}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", required=True, help="trained detector (.pt)")
+    parser.add_argument("--lanes", help="trained lane model (lane_model.pt)")
+    parser.add_argument("--videos", nargs="*", help="camera videos (default: 4 synthetic 640x360 videos)")
+    parser.add_argument("--frames", type=int, default=48, help="frames per camera (default 48)")
+    parser.add_argument("--conf", type=float, default=0.25)
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs per latency (default 20)")
+    parser.add_argument("--out", help="JSON results file")
+    args = parser.parse_args()
+
+    from visionpipes.core.settings import apply_runtime_settings
+
+    settings = apply_runtime_settings()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        videos = args.videos
+        if not videos:
+            from visionpipes.driving.synth import SynthConfig, write_sample
+
+            write_sample(work / "bdd", SynthConfig(images=1, val_fraction=0.0, cameras=4, video_frames=args.frames))
+            videos = [str(p) for p in sorted((work / "bdd" / "videos").glob("*.mp4"))]
+        lat = latencies(args.weights, args.lanes, work, args.repeats)
+        files = lat.pop("_files")
+        imgsz = lat["detector"]["input"][-1]
+        result: dict[str, Any] = {
+            "machine": {"cpu": platform.processor() or platform.machine(), "threads": settings.threads},
+            "cameras": len(videos),
+            "frames_per_camera": args.frames,
+            "baseline_threads_ultralytics": baseline_threads(args.weights, videos, imgsz, args.frames, args.conf),
+            "vp_driving_stream_detector_only": ours(Path(files["detector"]), None, videos, args.frames, args.conf, work / "o1"),
+        }
+        if files["lanes"]:
+            result["vp_driving_stream_with_lanes"] = ours(
+                Path(files["detector"]), Path(files["lanes"]), videos, args.frames, args.conf, work / "o2"
+            )
+        base = result["baseline_threads_ultralytics"]["total_fps"]
+        result["speedup_detector_only"] = round(result["vp_driving_stream_detector_only"]["total_fps"] / base, 2) if base else None
+        result["latency_per_frame"] = lat
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Deploy the driving models: ONNX exports of the detector and the lane model (each checked against
+the eager model by `core.export`), and a Markdown model card with their metrics, sizes and training
+parameters.
+
+It exports and documents trained models; it never trains or re-scores them (metrics come from the
+evaluation's `metrics.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from visionpipes.core.errors import UserError
+from visionpipes.core.io import atomic_path, write_json
+
+DET_ONNX = "detector.onnx"
+LANES_ONNX = "lanes.onnx"
+MODEL_CARD = "MODEL_CARD.md"
+SUMMARY = "deploy.json"
+
+
+@dataclass
+class DeployConfig:
+    """The `deploy` section of params.yaml.
+
+    Attributes:
+        atol: absolute tolerance of the ONNX parity check.
+        rtol: tolerance relative to each output's scale.
+        latency_runs: timed forward passes per model for the card (0: skip the timing).
+    """
+
+    atol: float = 1e-4
+    rtol: float = 1e-4
+    latency_runs: int = 5
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "deploy config") -> DeployConfig:
+        """Raises: UserError on unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
+        return cls(**dict(data))
+
+
+def _latency_ms(runner: Any, example: Any, runs: int) -> float | None:
+    import time
+
+    if runs <= 0:
+        return None
+    runner(example)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        runner(example)
+        times.append(time.perf_counter() - start)
+    return round(1000 * sorted(times)[len(times) // 2], 1)
+
+
+def export_models(
+    out_dir: str | os.PathLike,
+    *,
+    det_weights: str | os.PathLike | None = None,
+    lane_model: str | os.PathLike | None = None,
+    config: DeployConfig | None = None,
+) -> dict[str, Any]:
+    """Export the given models to ONNX in `out_dir` (`detector.onnx`, `lanes.onnx`) with the parity check.
+
+    Returns:
+        Per model: file, input shape, parameters, max abs/rel difference, onnxruntime latency.
+
+    Raises:
+        UserError: if neither model is given or a file is missing.
+        ExportParityError: if an export disagrees with its eager model (nothing is written for it).
+    """
+    import numpy as np
+
+    from visionpipes.core.export import OnnxRunner
+    from visionpipes.core.profile import count_parameters
+
+    if det_weights is None and lane_model is None:
+        raise UserError("export needs a detector (--det), a lane model (--lanes), or both.")
+    config = config or DeployConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {}
+    if det_weights is not None:
+        from visionpipes.driving.detect import export_detector_onnx, load_detector
+
+        model = load_detector(det_weights)
+        train_args = (getattr(model, "ckpt", None) or {}).get("train_args", {})
+        imgsz = int(train_args.get("imgsz", 320))
+        print(f"export: detector at {imgsz}x{imgsz} -> {out / DET_ONNX}", flush=True)
+        rep = export_detector_onnx(model, out / DET_ONNX, imgsz=imgsz, atol=config.atol, rtol=config.rtol)
+        example = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+        report["detector"] = {
+            "file": DET_ONNX,
+            "architecture": str(train_args.get("model", "yolo")),
+            "input": [1, 3, imgsz, imgsz],
+            "parameters": count_parameters(model.model),
+            "max_abs_diff": rep.max_abs_diff,
+            "max_rel_diff": rep.max_rel_diff,
+            "latency_ms_onnxruntime": _latency_ms(OnnxRunner(rep.path), example, config.latency_runs),
+            "train_args": {k: train_args[k] for k in ("epochs", "batch", "imgsz", "optimizer", "lr0", "time") if k in train_args},
+        }
+    if lane_model is not None:
+        from visionpipes.driving.lanes import export_lane_onnx, load_lane_model
+
+        net = load_lane_model(lane_model)
+        cfg = net.config
+        print(f"export: lane model {cfg.arch}/{cfg.encoder} at {cfg.width}x{cfg.height} -> {out / LANES_ONNX}", flush=True)
+        rep = export_lane_onnx(net, out / LANES_ONNX, atol=config.atol, rtol=config.rtol)
+        example = np.random.default_rng(0).random((1, 3, cfg.height, cfg.width), dtype=np.float32)
+        report["lanes"] = {
+            "file": LANES_ONNX,
+            "architecture": f"{cfg.arch} / {cfg.encoder}",
+            "input": [1, 3, cfg.height, cfg.width],
+            "parameters": count_parameters(net),
+            "max_abs_diff": rep.max_abs_diff,
+            "max_rel_diff": rep.max_rel_diff,
+            "latency_ms_onnxruntime": _latency_ms(OnnxRunner(rep.path), example, config.latency_runs),
+            "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
+        }
+    return report
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def model_card(
+    report: Mapping[str, Any], metrics: Mapping[str, Any] | None, params: Mapping[str, Any] | None
+) -> str:
+    """The Markdown model card: what the models are, how they score, how they were trained, how to run them."""
+    lines = ["# visionpipes driving models", ""]
+    source = (metrics or {}).get("source", "unknown")
+    lines += [
+        "Object detection (10 BDD100K classes) and lane-marking segmentation (category, style and",
+        "direction, decoded into the official bit-encoded lane PNG), exported to ONNX.",
+        "",
+        f"Evaluation data: the `{(metrics or {}).get('split', 'val')}` split of the "
+        + ("synthetic BDD100K-format sample" if source == "synthetic" else "BDD100K copy")
+        + f" ({(metrics or {}).get('images', '?')} images)."
+        + (" Synthetic scores say that the pipeline works, not how the models do on real roads." if source == "synthetic" else ""),
+        "",
+        "## Files",
+        "",
+        "| model | file | architecture | input | parameters | ONNX vs eager max abs diff | onnxruntime latency (ms, batch 1) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, title in (("detector", "detector"), ("lanes", "lanes")):
+        item = report.get(key)
+        if item:
+            lines.append(
+                f"| {title} | `{item['file']}` | {item['architecture']} | {'x'.join(map(str, item['input']))} | "
+                f"{item['parameters']:,} | {item['max_abs_diff']:.2e} | {_fmt(item['latency_ms_onnxruntime'], 1)} |"
+            )
+    lines.append("")
+    det = (metrics or {}).get("det")
+    if det:
+        lines += [
+            "## Detection (official BDD100K metrics, COCOeval)",
+            "",
+            "| " + " | ".join(k for k in det if k not in ("per_class_AP", "imgsz", "ultralytics")) + " |",
+            "| " + " | ".join("---" for k in det if k not in ("per_class_AP", "imgsz", "ultralytics")) + " |",
+            "| " + " | ".join(_fmt(v) for k, v in det.items() if k not in ("per_class_AP", "imgsz", "ultralytics")) + " |",
+            "",
+            "AP per class (-1: no ground truth of that class in the split): "
+            + ", ".join(f"{k} {_fmt(v)}" for k, v in det.get("per_class_AP", {}).items()),
+            "",
+        ]
+    lanes = (metrics or {}).get("lanes")
+    if lanes:
+        lines += [
+            "## Lane marking (official F-score, 0-100)",
+            "",
+            "| bound | F1 | direction | style | category |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for bound in ("F1_pix1", "F1_pix2", "F1_pix5"):
+            sub = lanes.get("sub_tasks", {})
+            lines.append(
+                f"| {bound[-4:]} | {_fmt(lanes[bound], 2)} | "
+                + " | ".join(_fmt(sub.get(t, {}).get(bound, float('nan')), 2) for t in ("direction", "style", "category"))
+                + " |"
+            )
+        lines.append("")
+    if params:
+        lines += ["## Training parameters", "", "```json", json.dumps(params, indent=2, default=str), "```", ""]
+    lines += [
+        "## Use",
+        "",
+        "- Detector: input `images` (N, 3, S, S) RGB in [0, 1], letterboxed (grey 114); output `predictions`",
+        "  (N, 14, anchors): box centre x, y, width, height in input pixels, then the 10 class scores;",
+        "  `visionpipes.driving.detect.OnnxDetector` does the letterbox, decoding and NMS.",
+        "- Lanes: input `images` (N, 3, H, W) RGB in [0, 1] resized to the model size; output `logits` (N, 13, H, W)",
+        "  (9 category incl. background, 2 style, 2 direction); `visionpipes.driving.lanes.lane_mask_from_logits`",
+        "  decodes them into the official lane PNG at any size (`OnnxLaneModel` does both).",
+        "- `vp-driving stream SRC ...` runs both on several cameras at once.",
+        "",
+        "## Limitations",
+        "",
+        "- Trained from scratch (no pretrained weights) on the data above with a short CPU budget.",
+        "- Drivable area is not predicted.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def deploy(
+    out_dir: str | os.PathLike,
+    *,
+    det_weights: str | os.PathLike | None,
+    lane_model: str | os.PathLike | None,
+    metrics_path: str | os.PathLike | None = None,
+    params: Mapping[str, Any] | None = None,
+    config: DeployConfig | None = None,
+) -> dict[str, Any]:
+    """Export both models and write the model card and `deploy.json` into `out_dir` (built in a
+    temporary folder and renamed into place).
+
+    Raises:
+        UserError: on missing models or metrics file.
+        ExportParityError: if an export fails its parity check.
+    """
+    metrics = None
+    if metrics_path is not None:
+        path = Path(metrics_path)
+        if not path.is_file():
+            raise UserError(f"metrics file {path} does not exist; run `vp-driving evaluate` first.")
+        try:
+            metrics = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise UserError(f"metrics file {path} is not valid JSON ({err}).") from None
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out, is_dir=True) as tmp:
+        report = export_models(tmp, det_weights=det_weights, lane_model=lane_model, config=config)
+        (tmp / MODEL_CARD).write_text(model_card(report, metrics, params))
+        summary = {"models": report}
+        if metrics:
+            summary["metrics"] = {
+                k: {m: v for m, v in metrics[k].items() if not isinstance(v, dict)} for k in ("det", "lanes") if k in metrics
+            }
+        write_json(tmp / SUMMARY, summary)
+    return summary

@@ -1,0 +1,658 @@
+"""BDD100K object detection with ultralytics YOLO: offline set-up, training from a model yaml on the
+YOLO dataset that `bdd100k.det_to_yolo` writes, prediction to det JSON (with scores), validation plots,
+ONNX export with the parity check, and an onnxruntime detector (letterbox, decode, NMS) for streams.
+
+It never downloads anything: a model is built from a yaml, or loaded from a local `.pt` that must
+exist; ultralytics' hub, telemetry and logger integrations are switched off before it trains.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from visionpipes.core.errors import UserError
+from visionpipes.core.io import atomic_path, write_json
+from visionpipes.driving.bdd100k import DET_CATEGORIES, Frame, detections_to_frame, resolve_det_category
+
+#: Ultralytics settings that would reach the network or log elsewhere than our folders.
+_OFFLINE_SETTINGS: dict[str, Any] = {
+    "sync": False,
+    "dvc": False,
+    "mlflow": False,
+    "clearml": False,
+    "comet": False,
+    "raytune": False,
+    "tensorboard": False,
+    "wandb": False,
+    "vscode_msg": False,
+    "openvino_msg": False,
+}
+#: Plots of an ultralytics validation run worth keeping (names as ultralytics >= 8.1 writes them).
+VAL_PLOTS: tuple[str, ...] = (
+    "BoxPR_curve.png",
+    "BoxF1_curve.png",
+    "confusion_matrix.png",
+    "confusion_matrix_normalized.png",
+)
+
+
+@dataclass
+class DetectorConfig:
+    """How to build and train the detector; every field can come from the `det` section of params.yaml.
+
+    Attributes:
+        model: an ultralytics model yaml (`yolov8n.yaml`, `yolo11n.yaml`, or a local yaml path), or a
+            local `.pt` file to fine-tune. Never downloaded.
+        weights: an optional local `.pt` whose matching weights are loaded into the yaml model.
+        imgsz: training and inference size (pixels, square, a multiple of 32).
+        epochs: epochs to train (an upper bound when `time_minutes` is set).
+        time_minutes: wall-clock budget of training; ultralytics fits its LR schedule and mosaic
+            closing into it. None: train `epochs`.
+        batch: images per batch.
+        nbs: nominal batch size (ultralytics accumulates gradients up to it); None: `batch`.
+        optimizer: ultralytics optimizer name (`AdamW`, `SGD`, `auto`, ...).
+        lr0: initial learning rate.
+        warmup_epochs: warm-up epochs.
+        close_mosaic: final epochs trained without mosaic.
+        cache: `ram`, `disk` or False (ultralytics' image cache).
+        workers: data-loader workers.
+        device: `auto` (CUDA when present), `cpu`, or a CUDA index such as `0`.
+        amp: mixed precision on CUDA (ignored on CPU).
+        seed: random seed.
+        patience: epochs without improvement before stopping.
+        plots: let ultralytics write its training plots.
+        extra: any other ultralytics training argument, passed as-is (e.g. `{mosaic: 0.5}`).
+    """
+
+    model: str = "yolov8n.yaml"
+    weights: str | None = None
+    imgsz: int = 320
+    epochs: int = 100
+    time_minutes: float | None = None
+    batch: int = 16
+    nbs: int | None = None
+    optimizer: str = "AdamW"
+    lr0: float = 0.002
+    warmup_epochs: float = 1.0
+    close_mosaic: int = 2
+    cache: str | bool = "ram"
+    workers: int = 2
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+    patience: int = 100
+    plots: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "det config") -> DetectorConfig:
+        """Build from a mapping (a params.yaml section); unknown keys are an error.
+
+        Raises:
+            UserError: on an unknown key or a value out of range.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
+        config = cls(**dict(data))
+        config.check(source)
+        return config
+
+    def check(self, source: str = "det config") -> None:
+        """Raises: UserError when a value is out of range."""
+        if self.imgsz < 32 or self.imgsz % 32:
+            raise UserError(f"{source}: imgsz must be a multiple of 32 of at least 32, got {self.imgsz}.")
+        if self.epochs < 1 or self.batch < 1:
+            raise UserError(f"{source}: epochs and batch must be at least 1.")
+        if self.time_minutes is not None and self.time_minutes <= 0:
+            raise UserError(f"{source}: time_minutes must be positive (or null), got {self.time_minutes}.")
+        if not isinstance(self.extra, Mapping):
+            raise UserError(f"{source}: extra must be a mapping of ultralytics arguments.")
+
+    def train_args(self) -> dict[str, Any]:
+        """The keyword arguments of `YOLO.train` (without data, project and name)."""
+        args: dict[str, Any] = {
+            "imgsz": self.imgsz,
+            "epochs": self.epochs,
+            "batch": self.batch,
+            "nbs": self.nbs or self.batch,
+            "optimizer": self.optimizer,
+            "lr0": self.lr0,
+            "warmup_epochs": self.warmup_epochs,
+            "close_mosaic": self.close_mosaic,
+            "cache": self.cache,
+            "workers": self.workers,
+            "amp": self.amp,
+            "seed": self.seed,
+            "deterministic": False,
+            "patience": self.patience,
+            "plots": self.plots,
+            "pretrained": False,
+            "exist_ok": True,
+            "verbose": False,
+        }
+        if self.time_minutes is not None:
+            args["time"] = self.time_minutes / 60.0
+        device = ultralytics_device(self.device)
+        if device is not None:
+            args["device"] = device
+        args.update(self.extra)
+        return args
+
+
+def ultralytics_device(device: str) -> str | None:
+    """Our device name as ultralytics takes it: `auto` -> None (ultralytics picks CUDA when present)."""
+    device = str(device).lower()
+    if device == "auto":
+        return None
+    return device.removeprefix("cuda:") if device.startswith("cuda:") else device
+
+
+def prepare_ultralytics() -> Path:
+    """Make ultralytics work offline in this process and return its settings folder.
+
+    Applies the project's run-time settings (YOLO_OFFLINE, YOLO_CONFIG_DIR, ...), switches off
+    ultralytics' telemetry and logger integrations (its DVCLive callback would write its own
+    `dvclive/` folder and `dvc.yaml`), and places a TrueType font where ultralytics' plotting looks
+    for `Arial.ttf` (`<YOLO_CONFIG_DIR>/Ultralytics/`), so that no plot tries to fetch one.
+    """
+    from visionpipes.core.settings import apply_runtime_settings
+
+    apply_runtime_settings()
+    from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
+
+    wanted = {k: v for k, v in _OFFLINE_SETTINGS.items() if k in SETTINGS and SETTINGS[k] != v}
+    if wanted:
+        SETTINGS.update(wanted)
+    font = Path(USER_CONFIG_DIR) / "Arial.ttf"
+    if not font.exists():
+        placed = Path(os.environ.get("YOLO_CONFIG_DIR", "")) / "Arial.ttf"
+        source = placed if placed.is_file() else None
+        if source is None:
+            try:
+                import matplotlib
+
+                candidate = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+                source = candidate if candidate.is_file() else None
+            except ImportError:
+                source = None
+        if source is not None:
+            font.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, font)
+    return Path(USER_CONFIG_DIR)
+
+
+def _local_file(path: str, what: str) -> Path:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"{what} {path} does not exist (weights are never downloaded; give a local file).")
+    return file
+
+
+def build_detector(config: DetectorConfig) -> Any:
+    """An ultralytics `YOLO` built from `config.model` (yaml) with optional local weights.
+
+    Raises:
+        UserError: if a `.pt` is named that is not a local file, or the yaml is unknown.
+    """
+    prepare_ultralytics()
+    from ultralytics import YOLO
+
+    model_ref = str(config.model)
+    if model_ref.endswith((".pt", ".pth")):
+        model = YOLO(str(_local_file(model_ref, "model file")))
+    elif model_ref.endswith((".yaml", ".yml")):
+        try:
+            model = YOLO(model_ref)
+        except FileNotFoundError as err:
+            raise UserError(f"model yaml {model_ref} was not found ({err}).") from None
+    else:
+        raise UserError(f"det model must be a model .yaml or a local .pt file, got {model_ref!r}.")
+    if config.weights:
+        model.load(str(_local_file(str(config.weights), "weights file")))
+    return model
+
+
+def load_detector(weights: str | os.PathLike) -> Any:
+    """A trained detector from its local `.pt`.
+
+    Raises:
+        UserError: if the file does not exist or is not an ultralytics checkpoint.
+    """
+    prepare_ultralytics()
+    from ultralytics import YOLO
+
+    path = _local_file(str(weights), "detector weights")
+    try:
+        return YOLO(str(path))
+    except Exception as err:  # ultralytics raises assorted errors on foreign files
+        raise UserError(f"detector weights {path} are not an ultralytics checkpoint ({err}).") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Dataset view (keeps ultralytics' label caches out of the DVC-tracked dataset)
+# --------------------------------------------------------------------------------------------------
+
+
+def _read_data_yaml(data_yaml: Path) -> dict[str, Any]:
+    import yaml
+
+    if not data_yaml.is_file():
+        raise UserError(f"YOLO dataset file {data_yaml} does not exist.")
+    try:
+        data = yaml.safe_load(data_yaml.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"YOLO dataset file {data_yaml} is not valid YAML ({err}).") from None
+    if not isinstance(data, dict) or "train" not in data or "names" not in data:
+        raise UserError(f"YOLO dataset file {data_yaml} needs 'train', 'val' and 'names'.")
+    return data
+
+
+def dataset_view(data_yaml: str | os.PathLike, view_dir: str | os.PathLike) -> Path:
+    """A copy of a YOLO dataset's layout in `view_dir`: images as symlinks, labels copied.
+
+    Ultralytics writes `labels/<split>.cache` beside the labels it reads; training on a view keeps
+    those files out of the dataset, which DVC tracks. The dataset's `path` is taken as the folder of
+    `data_yaml`, so a moved dataset still works.
+
+    Returns:
+        The view's `data.yaml`.
+
+    Raises:
+        UserError: if the dataset file or a split folder is missing.
+    """
+    import yaml
+
+    data_yaml = Path(data_yaml).resolve()
+    data = _read_data_yaml(data_yaml)
+    root = data_yaml.parent
+    view = Path(view_dir)
+    view.mkdir(parents=True, exist_ok=True)
+    out = {"path": str(view.resolve())}
+    for key in ("train", "val", "test"):
+        rel = data.get(key)
+        if not rel:
+            continue
+        if not isinstance(rel, str):
+            raise UserError(f"{data_yaml}: '{key}' must be one folder of images (images/<split>).")
+        images = root / rel
+        if not images.is_dir():
+            raise UserError(f"{data_yaml}: image folder {images} of '{key}' does not exist.")
+        labels = root / rel.replace("images", "labels", 1)
+        target_images = view / rel
+        target_labels = view / rel.replace("images", "labels", 1)
+        if not target_images.exists():
+            target_images.mkdir(parents=True)
+            target_labels.mkdir(parents=True, exist_ok=True)
+            for image in sorted(images.iterdir()):
+                (target_images / image.name).symlink_to(image.resolve())
+                label = labels / f"{image.stem}.txt"
+                if label.is_file():
+                    shutil.copyfile(label, target_labels / label.name)
+        out[key] = rel
+    out["names"] = data["names"]
+    view_yaml = view / "data.yaml"
+    view_yaml.write_text(yaml.safe_dump(out, sort_keys=False))
+    return view_yaml
+
+
+# --------------------------------------------------------------------------------------------------
+# Training, validation, prediction
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DetectorRun:
+    """What `train_detector` produced."""
+
+    out_dir: Path
+    best: Path
+    last: Path
+    metrics: dict[str, float]
+    epochs: int
+    seconds: float
+
+
+def _metric_name(key: str) -> str:
+    """`metrics/mAP50(B)` -> `mAP50`."""
+    return key.split("/")[-1].replace("(B)", "")
+
+
+def train_detector(
+    data_yaml: str | os.PathLike, out_dir: str | os.PathLike, config: DetectorConfig | None = None
+) -> DetectorRun:
+    """Train a YOLO detector on a YOLO dataset, offline, into `out_dir`.
+
+    `out_dir` receives ultralytics' run (`weights/best.pt`, `weights/last.pt`, `results.csv`, plots)
+    and `summary.json` (config, final validation metrics, time). It is built in a temporary folder
+    and renamed into place when training ends.
+
+    Args:
+        data_yaml: the dataset's `data.yaml` (from `bdd100k.det_to_yolo`).
+        out_dir: the run folder (replaced).
+        config: how to train (default `DetectorConfig()`).
+
+    Returns:
+        Where the weights are, the final metrics and the time taken.
+
+    Raises:
+        UserError: on a missing dataset or model file, or bad settings.
+    """
+    config = config or DetectorConfig()
+    config.check()
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = build_detector(config)
+    start = time.perf_counter()
+    with atomic_path(out, is_dir=True) as tmp:
+        with tempfile.TemporaryDirectory(prefix="yolo-view-", dir=out.parent) as view_dir:
+            view_yaml = dataset_view(data_yaml, view_dir)
+            model.train(data=str(view_yaml), project=str(tmp.parent), name=tmp.name, **config.train_args())
+        trainer = model.trainer
+        seconds = time.perf_counter() - start
+        metrics = {_metric_name(k): float(v) for k, v in (trainer.metrics or {}).items()}
+        epochs = int(getattr(trainer, "epoch", -1)) + 1
+        best, last = tmp / "weights" / "best.pt", tmp / "weights" / "last.pt"
+        if not best.is_file():
+            if not last.is_file():
+                raise UserError(f"training wrote no weights into {out}; see ultralytics' output above.")
+            shutil.copyfile(last, best)
+        write_json(
+            tmp / "summary.json",
+            {
+                "config": asdict(config),
+                "metrics": metrics,
+                "epochs": epochs,
+                "seconds": round(seconds, 1),
+                "classes": list(DET_CATEGORIES),
+            },
+        )
+    return DetectorRun(out, out / "weights" / "best.pt", out / "weights" / "last.pt", metrics, epochs, seconds)
+
+
+def _class_names(model: Any) -> list[str | None]:
+    """The BDD100K category of each of the model's classes (None: a class with no BDD100K twin)."""
+    names = model.names
+    ordered = [names[i] for i in range(len(names))] if isinstance(names, dict) else list(names)
+    out: list[str | None] = []
+    for name in ordered:
+        resolved = resolve_det_category(str(name))
+        out.append(None if resolved is None or resolved[1] else resolved[0])
+    return out
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def predict_detections(
+    model: Any,
+    images: Sequence[str | os.PathLike],
+    *,
+    imgsz: int = 320,
+    conf: float = 0.001,
+    iou: float = 0.6,
+    max_det: int = 100,
+    batch: int = 16,
+    device: str = "auto",
+) -> list[Frame]:
+    """Run a YOLO model on image files and return one det-JSON frame per image (labels with `score`).
+
+    Classes the model knows under BDD100K's legacy names (e.g. COCO's `person`) are mapped onto the
+    10 classes; classes with no BDD100K twin are dropped.
+
+    Args:
+        model: an ultralytics `YOLO` (see `load_detector`).
+        images: image files; each frame is named after its file name.
+        imgsz: inference size.
+        conf: score threshold (low for AP evaluation).
+        iou: NMS IoU threshold.
+        max_det: detections kept per image (the official evaluation uses up to 100).
+        batch: images per forward pass.
+        device: `auto`, `cpu` or a CUDA index.
+
+    Raises:
+        UserError: if an image file is missing.
+    """
+    paths = [Path(p) for p in images]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(f"image file {missing[0]} does not exist.")
+    categories = _class_names(model)
+    frames: list[Frame] = []
+    for chunk in _batches(paths, max(1, batch)):
+        results = model.predict(
+            source=[str(p) for p in chunk],
+            imgsz=imgsz,
+            conf=conf,
+            iou=iou,
+            max_det=max_det,
+            device=ultralytics_device(device),
+            verbose=False,
+        )
+        for path, result in zip(chunk, results):
+            boxes = result.boxes
+            xyxy = boxes.xyxy.cpu().numpy() if len(boxes) else np.zeros((0, 4))
+            scores = boxes.conf.cpu().numpy() if len(boxes) else np.zeros(0)
+            classes = boxes.cls.cpu().numpy().astype(int) if len(boxes) else np.zeros(0, int)
+            keep = np.array([categories[c] is not None for c in classes], dtype=bool)
+            mapped = [DET_CATEGORIES.index(categories[c]) for c in classes[keep]]  # type: ignore[arg-type]
+            frames.append(detections_to_frame(path.name, xyxy[keep], scores[keep], mapped))
+    return frames
+
+
+def validate_detector(
+    model: Any,
+    data_yaml: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    imgsz: int = 320,
+    batch: int = 16,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Run ultralytics' own validation on the dataset's `val` split, for its plots (PR curve,
+    confusion matrix); the official numbers come from `metrics.evaluate_detection` instead.
+
+    Returns:
+        `{"metrics": {...}, "plots": [paths of the plots copied into out_dir]}`.
+
+    Raises:
+        UserError: if the dataset is missing.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="yolo-val-", dir=out) as tmp:
+        view_yaml = dataset_view(data_yaml, Path(tmp) / "data")
+        kwargs: dict[str, Any] = {
+            "data": str(view_yaml),
+            "imgsz": imgsz,
+            "batch": batch,
+            "plots": True,
+            "project": tmp,
+            "name": "val",
+            "exist_ok": True,
+            "verbose": False,
+        }
+        if ultralytics_device(device) is not None:
+            kwargs["device"] = ultralytics_device(device)
+        metrics = model.val(**kwargs)
+        run_dir = Path(metrics.save_dir)
+        plots = []
+        for name in VAL_PLOTS:
+            if (run_dir / name).is_file():
+                shutil.copyfile(run_dir / name, out / f"det_{name}")
+                plots.append(out / f"det_{name}")
+        values = {_metric_name(k): float(v) for k, v in metrics.results_dict.items()}
+    return {"metrics": values, "plots": plots}
+
+
+# --------------------------------------------------------------------------------------------------
+# ONNX export and the onnxruntime detector
+# --------------------------------------------------------------------------------------------------
+
+
+def export_detector_onnx(
+    model: Any, path: str | os.PathLike, *, imgsz: int = 320, atol: float = 1e-4, rtol: float = 1e-4
+) -> Any:
+    """Export a YOLO detector to ONNX with the core parity check (fused, batch axis dynamic).
+
+    The graph takes `images` (N, 3, imgsz, imgsz) RGB in [0, 1] and returns `predictions`
+    (N, 4 + classes, anchors): box centre x, y, width, height in input pixels, then class scores.
+
+    Returns:
+        The core `ExportReport` (path, max abs difference, ...).
+
+    Raises:
+        ExportParityError: if onnxruntime disagrees with the eager model (no file is written).
+    """
+    import copy
+
+    import torch
+    from ultralytics.nn.modules.head import Detect
+
+    from visionpipes.core.export import export_onnx
+
+    net = copy.deepcopy(model.model).float().cpu().eval()
+    net = net.fuse() if hasattr(net, "fuse") else net
+    for module in net.modules():
+        if isinstance(module, Detect):
+            module.dynamic = False
+            module.export = True
+            module.format = "onnx"
+    example = torch.rand(1, 3, imgsz, imgsz)
+    return export_onnx(
+        net,
+        example,
+        path,
+        input_names=["images"],
+        output_names=["predictions"],
+        dynamic_axes={"images": {0: "batch"}, "predictions": {0: "batch"}},
+        atol=atol,
+        rtol=rtol,
+    )
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an image was fitted into the square network input: scale, then padding."""
+
+    scale: float
+    pad_x: float
+    pad_y: float
+
+
+def letterbox(image_bgr: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping the aspect ratio and pad to `size` x `size` with grey (114), as ultralytics."""
+    import cv2
+
+    height, width = image_bgr.shape[:2]
+    scale = min(size / height, size / width)
+    new_w, new_h = round(width * scale), round(height * scale)
+    resized = cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    pad_x, pad_y = (size - new_w) / 2, (size - new_h) / 2
+    top, left = round(pad_y - 0.1), round(pad_x - 0.1)
+    canvas = np.full((size, size, 3), 114, dtype=np.uint8)
+    canvas[top : top + new_h, left : left + new_w] = resized
+    return canvas, Letterbox(scale, left, top)
+
+
+def decode_predictions(
+    predictions: np.ndarray,
+    boxes_info: Sequence[Letterbox],
+    image_sizes: Sequence[tuple[int, int]],
+    *,
+    conf: float = 0.25,
+    iou: float = 0.6,
+    max_det: int = 100,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Turn the ONNX detector's raw output into boxes per image (class-wise NMS, OpenCV).
+
+    Args:
+        predictions: (N, 4 + classes, anchors) from `export_detector_onnx`'s graph.
+        boxes_info: the letterbox of each image.
+        image_sizes: (width, height) of each original image.
+        conf: score threshold.
+        iou: NMS IoU threshold.
+        max_det: boxes kept per image.
+
+    Returns:
+        Per image: (K, 4) xyxy boxes in original pixels, (K,) scores, (K,) class ids.
+    """
+    import cv2
+
+    out = []
+    for pred, lb, (width, height) in zip(predictions, boxes_info, image_sizes):
+        pred = pred.T  # anchors x (4 + classes)
+        scores_all = pred[:, 4:]
+        classes = scores_all.argmax(axis=1)
+        scores = scores_all[np.arange(len(pred)), classes]
+        keep = scores > conf
+        pred, classes, scores = pred[keep], classes[keep], scores[keep]
+        if not len(pred):
+            out.append((np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=int)))
+            continue
+        cx, cy, w, h = pred[:, 0], pred[:, 1], pred[:, 2], pred[:, 3]
+        boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+        boxes[:, [0, 2]] = (boxes[:, [0, 2]] - lb.pad_x) / lb.scale
+        boxes[:, [1, 3]] = (boxes[:, [1, 3]] - lb.pad_y) / lb.scale
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+        xywh = np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
+        idx = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), classes.tolist(), conf, iou)
+        idx = np.asarray(idx, dtype=int).reshape(-1)[:max_det]
+        out.append((boxes[idx], scores[idx], classes[idx]))
+    return out
+
+
+class OnnxDetector:
+    """The exported detector under onnxruntime: BGR frames in, boxes out (batched over frames).
+
+    Args:
+        path: the `.onnx` from `export_detector_onnx`.
+        class_names: the model's classes (default the 10 BDD100K classes).
+        threads: onnxruntime intra-op threads (None: all cores).
+
+    Raises:
+        UserError: if the file is missing or not loadable.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        class_names: Sequence[str] = DET_CATEGORIES,
+        threads: int | None = None,
+    ) -> None:
+        from visionpipes.core.export import OnnxRunner
+
+        self.runner = OnnxRunner(path, threads=threads)
+        shape = self.runner.session.get_inputs()[0].shape
+        self.imgsz = int(shape[-1]) if isinstance(shape[-1], int) else 320
+        self.class_names = list(class_names)
+
+    def __call__(
+        self, frames_bgr: Iterable[np.ndarray], *, conf: float = 0.25, iou: float = 0.6, max_det: int = 100
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Detect in each frame; returns per frame (xyxy boxes, scores, class ids)."""
+        frames = list(frames_bgr)
+        if not frames:
+            return []
+        batch, infos = [], []
+        for frame in frames:
+            canvas, info = letterbox(frame, self.imgsz)
+            batch.append(canvas[:, :, ::-1].transpose(2, 0, 1))
+            infos.append(info)
+        x = np.ascontiguousarray(np.stack(batch), dtype=np.float32) / 255.0
+        (pred,) = self.runner(x)
+        sizes = [(f.shape[1], f.shape[0]) for f in frames]
+        return decode_predictions(pred, infos, sizes, conf=conf, iou=iou, max_det=max_det)

@@ -1,0 +1,722 @@
+"""Lane-marking segmentation: a segmentation-models-pytorch network (its encoders, or a core backbone)
+with three channel groups — category (8 lane types + background), style and direction — decoded into
+the official bit-encoded lane PNG; its training (through `core.training.fit`), prediction at the
+original image size, ONNX export, and the onnxruntime twin used by streams.
+
+Weights are never downloaded (`encoder_weights=None`); a local checkpoint is the only way to start
+from trained weights. Scoring belongs to `metrics`, file formats to `bdd100k`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from visionpipes.core.errors import UserError
+from visionpipes.driving.bdd100k import (
+    LANE_BACKGROUND,
+    LANE_CATEGORIES,
+    LANE_DIRECTION_BIT,
+    LANE_STYLE_BIT,
+    mask_name,
+    write_mask,
+)
+
+#: Channel groups of the network output: category (8 lane types, then background), style, direction.
+CATEGORY_CHANNELS: int = len(LANE_CATEGORIES) + 1
+STYLE_CHANNELS: int = 2
+DIRECTION_CHANNELS: int = 2
+LANE_CHANNELS: int = CATEGORY_CHANNELS + STYLE_CHANNELS + DIRECTION_CHANNELS
+#: The category index of "no lane" in the network's category group.
+BACKGROUND_CLASS: int = len(LANE_CATEGORIES)
+#: Value of style/direction targets at background pixels (ignored by the loss).
+IGNORE_INDEX: int = -100
+ARCHITECTURES: tuple[str, ...] = ("Unet", "FPN", "DeepLabV3Plus")
+#: Prefix that selects a `visionpipes.core.backbones` preset as the encoder (`core:resnet18`).
+CORE_PREFIX = "core:"
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class LaneModelConfig:
+    """The lane network.
+
+    Attributes:
+        arch: smp architecture: `Unet`, `FPN` or `DeepLabV3Plus`.
+        encoder: an smp encoder name (`resnet18`, `mobilenet_v2`, `tu-<timm name>`) or
+            `core:<preset>` for a `visionpipes.core.backbones` preset (Unet and FPN only).
+        encoder_depth: encoder stages (3-5; Unet only; 5 for the others).
+        decoder_channels: Unet decoder widths, one per encoder stage (None: smp's default).
+        width: network input width (multiple of 32).
+        height: network input height (multiple of 32).
+    """
+
+    arch: str = "Unet"
+    encoder: str = "resnet18"
+    encoder_depth: int = 5
+    decoder_channels: list[int] | None = field(default_factory=lambda: [64, 32, 16, 16, 8])
+    width: int = 320
+    height: int = 192
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "lane model config") -> LaneModelConfig:
+        """Build from a mapping; unknown keys are an error.
+
+        Raises:
+            UserError: on an unknown key or an invalid value.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
+        config = cls(**dict(data))
+        config.check(source)
+        return config
+
+    def check(self, source: str = "lane model config") -> None:
+        """Raises: UserError when a value is invalid."""
+        if self.arch not in ARCHITECTURES:
+            raise UserError(f"{source}: arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}.")
+        if self.width < 32 or self.height < 32 or self.width % 32 or self.height % 32:
+            raise UserError(f"{source}: width and height must be multiples of 32, got {self.width}x{self.height}.")
+        if self.arch == "Unet" and not 3 <= self.encoder_depth <= 5:
+            raise UserError(f"{source}: encoder_depth must lie in 3..5, got {self.encoder_depth}.")
+        if self.arch != "Unet" and self.encoder_depth != 5:
+            raise UserError(f"{source}: encoder_depth other than 5 is for Unet only.")
+        if (
+            self.decoder_channels is not None
+            and self.arch == "Unet"
+            and len(self.decoder_channels) != self.encoder_depth
+        ):
+            raise UserError(
+                f"{source}: decoder_channels needs {self.encoder_depth} widths (one per encoder stage), "
+                f"got {len(self.decoder_channels)}."
+            )
+        if self.encoder.startswith(CORE_PREFIX) and self.arch == "DeepLabV3Plus":
+            raise UserError(f"{source}: core backbones have no dilated stride-16 mode; use Unet or FPN.")
+
+
+class CoreEncoder(nn.Module):
+    """A `visionpipes.core` backbone in the shape smp decoders take: features at strides
+    1, 2, 4, ..., 32 with fixed widths.
+
+    The stride-1 feature is the input, the stride-2 one a 3x3/2 conv-norm-act of it, the others the
+    backbone's stride-4..32 features, each projected by a 1x1 conv when its width differs from the
+    template encoder's (the smp encoder whose decoder widths the model was built with).
+    """
+
+    def __init__(self, preset: str, out_channels: Sequence[int], in_channels: int = 3) -> None:
+        super().__init__()
+        from visionpipes.core.backbones import build_backbone
+        from visionpipes.core.layers import ConvNormAct
+
+        try:
+            self.backbone = build_backbone(preset, in_channels=in_channels)
+        except ValueError as err:
+            raise UserError(f"lane encoder {CORE_PREFIX}{preset}: {err}") from None
+        if list(self.backbone.strides[-4:]) != [4, 8, 16, 32]:
+            raise UserError(
+                f"lane encoder {CORE_PREFIX}{preset} returns strides {self.backbone.strides}; "
+                "a lane model needs features at strides 4, 8, 16 and 32."
+            )
+        self._out_channels = list(out_channels)
+        self._depth = len(self._out_channels) - 1
+        self.stem2 = ConvNormAct(2, in_channels, self._out_channels[1], 3, 2)
+        widths = self.backbone.out_channels[-4:]
+        self.proj = nn.ModuleList(
+            nn.Identity() if c == t else nn.Conv2d(c, t, 1) for c, t in zip(widths, self._out_channels[2:])
+        )
+
+    @property
+    def out_channels(self) -> list[int]:
+        return self._out_channels
+
+    @property
+    def output_stride(self) -> int:
+        return 32
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = self.backbone(x)[-4:]
+        return [x, self.stem2(x), *(p(f) for p, f in zip(self.proj, feats))]
+
+
+class LaneNet(nn.Module):
+    """RGB in [0, 1] (N, 3, H, W) -> lane logits (N, 13, H, W): 9 category, 2 style, 2 direction.
+
+    The ImageNet normalisation is part of the network, so the exported graph takes plain [0, 1] RGB.
+    """
+
+    def __init__(self, config: LaneModelConfig) -> None:
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        config.check()
+        self.config = config
+        core = config.encoder.startswith(CORE_PREFIX)
+        template = "resnet18" if core else config.encoder
+        kwargs: dict[str, Any] = {"encoder_name": template, "encoder_weights": None, "classes": LANE_CHANNELS}
+        if config.arch == "Unet":
+            kwargs["encoder_depth"] = config.encoder_depth
+            if config.decoder_channels is not None:
+                kwargs["decoder_channels"] = list(config.decoder_channels)
+        if core and config.arch == "Unet" and config.encoder_depth != 5:
+            raise UserError("core backbones need encoder_depth 5 (features down to stride 32).")
+        arch = getattr(smp, config.arch)
+        try:
+            self.net = arch(**kwargs)
+        except (KeyError, ValueError) as err:
+            raise UserError(f"lane model {config.arch}/{config.encoder}: {err}") from None
+        if core:
+            self.net.encoder = CoreEncoder(config.encoder[len(CORE_PREFIX) :], self.net.encoder.out_channels)
+        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def build_lane_model(config: LaneModelConfig | None = None) -> LaneNet:
+    """A freshly initialised `LaneNet` (no weights are downloaded).
+
+    Raises:
+        UserError: on an unknown architecture or encoder.
+    """
+    return LaneNet(config or LaneModelConfig())
+
+
+# --------------------------------------------------------------------------------------------------
+# Targets and decoding
+# --------------------------------------------------------------------------------------------------
+
+
+def lane_targets(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split a lane mask into the network's targets: category (0-7, 8 = background), and style and
+    direction (0/1, `IGNORE_INDEX` at background pixels), each HxW int64."""
+    mask = np.asarray(mask, dtype=np.uint8).astype(np.int64)
+    background = ((mask >> 3) & 1).astype(bool)
+    category = np.where(background, BACKGROUND_CLASS, mask & 0b111).astype(np.int64)
+    style = np.where(background, IGNORE_INDEX, (mask >> LANE_STYLE_BIT) & 1).astype(np.int64)
+    direction = np.where(background, IGNORE_INDEX, (mask >> LANE_DIRECTION_BIT) & 1).astype(np.int64)
+    return category, style, direction
+
+
+def lane_mask_from_logits(logits: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode one image's logits (13, h, w) into an official lane mask, resized to `size`.
+
+    The logits are resized bilinearly (OpenCV, half-pixel centres) before the arg-max, so lane
+    boundaries are placed at sub-pixel precision of the network's grid.
+
+    Args:
+        logits: the network output for one image.
+        size: (width, height) of the mask; default the logits' own size.
+
+    Returns:
+        An HxW uint8 lane mask (255 where no lane).
+    """
+    import cv2
+
+    logits = np.asarray(logits, dtype=np.float32)
+    if logits.ndim != 3 or logits.shape[0] != LANE_CHANNELS:
+        raise ValueError(f"lane logits must be ({LANE_CHANNELS}, h, w), got {logits.shape}.")
+    hwc = np.ascontiguousarray(logits.transpose(1, 2, 0))
+    if size is not None and (hwc.shape[1], hwc.shape[0]) != tuple(size):
+        hwc = cv2.resize(hwc, tuple(size), interpolation=cv2.INTER_LINEAR)
+    category = hwc[:, :, :CATEGORY_CHANNELS].argmax(axis=2)
+    style = hwc[:, :, CATEGORY_CHANNELS : CATEGORY_CHANNELS + 2].argmax(axis=2)
+    direction = hwc[:, :, CATEGORY_CHANNELS + 2 :].argmax(axis=2)
+    mask = (category | (style << LANE_STYLE_BIT) | (direction << LANE_DIRECTION_BIT)).astype(np.uint8)
+    mask[category == BACKGROUND_CLASS] = LANE_BACKGROUND
+    return mask
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+
+
+def _read_bgr(path: Path) -> np.ndarray:
+    import cv2
+
+    if not path.is_file():
+        raise UserError(f"image file {path} does not exist.")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise UserError(f"image file {path} is not a readable image.")
+    return image
+
+
+def to_network_input(images_bgr: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """BGR uint8 frames -> (N, 3, H, W) float32 RGB in [0, 1] at the network's `size` (width, height)."""
+    import cv2
+
+    batch = [
+        cv2.resize(img, size, interpolation=cv2.INTER_AREA)[:, :, ::-1].transpose(2, 0, 1) for img in images_bgr
+    ]
+    return np.ascontiguousarray(np.stack(batch), dtype=np.float32) / 255.0
+
+
+@dataclass(frozen=True)
+class LaneSample:
+    """One training image and its lane mask."""
+
+    image: Path
+    mask: Path
+
+
+def lane_samples(images_dir: str | os.PathLike, masks_dir: str | os.PathLike, limit: int = 0) -> list[LaneSample]:
+    """Pair the images of a folder with their lane masks (`<stem>.png`); images without a mask are skipped.
+
+    Raises:
+        UserError: if a folder is missing or no image has a mask.
+    """
+    images, masks = Path(images_dir), Path(masks_dir)
+    for folder, what in ((images, "image"), (masks, "lane mask")):
+        if not folder.is_dir():
+            raise UserError(f"{what} folder {folder} does not exist.")
+    pairs = [
+        LaneSample(img, masks / mask_name(img.name))
+        for img in sorted(images.iterdir())
+        if img.suffix.lower() in (".jpg", ".jpeg", ".png") and (masks / mask_name(img.name)).is_file()
+    ]
+    if not pairs:
+        raise UserError(f"no image of {images} has a lane mask in {masks}.")
+    return pairs[:limit] if limit > 0 else pairs
+
+
+class LaneDataset(torch.utils.data.Dataset):
+    """Images and lane masks resized to the network size, optionally cached in memory, with training
+    augmentation (random horizontal flip — lane types are symmetric — and a random crop of rows).
+
+    Args:
+        samples: image/mask pairs.
+        size: (width, height) of the network input.
+        train: apply augmentation.
+        crop_height: rows of each training crop (None: whole image).
+        cache: keep the resized arrays in memory after the first read.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[LaneSample],
+        size: tuple[int, int],
+        *,
+        train: bool = False,
+        crop_height: int | None = None,
+        cache: bool = True,
+    ) -> None:
+        self.samples = list(samples)
+        self.size = tuple(size)
+        self.train = train
+        self.crop_height = crop_height if train and crop_height and crop_height < size[1] else None
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        import cv2
+
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        from visionpipes.driving.bdd100k import read_mask
+
+        sample = self.samples[index]
+        image = _read_bgr(sample.image)
+        mask = read_mask(sample.mask, expected_shape=image.shape[:2], kind="lane")
+        image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)[:, :, ::-1]
+        mask = cv2.resize(mask, self.size, interpolation=cv2.INTER_NEAREST)
+        item = (np.ascontiguousarray(image), mask)
+        if self._cache is not None:
+            self._cache[index] = item
+        return item
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image, mask = self._load(index)
+        if self.train:
+            rng = np.random.default_rng(torch.randint(0, 2**31 - 1, (1,)).item())
+            if rng.random() < 0.5:
+                image, mask = image[:, ::-1], mask[:, ::-1]
+            if self.crop_height:
+                top = int(rng.integers(0, self.size[1] - self.crop_height + 1))
+                image = image[top : top + self.crop_height]
+                mask = mask[top : top + self.crop_height]
+        category, style, direction = lane_targets(mask)
+        x = torch.from_numpy(np.ascontiguousarray(image).transpose(2, 0, 1).copy()).float() / 255.0
+        return {
+            "image": x,
+            "category": torch.from_numpy(category),
+            "style": torch.from_numpy(style),
+            "direction": torch.from_numpy(direction),
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LaneTrainConfig:
+    """How to train the lane model (the `lanes` section of params.yaml, beside `model` and `trainer`).
+
+    Attributes:
+        batch_size: images per batch.
+        lr: peak learning rate (AdamW).
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up steps.
+        crop_height: rows of the random training crops at network size (None: whole images).
+        dice_weight: weight of the multi-class Dice loss added to the category cross-entropy.
+        background_weight: weight of the background class in the category cross-entropy (lane
+            pixels weigh 1; below 1 counters the few-percent share of lane pixels).
+        attribute_weight: weight of the style and direction cross-entropies (lane pixels only).
+        workers: data-loader workers.
+        cache: keep resized images in memory.
+        limit: use at most this many training images (0: all).
+    """
+
+    batch_size: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    crop_height: int | None = 128
+    dice_weight: float = 1.0
+    background_weight: float = 1.0
+    attribute_weight: float = 0.5
+    workers: int = 0
+    cache: bool = True
+    limit: int = 0
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "lane training config") -> LaneTrainConfig:
+        """Build from a mapping; unknown keys are an error.
+
+        Raises:
+            UserError: on an unknown key or a value out of range.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
+        config = cls(**dict(data))
+        if config.batch_size < 1 or config.lr <= 0:
+            raise UserError(f"{source}: batch_size must be >= 1 and lr > 0.")
+        return config
+
+
+def _time_cosine(step: int, *, warmup: int, total_steps: int, start: float, budget_s: float | None) -> float:
+    """LR factor: linear warm-up, then cosine decay over the larger of step and wall-clock progress."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    if budget_s:
+        progress = max(progress, (time.monotonic() - start) / budget_s)
+    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _max_time_seconds(max_time: str | None) -> float | None:
+    """`DD:HH:MM:SS` -> seconds."""
+    if not max_time:
+        return None
+    parts = [float(p) for p in str(max_time).split(":")]
+    seconds = 0.0
+    for part, unit in zip(reversed(parts), (1, 60, 3600, 86400)):
+        seconds += part * unit
+    return seconds
+
+
+def _lightning_module() -> type:
+    """The LightningModule class (built lazily so importing this module does not import Lightning)."""
+    import lightning
+
+    class LaneModule(lightning.LightningModule):
+        """Trains a `LaneNet`: category CE + Dice, style/direction CE on lane pixels."""
+
+        def __init__(
+            self, model_config: dict[str, Any], train_config: dict[str, Any], total_steps: int, budget_s: float | None
+        ) -> None:
+            super().__init__()
+            import segmentation_models_pytorch as smp
+
+            self.save_hyperparameters()
+            self.model = build_lane_model(LaneModelConfig(**model_config))
+            self.train_config = LaneTrainConfig(**train_config)
+            self.total_steps = total_steps
+            self.budget_s = budget_s
+            self.dice = smp.losses.DiceLoss("multiclass", from_logits=True)
+            weights = torch.ones(CATEGORY_CHANNELS)
+            weights[BACKGROUND_CLASS] = self.train_config.background_weight
+            self.register_buffer("class_weights", weights, persistent=False)
+            self._start = time.monotonic()
+            self._val: list[torch.Tensor] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x)
+
+        def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self.model(batch["image"])
+            cat = out[:, :CATEGORY_CHANNELS]
+            style = out[:, CATEGORY_CHANNELS : CATEGORY_CHANNELS + 2]
+            direction = out[:, CATEGORY_CHANNELS + 2 :]
+            ce = nn.functional.cross_entropy
+            loss = ce(cat, batch["category"], weight=self.class_weights) + self.train_config.dice_weight * self.dice(cat, batch["category"])
+            lane = batch["style"] != IGNORE_INDEX
+            if lane.any():
+                attr = ce(style, batch["style"], ignore_index=IGNORE_INDEX) + ce(
+                    direction, batch["direction"], ignore_index=IGNORE_INDEX
+                )
+                loss = loss + self.train_config.attribute_weight * attr
+            return loss, cat
+
+        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            loss, _ = self._losses(batch)
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["image"]))
+            return loss
+
+        def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+            loss, cat = self._losses(batch)
+            pred = cat.argmax(1)
+            gt = batch["category"]
+            # lane pixels whose category is right, for a cheap F1 of "lane of the right type"
+            tp = ((pred == gt) & (gt != BACKGROUND_CLASS)).sum()
+            n_pred = (pred != BACKGROUND_CLASS).sum()
+            n_gt = (gt != BACKGROUND_CLASS).sum()
+            self._val.append(torch.stack([tp, n_pred, n_gt]).float())
+            self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=len(batch["image"]))
+
+        def on_validation_epoch_end(self) -> None:
+            if not self._val:
+                return
+            tp, n_pred, n_gt = torch.stack(self._val).sum(0)
+            self._val.clear()
+            f1 = 2 * tp / (n_pred + n_gt).clamp(min=1)
+            self.log("val/lane_f1", f1, prog_bar=True)
+
+        def on_train_start(self) -> None:
+            self._start = time.monotonic()
+
+        def configure_optimizers(self) -> dict[str, Any]:
+            config = self.train_config
+            optimizer = torch.optim.AdamW(self.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+            def factor(step: int) -> float:
+                return _time_cosine(
+                    step,
+                    warmup=config.warmup_steps,
+                    total_steps=self.total_steps,
+                    start=self._start,
+                    budget_s=self.budget_s,
+                )
+
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    return LaneModule
+
+
+@dataclass
+class LaneRun:
+    """What `train_lanes` produced."""
+
+    model_path: Path
+    checkpoint: Path | None
+    metrics: dict[str, float]
+    epochs: int
+    seconds: float
+
+
+def save_lane_model(path: str | os.PathLike, model: LaneNet, extra: Mapping[str, Any] | None = None) -> None:
+    """Save a lane model as `{config, state_dict, extra}` (atomically).
+
+    Raises:
+        UserError: if the folder does not exist.
+    """
+    from visionpipes.core.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"config": asdict(model.config), "state_dict": model.state_dict(), "extra": dict(extra or {})}, tmp)
+
+
+def load_lane_model(path: str | os.PathLike) -> LaneNet:
+    """Load a lane model saved by `save_lane_model`, in eval mode.
+
+    Raises:
+        UserError: if the file is missing or is not a lane model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"lane model {path} does not exist.")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        model = build_lane_model(LaneModelConfig(**data["config"]))
+        model.load_state_dict(data["state_dict"])
+    except (KeyError, TypeError, RuntimeError, OSError, EOFError) as err:
+        raise UserError(f"{path} is not a lane model saved by visionpipes ({err}).") from None
+    return model.eval()
+
+
+def train_lanes(
+    train_samples: Sequence[LaneSample],
+    val_samples: Sequence[LaneSample] | None,
+    out_dir: str | os.PathLike,
+    *,
+    model_config: LaneModelConfig | None = None,
+    train_config: LaneTrainConfig | None = None,
+    trainer_config: Any = None,
+) -> LaneRun:
+    """Train a lane model with `visionpipes.core.training.fit` (Lightning + DVCLive) into `out_dir`.
+
+    Writes `out_dir/checkpoints/` (Lightning), `out_dir/dvclive/` (metrics and plots) and
+    `out_dir/lane_model.pt` (the weights of the best checkpoint, or the last one).
+
+    Args:
+        train_samples: training pairs.
+        val_samples: validation pairs (None: no validation).
+        out_dir: output folder.
+        model_config: the network.
+        train_config: batch size, LR, augmentation.
+        trainer_config: a `core.training.TrainConfig` (epochs, time budget, device, logger).
+
+    Raises:
+        UserError: on missing or unreadable images and masks.
+    """
+    from visionpipes.core.training import TrainConfig, fit, seed_everything
+
+    model_config = model_config or LaneModelConfig()
+    model_config.check()
+    train_config = train_config or LaneTrainConfig()
+    trainer_config = trainer_config or TrainConfig(max_epochs=10)
+    if not train_samples:
+        raise UserError("no training images with lane masks.")
+    if train_config.limit:
+        train_samples = list(train_samples)[: train_config.limit]
+    seed_everything(trainer_config.seed)
+    size = (model_config.width, model_config.height)
+    train_ds = LaneDataset(train_samples, size, train=True, crop_height=train_config.crop_height, cache=train_config.cache)
+    loader_kw = {"num_workers": train_config.workers, "persistent_workers": train_config.workers > 0}
+    train_dl = torch.utils.data.DataLoader(
+        train_ds, batch_size=train_config.batch_size, shuffle=True, drop_last=len(train_ds) > train_config.batch_size, **loader_kw
+    )
+    val_dl = None
+    if val_samples:
+        val_ds = LaneDataset(val_samples, size, cache=train_config.cache)
+        val_dl = torch.utils.data.DataLoader(val_ds, batch_size=train_config.batch_size, **loader_kw)
+    steps = max(1, len(train_dl)) * max(1, trainer_config.max_epochs)
+    if trainer_config.max_steps and trainer_config.max_steps > 0:
+        steps = min(steps, trainer_config.max_steps)
+    module = _lightning_module()(
+        asdict(model_config), asdict(train_config), steps, _max_time_seconds(trainer_config.max_time)
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = fit(module, train_dl, val_dl, config=trainer_config, out_dir=out)
+    checkpoint = result.best_checkpoint or result.last_checkpoint
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+    model = module.model.cpu().eval()
+    save_lane_model(out / "lane_model.pt", model, {"metrics": result.metrics, "epochs": result.epochs})
+    return LaneRun(out / "lane_model.pt", checkpoint, result.metrics, result.epochs, result.seconds)
+
+
+# --------------------------------------------------------------------------------------------------
+# Prediction and export
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def predict_lane_logits(model: LaneNet, images_bgr: Sequence[np.ndarray], device: str = "cpu") -> np.ndarray:
+    """The network's logits (N, 13, H, W) at its own input size for BGR frames."""
+    size = (model.config.width, model.config.height)
+    x = torch.from_numpy(to_network_input(images_bgr, size)).to(device)
+    return model.to(device).eval()(x).float().cpu().numpy()
+
+
+def predict_lane_masks(
+    model: LaneNet,
+    images: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    device: str = "cpu",
+) -> list[Path]:
+    """Predict the lane mask of each image and write it as `<out_dir>/<stem>.png` at the image's size.
+
+    Raises:
+        UserError: if an image is missing or unreadable.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [Path(p) for p in images]
+    written = []
+    for i in range(0, len(paths), batch_size):
+        chunk = paths[i : i + batch_size]
+        frames = [_read_bgr(p) for p in chunk]
+        logits = predict_lane_logits(model, frames, device)
+        for path, frame, lg in zip(chunk, frames, logits):
+            target = out / mask_name(path.name)
+            write_mask(target, lane_mask_from_logits(lg, (frame.shape[1], frame.shape[0])))
+            written.append(target)
+    return written
+
+
+def export_lane_onnx(model: LaneNet, path: str | os.PathLike, *, atol: float = 1e-4, rtol: float = 1e-4) -> Any:
+    """Export a lane model to ONNX with the core parity check (batch axis dynamic).
+
+    The graph takes `images` (N, 3, H, W) RGB in [0, 1] at the model's size and returns `logits`
+    (N, 13, H, W); `lane_mask_from_logits` decodes them.
+
+    Raises:
+        ExportParityError: if onnxruntime disagrees with the eager model (no file is written).
+    """
+    from visionpipes.core.export import export_onnx
+
+    example = torch.rand(1, 3, model.config.height, model.config.width)
+    return export_onnx(
+        model.cpu().eval(),
+        example,
+        path,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        atol=atol,
+        rtol=rtol,
+    )
+
+
+class OnnxLaneModel:
+    """The exported lane model under onnxruntime: BGR frames in, official lane masks out.
+
+    Raises:
+        UserError: if the file is missing or not loadable.
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        from visionpipes.core.export import OnnxRunner
+
+        self.runner = OnnxRunner(path, threads=threads)
+        shape = self.runner.session.get_inputs()[0].shape
+        self.size = (int(shape[3]), int(shape[2]))
+
+    def logits(self, frames_bgr: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, 13, H, W) logits at the network size."""
+        (out,) = self.runner(to_network_input(frames_bgr, self.size))
+        return out
+
+    def __call__(self, frames_bgr: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One lane mask per frame, at the frame's size."""
+        frames = list(frames_bgr)
+        if not frames:
+            return []
+        return [
+            lane_mask_from_logits(lg, (f.shape[1], f.shape[0])) for lg, f in zip(self.logits(frames), frames)
+        ]

@@ -1,0 +1,224 @@
+"""The pipeline's data stage: synthesise the default Task01 sample, or validate a real MSD task folder,
+and write `task.json`, which names the folder the later stages read and fingerprints its content.
+
+It checks and points; it never copies or converts a real dataset, and writes its output folder whole or
+not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from visionpipes.core.errors import UserError
+from visionpipes.core.io import atomic_path, write_json
+
+#: The pointer file the data stage writes beside (or instead of) the task folder.
+TASK_POINTER = "task.json"
+#: Where the synthetic sample goes inside the data stage's output folder.
+SYNTH_TASK_NAME = "Task01_BrainTumour"
+FINGERPRINT_MODES = ("content", "size")
+
+
+@dataclass
+class DataStageConfig:
+    """`params.yaml`'s `data:` section.
+
+    Attributes:
+        path: a real MSD task folder (`.../Task01_BrainTumour`), relative to the params file's folder or
+            absolute; None (the default) synthesises the sample below instead.
+        cases, size, seed, test_cases, spacing: the synthetic sample (`vp-medical synth`).
+        fingerprint: `content` hashes every listed file (sha256); `size` hashes names and byte counts
+            only (fast for a large real copy, blind to same-size edits).
+        strict: treat validation warnings (e.g. an all-background label) as errors.
+    """
+
+    path: str | None = None
+    cases: int = 12
+    size: int = 48
+    seed: int = 0
+    test_cases: int = 2
+    spacing: float = 1.0
+    fingerprint: str = "content"
+    strict: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "data settings") -> DataStageConfig:
+        """Build from a mapping.
+
+        Raises:
+            UserError: on an unknown key or an unknown fingerprint mode, naming `source`.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(
+                f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))})."
+            )
+        config = cls(**dict(data))
+        if config.fingerprint not in FINGERPRINT_MODES:
+            raise UserError(f"{source}: fingerprint must be content or size, not '{config.fingerprint}'.")
+        return config
+
+
+def dataset_fingerprint(task_dir: str | os.PathLike, mode: str = "content") -> dict[str, Any]:
+    """A sha256 identifying an MSD task folder: over `dataset.json`'s bytes and, for every file it lists
+    (training images and labels, test images, in listed order), the file's relative path and either its
+    content's sha256 (`content`) or its byte count (`size`).
+
+    Returns:
+        `{"sha256", "mode", "files", "bytes"}`.
+
+    Raises:
+        UserError: if `dataset.json` is unreadable or a listed file is missing.
+    """
+    from visionpipes.medical.msd import load_task
+
+    if mode not in FINGERPRINT_MODES:
+        raise UserError(f"fingerprint mode must be content or size, not '{mode}'.")
+    task = load_task(task_dir)
+    digest = hashlib.sha256((task.root / "dataset.json").read_bytes())
+    files = [p for case in task.training for p in (case.image, case.label) if p is not None]
+    files += [case.image for case in task.test]
+    total = 0
+    for path in files:
+        if not path.is_file():
+            raise UserError(f"{path} is listed in {task.root / 'dataset.json'} but does not exist.")
+        size = path.stat().st_size
+        total += size
+        if mode == "content":
+            with open(path, "rb") as fh:
+                value = hashlib.file_digest(fh, "sha256").hexdigest()
+        else:
+            value = str(size)
+        digest.update(f"\0{path.relative_to(task.root).as_posix()}\0{value}".encode())
+    return {"sha256": digest.hexdigest(), "mode": mode, "files": len(files), "bytes": total}
+
+
+def resolve_task_dir(path: str | os.PathLike) -> Path:
+    """The MSD task folder that `path` names: the folder itself, the data stage's output folder (holding
+    `task.json`), or a `task.json` file.
+
+    Raises:
+        UserError: if `path` is none of these or the pointer is malformed.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / "dataset.json").exists() or not (path / TASK_POINTER).is_file():
+            return path  # a task folder (`load_task` names what it lacks)
+        pointer = path / TASK_POINTER
+    elif path.name == "dataset.json":
+        return path.parent
+    elif path.suffix == ".json" and path.is_file():
+        pointer = path
+    else:
+        return path
+    try:
+        target = json.loads(pointer.read_text())["task_dir"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(
+            f"{pointer} is not a {TASK_POINTER} written by `vp-medical data` (no task_dir)."
+        ) from None
+    return Path(target) if Path(target).is_absolute() else pointer.parent / target
+
+
+def read_task_pointer(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The content of the data stage's `task.json` that `path` names (folder or file), or None."""
+    path = Path(path)
+    pointer = path / TASK_POINTER if path.is_dir() else path
+    if pointer.name != TASK_POINTER or not pointer.is_file():
+        return None
+    try:
+        return json.loads(pointer.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def _relative(path: str | os.PathLike, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def prepare_data(
+    config: DataStageConfig,
+    out_dir: str | os.PathLike,
+    *,
+    base_dir: str | os.PathLike = ".",
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the data stage: write `<out_dir>/task.json` (and, without `config.path`, the synthetic sample
+    in `<out_dir>/Task01_BrainTumour`), after validating the task folder by decoding every volume.
+
+    Args:
+        config: the `data:` settings.
+        out_dir: the stage's output folder, replaced as a whole.
+        base_dir: what a relative `config.path` is relative to (the params file's folder).
+        progress: called with a line of progress now and then.
+
+    Returns:
+        The content of `task.json`: `task_dir` (relative to `out_dir` when inside it), `synthetic`,
+        `name`, `num_training`, `num_test`, `fingerprint` and `validation` (error and warning lines).
+
+    Raises:
+        UserError: if the real folder does not exist or fails validation (nothing is written then).
+    """
+    from visionpipes.medical.msd import load_task
+    from visionpipes.medical.synth import SynthConfig, write_synthetic_task
+    from visionpipes.medical.validate import validate_task
+
+    say = progress or (lambda line: None)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out, is_dir=True) as tmp:
+        if config.path is None:
+            synth = SynthConfig(
+                cases=config.cases,
+                size=config.size,
+                seed=config.seed,
+                test_cases=config.test_cases,
+                spacing=config.spacing,
+            )
+            task_dir = tmp / SYNTH_TASK_NAME
+            say(f"synthesising {synth.cases} training and {synth.test_cases} test cases of {synth.size}^3")
+            write_synthetic_task(task_dir, synth)
+            recorded = SYNTH_TASK_NAME
+        else:
+            given = Path(config.path).expanduser()
+            task_dir = given if given.is_absolute() else Path(base_dir) / given
+            if not task_dir.is_dir():
+                raise UserError(f"data.path {config.path} is not a folder (looked at {task_dir}).")
+            # Relative to where task.json will live, so that the pointer survives moving the repository.
+            recorded = given.as_posix() if given.is_absolute() else os.path.relpath(task_dir, out)
+        say(f"validating {task_dir}")
+        problems = validate_task(task_dir)
+        lines = [
+            (p.severity, f"{p.severity.upper()} {_relative(p.path, task_dir)}: {p.message}") for p in problems
+        ]
+        errors = [line for severity, line in lines if severity == "error" or config.strict]
+        warnings = [line for severity, line in lines if severity != "error" and not config.strict]
+        if errors:
+            shown = "; ".join(errors[:3]) + (f"; and {len(errors) - 3} more" if len(errors) > 3 else "")
+            raise UserError(
+                f"{task_dir} fails validation with {len(errors)} problems ({shown}); run `vp-medical validate`."
+            )
+        task = load_task(task_dir)
+        say(f"fingerprinting {task_dir} ({config.fingerprint})")
+        record = {
+            "task_dir": recorded,
+            "synthetic": config.path is None,
+            "name": task.name,
+            "num_training": len(task.training),
+            "num_test": len(task.test),
+            "fingerprint": dataset_fingerprint(task_dir, config.fingerprint),
+            "validation": {"errors": [], "warnings": warnings},
+            "settings": asdict(config),
+        }
+        write_json(tmp / TASK_POINTER, record)
+    return record

@@ -1,0 +1,402 @@
+"""`vp-retail`: the command line of the retail package, one verb per intention
+(synth, train, evaluate, embed, index, deploy, serve, query).
+
+Each verb is a thin wrapper over a library function. Options default to the `params.yaml` section of
+the verb when `--params FILE` is given (that is how the DVC stages call them); an option given on
+the command line wins. Heavy modules (torch, faiss, fastapi) are imported only by the verbs that
+need them, so `--help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from visionpipes.core.errors import UserError, run_cli
+
+
+def _params_section(args: argparse.Namespace, section: str) -> dict[str, Any]:
+    if getattr(args, "params", None) is None:
+        return {}
+    from visionpipes.core.io import load_params
+
+    return load_params(args.params, section)
+
+
+def _merge(config_cls: type, section: Mapping[str, Any], overrides: Mapping[str, Any], *, source: str) -> Any:
+    """`config_cls(**section)` with the non-None `overrides` on top; unknown section keys are refused."""
+    known = {f.name for f in fields(config_cls)}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise UserError(f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
+    values = dict(section)
+    values.update({k: v for k, v in overrides.items() if v is not None and k in known})
+    try:
+        return config_cls(**values)
+    except TypeError as err:
+        raise UserError(f"{source}: {err}.") from None
+
+
+def _print(result: Mapping[str, Any]) -> None:
+    print(json.dumps(result, indent=2, default=str))
+
+
+# -- verbs ---------------------------------------------------------------------------------------
+def _synth_section(args: argparse.Namespace) -> dict[str, Any]:
+    data = _params_section(args, "data")
+    synth = data.get("synth") or {}
+    if not isinstance(synth, dict):
+        raise UserError(f"{args.params}: data.synth must be a mapping.")
+    return synth
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from visionpipes.retail.synth import SynthConfig, replace_catalog
+
+    config = _merge(
+        SynthConfig,
+        _synth_section(args),
+        {"products": args.products, "views": args.views, "queries": args.queries, "size": args.size, "seed": args.seed},
+        source=f"{args.params} section data.synth",
+    )
+    summary = replace_catalog(args.out, config, overwrite=args.overwrite)
+    _print({k: v for k, v in summary.items() if k != "config"} | {"out": str(args.out)})
+
+
+def _cmd_data(args: argparse.Namespace) -> None:
+    from visionpipes.retail.catalog import prepare_catalog
+    from visionpipes.retail.synth import SynthConfig, write_catalog
+
+    data = _params_section(args, "data")
+    source = args.source or data.get("source")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    if source:
+        summary = prepare_catalog(source, args.out, queries=args.queries or data.get("queries"))
+        for line in summary["skipped_rows"]:
+            print(f"skipped {line}", file=sys.stderr)
+        _print({k: v for k, v in summary.items() if k != "skipped_rows"} | {"skipped_rows": len(summary["skipped_rows"])})
+        return
+    config = _merge(SynthConfig, _synth_section(args), {}, source=f"{args.params} section data.synth")
+    summary = write_catalog(args.out, config)
+    _print({k: v for k, v in summary.items() if k != "config"} | {"out": str(args.out), "source": "synthetic"})
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from visionpipes.retail.train import TrainParams, train_embedding
+
+    section = _params_section(args, "train")
+    overrides = {
+        "epochs": args.epochs,
+        "loss": args.loss,
+        "backbone": args.backbone,
+        "dimension": args.dimension,
+        "image_size": args.image_size,
+        "seed": args.seed,
+        "pretrained": args.pretrained,
+        "accelerator": args.accelerator,
+    }
+    if args.no_progress:
+        overrides["progress"] = False
+    values = {**section, **{k: v for k, v in overrides.items() if v is not None}}
+    params = TrainParams.from_dict(values, source=f"{args.params or 'options'} (train)")
+    summary = train_embedding(args.catalog, args.out, params)
+    _print({k: summary[k] for k in ("products", "train_views", "val_views", "epochs", "seconds", "metrics")})
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from visionpipes.retail.evaluate import evaluate_model
+
+    queries = args.queries or args.catalog
+    metrics = evaluate_model(args.model, args.catalog, queries, args.out, progress=not args.no_progress)
+    _print({k: v for k, v in metrics.items() if k != "skipped_rows"} | {"skipped_rows": len(metrics["skipped_rows"])})
+
+
+def _cmd_embed(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from visionpipes.core.io import atomic_path
+    from visionpipes.retail.catalog import load_catalog
+    from visionpipes.retail.evaluate import embed_catalog, load_embedder
+
+    embedder = load_embedder(args.model)
+    catalog = load_catalog(args.catalog)
+    embedded = embed_catalog(embedder, catalog, progress=not args.no_progress, batch_size=args.batch_size)
+    out = Path(args.out)
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.savez(
+            fh,
+            vectors=embedded.vectors,
+            product_ids=np.array(embedded.labels),
+            images=np.array(embedded.relpaths),
+            model_version=np.array(getattr(embedder, "model_version", "")),
+        )
+    for problem in [*catalog.problems, *embedded.problems]:
+        print(f"skipped {problem}", file=sys.stderr)
+    _print(
+        {
+            "images": len(embedded.labels),
+            "dimension": int(embedded.vectors.shape[1]) if len(embedded.labels) else 0,
+            "images_per_second": round(len(embedded.labels) / max(embedded.seconds, 1e-9), 1),
+            "skipped_rows": len(catalog.problems) + len(embedded.problems),
+            "out": str(out),
+        }
+    )
+
+
+def _cmd_index(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from visionpipes.retail.catalog import load_catalog
+    from visionpipes.retail.deploy import catalog_records
+    from visionpipes.retail.index import ProductIndex
+
+    path = Path(args.embeddings)
+    if not path.is_file():
+        raise UserError(f"embeddings file {path} does not exist (run vp-retail embed first).")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            vectors = data["vectors"]
+            labels = [str(x) for x in data["product_ids"]]
+            relpaths = [str(x) for x in data["images"]]
+            version = str(data["model_version"])
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"embeddings file {path} is not an embeddings .npz written by vp-retail embed ({err}).") from None
+    catalog = load_catalog(args.catalog)
+    records, grouped = catalog_records(catalog, labels, relpaths, vectors)
+    if not records:
+        raise UserError(f"no product of {args.catalog} has an embedding in {path}.")
+    extra = {"catalog_root_absolute": str(Path(catalog.root).resolve())}
+    if args.model:
+        extra["model"] = str(Path(args.model).resolve())
+    index = ProductIndex.build(
+        args.out,
+        records,
+        grouped,
+        dimension=int(vectors.shape[1]),
+        factory=args.factory,
+        model_version=args.model_version or version,
+        extra=extra,
+    )
+    stats = index.stats()
+    index.close()
+    _print({k: stats[k] for k in ("products", "vectors", "factory", "dimension", "model_version")} | {"out": args.out})
+
+
+def _cmd_deploy(args: argparse.Namespace) -> None:
+    from visionpipes.retail.deploy import DeployParams, deploy_model
+
+    section = _params_section(args, "deploy")
+    values = {**section, **({"factory": args.factory} if args.factory else {})}
+    params = DeployParams.from_dict(values, source=f"{args.params or 'options'} (deploy)")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    summary = deploy_model(
+        args.model, args.catalog, args.out, params, eval_metrics=args.eval_metrics, progress=not args.no_progress
+    )
+    _print({k: v for k, v in summary.items() if k != "skipped_rows"} | {"skipped_rows": len(summary["skipped_rows"])})
+
+
+def _api_config(args: argparse.Namespace) -> Any:
+    from visionpipes.retail.api import APIConfig
+
+    return APIConfig(max_upload_bytes=args.max_upload_bytes, max_k=args.max_k, max_batch=args.max_batch)
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from visionpipes.retail.api import app_for_index
+
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be between 0 and 65535, got {args.port}.")
+    if args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}.")
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    app = app_for_index(args.index, model=args.model, config=_api_config(args), threads=args.threads)
+    print(f"serving {args.index} on http://{args.host}:{args.port}/ (docs at /docs)", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def _cmd_query(args: argparse.Namespace) -> None:
+    image = Path(args.image)
+    if not image.is_file():
+        raise UserError(f"image {image} does not exist.")
+    if args.k < 1:
+        raise UserError(f"--k must be at least 1, got {args.k}.")
+    if args.url:
+        _print(_query_http(args.url, image, args.k, args.category))
+        return
+    if not args.index:
+        raise UserError("query needs --index DIR (or --url of a running server).")
+    from visionpipes.core.io import read_image_rgb
+    from visionpipes.retail.api import find_index_dir
+    from visionpipes.retail.evaluate import load_embedder
+    from visionpipes.retail.index import ProductIndex
+    from visionpipes.retail.manifest import read_manifest
+
+    index_dir = find_index_dir(args.index)
+    manifest = read_manifest(index_dir)
+    model = args.model or manifest.extra.get("model")
+    if not model:
+        raise UserError(f"index directory {index_dir} names no model in its manifest; pass --model.")
+    model_path = Path(model) if Path(model).is_absolute() or args.model else index_dir / model
+    embedder = load_embedder(model_path)
+    pixels = read_image_rgb(image)
+    with ProductIndex.open(
+        index_dir, dimension=embedder.dimension, model_version=getattr(embedder, "model_version", None)
+    ) as index:
+        hits = index.search(embedder([pixels]), args.k, category=args.category)[0]
+    _print(
+        {
+            "image": str(image),
+            "results": [
+                {"product_id": h.product_id, "score": round(h.score, 4), "title": h.title, "category": h.category}
+                for h in hits
+            ],
+        }
+    )
+
+
+def _query_http(url: str, image: Path, k: int, category: str | None) -> dict[str, Any]:
+    import httpx
+
+    params: dict[str, Any] = {"k": k}
+    if category:
+        params["category"] = category
+    try:
+        r = httpx.post(
+            url.rstrip("/") + "/search", params=params, files={"image": (image.name, image.read_bytes())}, timeout=60
+        )
+    except httpx.HTTPError as err:
+        raise UserError(f"server {url} cannot be reached ({err}).") from None
+    if r.status_code != 200:
+        try:
+            detail = r.json().get("detail")
+        except ValueError:
+            detail = r.text[:200]
+        raise UserError(f"server {url} answered {r.status_code}: {detail}")
+    return {"image": str(image), **r.json()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `vp-retail` argument parser (one sub-command per verb)."""
+    parser = argparse.ArgumentParser(
+        prog="vp-retail", description="Visual product search: synthetic catalogs, embedding training, FAISS index, HTTP API."
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("synth", help="write a synthetic product catalog (catalog.csv + images + queries.csv)")
+    p.add_argument("out", help="folder to write (created; replaced with --overwrite)")
+    p.add_argument("--products", type=int, help="number of products (default 100)")
+    p.add_argument("--views", type=int, help="catalog photos per product (default 8)")
+    p.add_argument("--queries", type=int, help="held-out query photos per product (default 2)")
+    p.add_argument("--size", type=int, help="image size in pixels (default 128)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--params", help="params.yaml whose 'data.synth' section gives the defaults")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=_cmd_synth)
+
+    p = verbs.add_parser("data", help="the pipeline's catalog: a real catalog's description, or the synthetic one")
+    p.add_argument("--out", required=True, help="catalog folder to write (replaced)")
+    p.add_argument("--params", help="params.yaml: data.source (a real catalog) or data.synth")
+    p.add_argument("--source", help="a real catalog (catalog.csv, its folder, or an image-folder layout)")
+    p.add_argument("--queries", help="the real catalog's queries.csv (default: beside its catalog.csv)")
+    p.set_defaults(func=_cmd_data)
+
+    p = verbs.add_parser("train", help="train the embedding model on a catalog (metric learning over product ids)")
+    p.add_argument("--catalog", required=True, help="catalog folder (catalog.csv or image-folder layout)")
+    p.add_argument("--out", required=True, help="model folder to write (model.pt, model.json, checkpoints, dvclive)")
+    p.add_argument("--params", help="params.yaml whose 'train' section gives the defaults")
+    p.add_argument("--epochs", type=int, help="training epochs")
+    p.add_argument("--loss", choices=("proxy_anchor", "multi_similarity", "arcface"), help="metric-learning loss")
+    p.add_argument("--backbone", help="core backbone preset (resnet18, mobilenet_v2, ...)")
+    p.add_argument("--dimension", type=int, help="embedding dimension")
+    p.add_argument("--image-size", type=int, help="input size in pixels")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--pretrained", help="local checkpoint seeding the backbone (never downloaded)")
+    p.add_argument("--accelerator", help="auto, cpu or gpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train)
+
+    p = verbs.add_parser("evaluate", help="Recall@1/5/10 and mAP of held-out queries; recall curve and sample plots")
+    p.add_argument("--model", required=True, help="trained model folder, deploy folder or .onnx file")
+    p.add_argument("--catalog", required=True, help="catalog folder searched")
+    p.add_argument("--queries", help="queries.csv or a folder holding one (default: the catalog folder)")
+    p.add_argument("--out", required=True, help="folder for metrics.json, recall.json and plots/")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = verbs.add_parser("embed", help="embed every catalog image with a model (ONNX or trained), with progress")
+    p.add_argument("--model", required=True, help="deploy folder / .onnx file (onnxruntime) or trained model folder")
+    p.add_argument("--catalog", required=True, help="catalog folder")
+    p.add_argument("--out", required=True, help=".npz to write (vectors, product_ids, images, model_version)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per model run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_embed)
+
+    p = verbs.add_parser("index", help="build a FAISS + SQLite index directory from embeddings and the catalog")
+    p.add_argument("--embeddings", required=True, help=".npz written by vp-retail embed")
+    p.add_argument("--catalog", required=True, help="catalog folder (titles, categories, metadata)")
+    p.add_argument("--out", required=True, help="index directory to create (must not exist)")
+    p.add_argument("--factory", default="Flat", help="FAISS index_factory string (Flat, IVF256,Flat, HNSW32, ...)")
+    p.add_argument("--model", help="the .onnx model the embeddings came from (recorded for serve)")
+    p.add_argument("--model-version", help="model version to record (default: the one in the embeddings)")
+    p.set_defaults(func=_cmd_index)
+
+    p = verbs.add_parser("deploy", help="ONNX export (parity-checked), catalog embedding, index, model card")
+    p.add_argument("--model", required=True, help="trained model folder")
+    p.add_argument("--catalog", required=True, help="catalog folder to index")
+    p.add_argument("--out", required=True, help="deploy folder to write (replaced if it exists)")
+    p.add_argument("--eval-metrics", help="metrics.json of vp-retail evaluate, quoted in the model card")
+    p.add_argument("--params", help="params.yaml whose 'deploy' section gives the defaults")
+    p.add_argument("--factory", help="FAISS index_factory string")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_deploy)
+
+    p = verbs.add_parser("serve", help="serve the search API and page over HTTP (uvicorn)")
+    p.add_argument("--index", required=True, help="index directory or deploy folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--model", help="ONNX model (default: the one the index manifest names)")
+    p.add_argument("--max-upload-bytes", type=int, default=10 * 1024 * 1024, help="largest upload (413 above)")
+    p.add_argument("--max-k", type=int, default=100, help="largest k a query may ask (422 above)")
+    p.add_argument("--max-batch", type=int, default=64, help="most images per /search/batch")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="onnxruntime and FAISS threads per request (default 1: requests run side by side in the server's "
+        "thread pool; more threads per request were 5x slower on a shared 2-core machine)",
+    )
+    p.add_argument("--log-level", default="warning", help="uvicorn log level")
+    p.set_defaults(func=_cmd_serve)
+
+    p = verbs.add_parser("query", help="search an index (or a running server) with one photo")
+    p.add_argument("image", help="the query photo")
+    p.add_argument("--index", help="index directory or deploy folder (opened locally)")
+    p.add_argument("--url", help="base URL of a running vp-retail serve instead of --index")
+    p.add_argument("--model", help="ONNX model (default: the one the index manifest names)")
+    p.add_argument("--k", type=int, default=5, help="results (default 5)")
+    p.add_argument("--category", help="only this category")
+    p.set_defaults(func=_cmd_query)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of `vp-retail`."""
+    from visionpipes.core.settings import apply_runtime_settings
+
+    args = build_parser().parse_args(argv)
+    # Before anything starts a thread pool: `serve` runs one thread per request (its --threads).
+    apply_runtime_settings(getattr(args, "threads", None))
+    sys.exit(run_cli(lambda: args.func(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The detector glue: offline model building (never a download), class-name mapping, the dataset view
+that keeps ultralytics' caches out of the dataset, prediction to det JSON, ONNX export and the
+onnxruntime decoder (letterbox, NMS) against ultralytics' own predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from visionpipes.core.errors import UserError
+from visionpipes.driving.bdd100k import DET_CATEGORIES, YoloSplit, det_to_yolo
+from visionpipes.driving.detect import (
+    DetectorConfig,
+    Letterbox,
+    OnnxDetector,
+    _class_names,
+    build_detector,
+    dataset_view,
+    decode_predictions,
+    export_detector_onnx,
+    letterbox,
+    predict_detections,
+    prepare_ultralytics,
+)
+from visionpipes.driving.synth import SynthConfig, write_sample
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"imgsz": 300}, "multiple of 32"),
+        ({"epochs": 0}, "at least 1"),
+        ({"time_minutes": -1}, "positive"),
+        ({"lr": 0.1}, "unknown keys lr"),
+    ],
+)
+def test_bad_config_names_the_field(config: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        DetectorConfig.from_dict(config)
+
+
+def test_train_args_use_batch_as_nominal_batch_and_minutes_as_hours() -> None:
+    args = DetectorConfig(batch=8, time_minutes=6, device="cpu", extra={"mosaic": 0.5}).train_args()
+    assert args["nbs"] == 8 and args["time"] == pytest.approx(0.1)
+    assert args["device"] == "cpu" and args["mosaic"] == 0.5 and args["pretrained"] is False
+    assert "device" not in DetectorConfig().train_args()
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [("yolov8n.pt", "never downloaded"), ("yolov8n", "model .yaml or a local .pt"), ("nope.yaml", "nope.yaml")],
+)
+def test_no_model_is_ever_downloaded(model: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=message):
+        build_detector(DetectorConfig(model=model))
+    assert not (tmp_path / "yolov8n.pt").exists()
+
+
+def test_offline_settings_and_font() -> None:
+    config_dir = prepare_ultralytics()
+    from ultralytics.utils import SETTINGS
+
+    assert (config_dir / "Arial.ttf").is_file()
+    assert SETTINGS["sync"] is False and SETTINGS["dvc"] is False
+
+
+def test_coco_names_map_onto_bdd100k() -> None:
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(names={0: "person", 1: "bicycle", 2: "car", 3: "van", 4: "stop sign", 5: "other person"})
+    assert _class_names(model) == ["pedestrian", "bicycle", "car", "car", None, None]
+
+
+def test_letterbox_and_decoding_round_trip() -> None:
+    image = np.zeros((720, 1280, 3), dtype=np.uint8)
+    canvas, info = letterbox(image, 320)
+    assert canvas.shape == (320, 320, 3) and info.scale == pytest.approx(0.25)
+    assert info.pad_y == 70 and info.pad_x == 0
+    # one box x1=400, y1=200, x2=600, y2=400 in the image -> centre (125, 145), size (50, 50) on the canvas
+    pred = np.zeros((1, 4 + 10, 3), dtype=np.float32)
+    pred[0, :4, 0] = [125, 145, 50, 50]
+    pred[0, 4 + 2, 0] = 0.9  # car
+    pred[0, :4, 1] = [126, 146, 50, 50]
+    pred[0, 4 + 2, 1] = 0.8  # the same car, suppressed by NMS
+    pred[0, :4, 2] = [10, 80, 8, 8]
+    pred[0, 4 + 9, 2] = 0.1  # below the threshold
+    ((boxes, scores, classes),) = decode_predictions(pred, [info], [(1280, 720)], conf=0.25)
+    np.testing.assert_allclose(boxes, [[400, 200, 600, 400]], atol=1e-3)
+    assert scores.tolist() == pytest.approx([0.9]) and classes.tolist() == [2]
+    assert decode_predictions(pred, [Letterbox(1.0, 0, 0)], [(320, 320)], conf=0.95)[0][0].shape == (0, 4)
+
+
+@pytest.fixture(scope="module")
+def yolo_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("det") / "bdd"
+    write_sample(root, SynthConfig(images=4, seed=5, val_fraction=0.5, cameras=0))
+    splits = [YoloSplit(s, root / f"labels/det_20/det_{s}.json", root / f"images/100k/{s}") for s in ("train", "val")]
+    return det_to_yolo(splits, root.parent / "yolo").data_yaml
+
+
+def test_dataset_view_links_images_and_copies_labels(yolo_dataset: Path, tmp_path: Path) -> None:
+    view_yaml = dataset_view(yolo_dataset, tmp_path / "view")
+    view = view_yaml.parent
+    images = sorted((view / "images" / "train").iterdir())
+    assert images and all(p.is_symlink() for p in images)
+    labels = sorted((view / "labels" / "train").iterdir())
+    assert [p.stem for p in labels] == [p.stem for p in images] and not any(p.is_symlink() for p in labels)
+    with pytest.raises(UserError, match="does not exist"):
+        dataset_view(tmp_path / "missing.yaml", tmp_path / "v2")
+
+
+def test_predict_and_onnx_agree_with_ultralytics(yolo_dataset: Path, tmp_path: Path) -> None:
+    import cv2
+    from ultralytics.utils import ROOT
+
+    yaml_text = (ROOT / "cfg" / "models" / "v8" / "yolov8.yaml").read_text().replace("nc: 80", "nc: 10")
+    (tmp_path / "yolov8n.yaml").write_text(yaml_text)
+    model = build_detector(DetectorConfig(model=str(tmp_path / "yolov8n.yaml")))  # untrained, 10 classes
+    model.model.names = dict(enumerate(DET_CATEGORIES))
+    images = sorted((yolo_dataset.parent / "images" / "val").iterdir())
+    frames = predict_detections(model, images, imgsz=160, conf=1e-6, device="cpu")
+    assert [f.name for f in frames] == [p.name for p in images]
+    labels = [label for f in frames for label in f.labels or []]
+    assert labels and all(label.score is not None and label.category in DET_CATEGORIES for label in labels)
+
+    report = export_detector_onnx(model, tmp_path / "det.onnx", imgsz=160)
+    assert report.path.is_file() and report.max_abs_diff < 1e-2
+    detector = OnnxDetector(report.path, threads=1)
+    assert detector.imgsz == 160
+    bgr = [cv2.imread(str(p)) for p in images]
+    ((boxes, scores, classes),) = detector(bgr[:1], conf=1e-6, max_det=5)
+    assert boxes.shape[1] == 4 and len(boxes) == len(scores) == len(classes) <= 5
+    assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 2] <= 1280).all() and (boxes[:, 3] <= 720).all()

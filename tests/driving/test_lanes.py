@@ -1,0 +1,165 @@
+"""The lane model: targets and decoding match the official bit layout, the smp and core encoders build,
+training writes a loadable model whose masks come out at the image size, and the ONNX twin agrees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from visionpipes.core.errors import UserError
+from visionpipes.core.training import TrainConfig
+from visionpipes.driving.bdd100k import (
+    LANE_BACKGROUND,
+    encode_lane_value,
+    read_mask,
+)
+from visionpipes.driving.lanes import (
+    BACKGROUND_CLASS,
+    CATEGORY_CHANNELS,
+    IGNORE_INDEX,
+    LANE_CHANNELS,
+    LaneModelConfig,
+    LaneTrainConfig,
+    OnnxLaneModel,
+    build_lane_model,
+    export_lane_onnx,
+    lane_mask_from_logits,
+    lane_samples,
+    lane_targets,
+    load_lane_model,
+    predict_lane_logits,
+    predict_lane_masks,
+    train_lanes,
+)
+from visionpipes.driving.synth import SynthConfig, write_sample
+
+
+def _mask() -> np.ndarray:
+    mask = np.full((6, 8), LANE_BACKGROUND, dtype=np.uint8)
+    mask[1, 1:4] = encode_lane_value(4)  # road curb, solid, parallel
+    mask[3, 2:6] = encode_lane_value(6, style=1)  # single white, dashed
+    mask[5, 0:8] = encode_lane_value(0, direction=1)  # crosswalk, vertical
+    return mask
+
+
+def _logits_for(mask: np.ndarray) -> np.ndarray:
+    """One-hot logits (13, H, W) that decode to `mask`."""
+    category, style, direction = lane_targets(mask)
+    logits = np.zeros((LANE_CHANNELS, *mask.shape), dtype=np.float32)
+    rows, cols = np.indices(mask.shape)
+    logits[category, rows, cols] = 10.0
+    logits[CATEGORY_CHANNELS + np.clip(style, 0, 1), rows, cols] = 10.0
+    logits[CATEGORY_CHANNELS + 2 + np.clip(direction, 0, 1), rows, cols] = 10.0
+    return logits
+
+
+def test_targets_follow_the_bit_layout() -> None:
+    category, style, direction = lane_targets(_mask())
+    assert category[0, 0] == BACKGROUND_CLASS and style[0, 0] == IGNORE_INDEX and direction[0, 0] == IGNORE_INDEX
+    assert (category[1, 1], style[1, 1], direction[1, 1]) == (4, 0, 0)
+    assert (category[3, 2], style[3, 2], direction[3, 2]) == (6, 1, 0)
+    assert (category[5, 0], style[5, 0], direction[5, 0]) == (0, 0, 1)
+
+
+def test_decoding_inverts_the_targets_and_resizes() -> None:
+    mask = _mask()
+    np.testing.assert_array_equal(lane_mask_from_logits(_logits_for(mask)), mask)
+    big = lane_mask_from_logits(_logits_for(mask), (32, 24))
+    assert big.shape == (24, 32) and big.dtype == np.uint8
+    assert set(np.unique(big)) <= set(np.unique(mask))
+    assert big[22, 16] == encode_lane_value(0, direction=1)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"arch": "PSPNetX"}, "arch must be one of"),
+        ({"width": 100}, "multiples of 32"),
+        ({"decoder_channels": [16, 8]}, "decoder_channels needs 5"),
+        ({"colour": 1}, "unknown keys colour"),
+        ({"arch": "DeepLabV3Plus", "encoder": "core:resnet18", "decoder_channels": None}, "no dilated"),
+    ],
+)
+def test_bad_model_config_names_the_field(config: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        LaneModelConfig.from_dict(config)
+
+
+def test_unknown_encoder_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="no_such_encoder"):
+        build_lane_model(LaneModelConfig(encoder="no_such_encoder"))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        LaneModelConfig(width=64, height=32),
+        LaneModelConfig(arch="FPN", encoder="core:resnet18", decoder_channels=None, width=64, height=64),
+        LaneModelConfig(encoder="core:mobilenet_v2", width=64, height=64),
+    ],
+    ids=["unet-resnet18", "fpn-core-resnet18", "unet-core-mobilenet_v2"],
+)
+def test_lane_net_outputs_13_channels_at_input_size(config: LaneModelConfig) -> None:
+    net = build_lane_model(config).eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 3, config.height, config.width))
+    assert out.shape == (2, LANE_CHANNELS, config.height, config.width)
+    assert torch.isfinite(out).all()
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("lanes") / "bdd"
+    write_sample(root, SynthConfig(images=4, seed=3, val_fraction=0.25, cameras=0))
+    return root
+
+
+def test_train_predict_export(sample: Path, tmp_path: Path) -> None:
+    train = lane_samples(sample / "images/100k/train", sample / "labels/lane/masks/train")
+    val = lane_samples(sample / "images/100k/val", sample / "labels/lane/masks/val")
+    config = LaneModelConfig(width=64, height=64, decoder_channels=[32, 16, 16, 8, 8])
+    run = train_lanes(
+        train,
+        val,
+        tmp_path / "run",
+        model_config=config,
+        train_config=LaneTrainConfig(batch_size=2, crop_height=32, warmup_steps=1),
+        trainer_config=TrainConfig(max_epochs=1, accelerator="cpu", progress=False, logger="csv"),
+    )
+    assert run.model_path.is_file() and run.epochs == 1
+    model = load_lane_model(run.model_path)
+    assert model.config == config
+    written = predict_lane_masks(model, [s.image for s in val], tmp_path / "pred")
+    assert [p.name for p in written] == [s.mask.name for s in val]
+    mask = read_mask(written[0], expected_shape=(720, 1280))
+    assert mask.dtype == np.uint8
+
+    report = export_lane_onnx(model, tmp_path / "lanes.onnx")
+    assert report.path.is_file()
+    import cv2
+
+    frames = [cv2.imread(str(s.image)) for s in val]
+    onnx_model = OnnxLaneModel(report.path, threads=1)
+    np.testing.assert_allclose(onnx_model.logits(frames), predict_lane_logits(model, frames), atol=1e-3, rtol=1e-3)
+    onnx_mask = onnx_model(frames)[0]
+    assert onnx_mask.shape == (720, 1280)
+    assert (onnx_mask == mask).mean() > 0.999
+
+
+def test_lane_samples_and_model_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        lane_samples(tmp_path / "images", tmp_path / "masks")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(b"")
+    with pytest.raises(UserError, match="has a lane mask"):
+        lane_samples(tmp_path / "images", tmp_path / "masks")
+    with pytest.raises(UserError, match="does not exist"):
+        load_lane_model(tmp_path / "none.pt")
+    bogus = tmp_path / "bogus.pt"
+    torch.save({"weights": 1}, bogus)
+    with pytest.raises(UserError, match="not a lane model"):
+        load_lane_model(bogus)

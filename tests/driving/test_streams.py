@@ -1,0 +1,117 @@
+"""Multi-camera streams: a camera that cannot be opened is reported and retried without stopping the
+others; the good one yields an annotated video and a BDD100K JSON with track ids per frame."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from visionpipes.core.errors import UserError
+from visionpipes.driving.bdd100k import DET_CATEGORIES, load_frames
+from visionpipes.driving.streams import (
+    CameraReader,
+    StreamConfig,
+    make_tracker,
+    parse_source,
+    run_streams,
+    track,
+)
+from visionpipes.driving.synth import SynthConfig, write_sample
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from ultralytics.utils import ROOT
+
+    from visionpipes.driving.detect import DetectorConfig, build_detector, export_detector_onnx
+    from visionpipes.driving.lanes import LaneModelConfig, build_lane_model, export_lane_onnx
+
+    folder = tmp_path_factory.mktemp("streams")
+    yaml_text = (ROOT / "cfg" / "models" / "v8" / "yolov8.yaml").read_text().replace("nc: 80", "nc: 10")
+    (folder / "yolov8n.yaml").write_text(yaml_text)
+    detector = build_detector(DetectorConfig(model=str(folder / "yolov8n.yaml")))
+    det = export_detector_onnx(detector, folder / "detector.onnx", imgsz=64).path
+    lanes = export_lane_onnx(build_lane_model(LaneModelConfig(width=64, height=64)), folder / "lanes.onnx").path
+    write_sample(
+        folder / "bdd",
+        SynthConfig(images=1, val_fraction=0.0, cameras=1, video_frames=6, video_size=(128, 72), seed=1),
+    )
+    return {"det": det, "lanes": lanes, "video": folder / "bdd" / "videos" / "cam0.mp4"}
+
+
+def test_parse_source() -> None:
+    assert parse_source("0") == 0
+    assert parse_source("rtsp://cam/1") == "rtsp://cam/1"
+    assert parse_source("videos/cam0.mp4") == "videos/cam0.mp4"
+
+
+def test_a_failing_camera_never_stops_the_others(models: dict[str, Path], tmp_path: Path) -> None:
+    messages: list[str] = []
+    report = run_streams(
+        [str(models["video"]), str(tmp_path / "missing.mp4")],
+        tmp_path / "out",
+        detector_path=models["det"],
+        lanes_path=models["lanes"],
+        config=StreamConfig(conf=1e-4, realtime=False, max_seconds=60, threads=1),
+        printer=messages.append,
+    )
+    good, bad = report.cameras
+    assert bad.status == "failed" and "missing.mp4" in (bad.error or "") and bad.frames == 0
+    assert good.status == "ended" and 1 <= good.frames <= 6
+    assert any("cam1" in m and "failed" in m for m in messages)
+    assert any("total" in m and "fps" in m for m in messages)
+    assert Path(good.video or "").is_file()
+    frames = load_frames(good.labels)
+    assert len(frames) == good.frames
+    assert all(f.video_name == "cam0" and f.frame_index is not None and f.timestamp for f in frames)
+    labels = [label for f in frames for label in f.labels or []]
+    assert all(label.category in DET_CATEGORIES and "trackId" in label.attributes for label in labels)
+    assert json.loads(Path(bad.labels).read_text()) == []
+
+
+def test_reader_keeps_the_newest_frame_and_reconnects() -> None:
+    class Capture:
+        def __init__(self, frames: int) -> None:
+            self.left = frames
+
+        def isOpened(self) -> bool:
+            return True
+
+        def get(self, prop: int) -> float:
+            return 0.0
+
+        def read(self) -> tuple[bool, np.ndarray | None]:
+            if self.left == 0:
+                return False, None
+            self.left -= 1
+            return True, np.full((4, 4, 3), self.left, dtype=np.uint8)
+
+        def release(self) -> None:
+            pass
+
+    opened: list[int] = []
+
+    def factory(source: int | str) -> Capture:
+        opened.append(1)
+        return Capture(3 if len(opened) == 1 else 0)  # a live camera that drops out and stays dark
+
+    reader = CameraReader("cam0", 0, capture_factory=factory, max_retries=2, backoff_s=0.01, max_backoff_s=0.02)
+    reader.start()
+    reader.join(timeout=5)
+    frame, timestamp, index = reader.latest()
+    assert index == 2 and frame[0, 0, 0] == 0 and timestamp > 0
+    assert reader.state.status == "failed" and reader.state.reconnects >= 2 and len(opened) >= 3
+
+
+def test_tracker_gives_ids_and_rejects_unknown_names() -> None:
+    tracker = make_tracker("bytetrack")
+    frame = np.zeros((100, 100, 3), dtype=np.uint8)
+    boxes = np.array([[10, 10, 40, 40], [60, 60, 90, 90]], dtype=np.float32)
+    for _ in range(3):
+        tracks = track(tracker, boxes, np.array([0.9, 0.8]), np.array([2, 0]), frame)
+    assert sorted(tracks[:, 4].astype(int).tolist()) == [1, 2]
+    with pytest.raises(UserError, match="unknown tracker"):
+        make_tracker("sort")

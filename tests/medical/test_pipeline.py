@@ -1,0 +1,87 @@
+"""End to end: the shipped `pipelines/medical/dvc.yaml`, with tiny parameters, run by real DVC in a fresh
+git + DVC repository against the installed `vp-medical`; a second `dvc repro` must skip every stage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+BIN = Path(sys.executable).parent
+PIPELINE = Path(__file__).resolve().parents[2] / "pipelines" / "medical"
+STAGES = ("data", "train", "eval", "deploy")
+
+#: Overrides of the shipped params.yaml: a 3-case 24^3 sample, one epoch of a 3-level UNet on 16^3 crops.
+TINY = {
+    "data": {"cases": 3, "size": 24, "seed": 1, "test_cases": 1},
+    "train": {
+        "max_epochs": 1,
+        "check_val_every_n_epoch": 1,
+        "model": {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1},
+        "data": {"roi_size": [16, 16, 16], "val_fraction": 0.34, "num_samples": 1},
+    },
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(base[key], value) if isinstance(value, dict) else value
+    return out
+
+
+def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "dvc"), *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.mark.slow
+def test_pipeline_runs_end_to_end_and_then_skips(tmp_path: Path) -> None:
+    for tool in ("dvc", "vp-medical"):
+        if not (BIN / tool).exists():
+            pytest.skip(f"{tool} is not installed beside {sys.executable}")
+    pipe = tmp_path / "pipelines" / "medical"
+    pipe.mkdir(parents=True)
+    shutil.copy(PIPELINE / "dvc.yaml", pipe / "dvc.yaml")
+    params = _merge(yaml.safe_load((PIPELINE / "params.yaml").read_text()), TINY)
+    params["cli"] = str(BIN / "vp-medical")
+    (pipe / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    assert _run(tmp_path, "init", "-q").returncode == 0
+    _run(tmp_path, "config", "core.analytics", "false")
+    # DVCLive reads the current commit: the repository needs one
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "pipeline"], cwd=tmp_path, check=True)
+
+    first = _run(tmp_path, "repro", "pipelines/medical/dvc.yaml")
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    for stage in STAGES:
+        assert f"Running stage 'pipelines/medical/dvc.yaml:{stage}'" in first.stdout
+
+    data = tmp_path / "data" / "medical"
+    metrics = json.loads((data / "eval" / "metrics.json").read_text())
+    held_out = json.loads((data / "train" / "split.json").read_text())["val"]
+    assert set(metrics) == {"TC", "WT", "ET", "mean"} and len(held_out) == 2
+    for region in ("TC", "WT", "ET"):
+        assert set(metrics[region]) == {"dice", "hd95", "n_dice", "n_hd95"}
+        assert metrics[region]["n_dice"] == 2 and 0.0 <= metrics[region]["dice"] <= 1.0
+    assert (data / "eval" / "overlay.png").read_bytes()[:4] == b"\x89PNG"
+    deployed = sorted(p.name for p in (data / "deploy").iterdir())
+    assert deployed == ["MODEL_CARD.md", "model.json", "model.onnx", "model.pt"]
+    record = json.loads((data / "deploy" / "model.json").read_text())
+    assert (
+        record["data"]["fingerprint"] == json.loads((data / "raw" / "task.json").read_text())["fingerprint"]
+    )
+    assert (data / "train" / "dvclive" / "plots" / "metrics" / "val" / "dice.tsv").is_file()
+    shown = _run(tmp_path, "metrics", "show", "--json")
+    assert shown.returncode == 0 and '"mean"' in shown.stdout
+
+    second = _run(tmp_path, "repro", "pipelines/medical/dvc.yaml")
+    assert second.returncode == 0 and "Running stage" not in second.stdout, second.stdout
