@@ -4,6 +4,8 @@ round-trip through plain dicts (as read from params.yaml)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
@@ -91,3 +93,26 @@ def test_bad_specs_are_refused_with_a_sentence() -> None:
         BackboneSpec.from_dict({"name": "x", "stages": [], "depth": 3})
     with pytest.raises(ValueError, match="stage 0: unknown keys"):
         BackboneSpec.from_dict({"name": "x", "stages": [{"block": "basic", "depth": 1, "width": 8, "groups": 2}]})
+
+
+def test_a_spec_file_is_built_like_a_preset(tmp_path: Path) -> None:
+    import json
+
+    import yaml
+
+    from visionpipes.core.backbones import get_spec, inline_spec_file
+
+    spec = get_spec("mobilenet_v2")
+    spec.name = "searched"
+    (tmp_path / "best_spec.yaml").write_text(yaml.safe_dump(spec.to_dict()))
+    (tmp_path / "best_spec.json").write_text(json.dumps(spec.to_dict()))
+    for path in (tmp_path / "best_spec.yaml", tmp_path / "best_spec.json"):
+        net = build_backbone(str(path))
+        assert net.out_channels == build_backbone("mobilenet_v2").out_channels
+        assert inline_spec_file(str(path)) == spec.to_dict()
+    assert inline_spec_file("resnet18") == "resnet18"
+    (tmp_path / "bad.yaml").write_text("stages: [{block: basic, colour: red}]\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml is not a valid spec: .*colour"):
+        build_backbone(str(tmp_path / "bad.yaml"))
+    with pytest.raises(ValueError, match=r"missing\.yaml does not exist"):
+        build_backbone(str(tmp_path / "missing.yaml"))

@@ -23,6 +23,7 @@ from visionpipes.driving.detect import (
     letterbox,
     predict_detections,
     prepare_ultralytics,
+    rect_input_height,
 )
 from visionpipes.driving.synth import SynthConfig, write_sample
 
@@ -67,6 +68,16 @@ def test_offline_settings_and_font() -> None:
     assert SETTINGS["sync"] is False and SETTINGS["dvc"] is False
 
 
+def test_ultralytics_device_selection_keeps_the_thread_count() -> None:
+    import torch
+    from ultralytics.utils.torch_utils import select_device
+
+    prepare_ultralytics()
+    before = torch.get_num_threads()
+    select_device("cpu", verbose=False)  # ultralytics would set cores - 1 threads here
+    assert torch.get_num_threads() == before
+
+
 def test_coco_names_map_onto_bdd100k() -> None:
     from types import SimpleNamespace
 
@@ -91,6 +102,15 @@ def test_letterbox_and_decoding_round_trip() -> None:
     np.testing.assert_allclose(boxes, [[400, 200, 600, 400]], atol=1e-3)
     assert scores.tolist() == pytest.approx([0.9]) and classes.tolist() == [2]
     assert decode_predictions(pred, [Letterbox(1.0, 0, 0)], [(320, 320)], conf=0.95)[0][0].shape == (0, 4)
+
+
+def test_rectangular_letterbox_fits_wide_frames_with_little_padding() -> None:
+    assert rect_input_height(320, 720 / 1280) == 192 and rect_input_height(320, None) == 320
+    assert rect_input_height(640, 720 / 1280) == 384
+    canvas, info = letterbox(np.zeros((360, 640, 3), dtype=np.uint8), (320, 192))
+    assert canvas.shape == (192, 320, 3) and info.scale == pytest.approx(0.5)
+    assert (info.pad_x, info.pad_y) == (0, 6)
+    assert (canvas[:6] == 114).all() and (canvas[6:186] == 0).all() and (canvas[186:] == 114).all()
 
 
 @pytest.fixture(scope="module")
@@ -126,10 +146,10 @@ def test_predict_and_onnx_agree_with_ultralytics(yolo_dataset: Path, tmp_path: P
     labels = [label for f in frames for label in f.labels or []]
     assert labels and all(label.score is not None and label.category in DET_CATEGORIES for label in labels)
 
-    report = export_detector_onnx(model, tmp_path / "det.onnx", imgsz=160)
+    report = export_detector_onnx(model, tmp_path / "det.onnx", imgsz=160, height=96)
     assert report.path.is_file() and report.max_abs_diff < 1e-2
     detector = OnnxDetector(report.path, threads=1)
-    assert detector.imgsz == 160
+    assert (detector.imgsz, detector.height) == (160, 96)
     bgr = [cv2.imread(str(p)) for p in images]
     ((boxes, scores, classes),) = detector(bgr[:1], conf=1e-6, max_det=5)
     assert boxes.shape[1] == 4 and len(boxes) == len(scores) == len(classes) <= 5

@@ -73,6 +73,14 @@ def test_decoding_inverts_the_targets_and_resizes() -> None:
     assert big[22, 16] == encode_lane_value(0, direction=1)
 
 
+def test_decoding_puts_the_region_of_interest_below_the_cut_rows() -> None:
+    mask = _mask()
+    full = lane_mask_from_logits(_logits_for(mask), (32, 24), roi_top=0.25)
+    assert full.shape == (24, 32)
+    assert (full[:6] == LANE_BACKGROUND).all()  # round(24 * 0.25) rows above the region of interest
+    np.testing.assert_array_equal(full[6:], lane_mask_from_logits(_logits_for(mask), (32, 18)))
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
@@ -80,6 +88,7 @@ def test_decoding_inverts_the_targets_and_resizes() -> None:
         ({"width": 100}, "multiples of 32"),
         ({"decoder_channels": [16, 8]}, "decoder_channels needs 5"),
         ({"colour": 1}, "unknown keys colour"),
+        ({"roi_top": 1.0}, "roi_top must lie in"),
         ({"arch": "DeepLabV3Plus", "encoder": "core:resnet18", "decoder_channels": None}, "no dilated"),
     ],
 )
@@ -120,13 +129,13 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_predict_export(sample: Path, tmp_path: Path) -> None:
     train = lane_samples(sample / "images/100k/train", sample / "labels/lane/masks/train")
     val = lane_samples(sample / "images/100k/val", sample / "labels/lane/masks/val")
-    config = LaneModelConfig(width=64, height=64, decoder_channels=[32, 16, 16, 8, 8])
+    config = LaneModelConfig(width=64, height=32, decoder_channels=[32, 16, 16, 8, 8], roi_top=0.4)
     run = train_lanes(
         train,
         val,
         tmp_path / "run",
         model_config=config,
-        train_config=LaneTrainConfig(batch_size=2, crop_height=32, warmup_steps=1),
+        train_config=LaneTrainConfig(batch_size=2, warmup_steps=1),
         trainer_config=TrainConfig(max_epochs=1, accelerator="cpu", progress=False, logger="csv"),
     )
     assert run.model_path.is_file() and run.epochs == 1
@@ -135,7 +144,7 @@ def test_train_predict_export(sample: Path, tmp_path: Path) -> None:
     written = predict_lane_masks(model, [s.image for s in val], tmp_path / "pred")
     assert [p.name for p in written] == [s.mask.name for s in val]
     mask = read_mask(written[0], expected_shape=(720, 1280))
-    assert mask.dtype == np.uint8
+    assert mask.dtype == np.uint8 and (mask[:288] == LANE_BACKGROUND).all()  # above roi_top 0.4
 
     report = export_lane_onnx(model, tmp_path / "lanes.onnx")
     assert report.path.is_file()
@@ -143,6 +152,7 @@ def test_train_predict_export(sample: Path, tmp_path: Path) -> None:
 
     frames = [cv2.imread(str(s.image)) for s in val]
     onnx_model = OnnxLaneModel(report.path, threads=1)
+    assert onnx_model.roi_top == pytest.approx(0.4)  # carried in the ONNX metadata
     np.testing.assert_allclose(onnx_model.logits(frames), predict_lane_logits(model, frames), atol=1e-3, rtol=1e-3)
     onnx_mask = onnx_model(frames)[0]
     assert onnx_mask.shape == (720, 1280)
@@ -163,3 +173,28 @@ def test_lane_samples_and_model_file_errors(tmp_path: Path) -> None:
     torch.save({"weights": 1}, bogus)
     with pytest.raises(UserError, match="not a lane model"):
         load_lane_model(bogus)
+
+
+def test_a_searched_core_spec_file_is_an_encoder_and_is_saved_inline(tmp_path: Path) -> None:
+    import yaml
+
+    from visionpipes.core.backbones import get_spec
+    from visionpipes.driving.lanes import save_lane_model
+
+    spec = get_spec("resnet18").to_dict()
+    spec.update(name="searched", stem_width=16)
+    for stage, width in zip(spec["stages"], (16, 24, 32, 48)):
+        stage.update(width=width, depth=1)
+    spec_file = tmp_path / "best_spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    config = LaneModelConfig.from_dict({"encoder": f"core:{spec_file}", "width": 64, "height": 64})
+    assert config.encoder_spec is not None and config.encoder_spec["name"] == "searched"
+    net = build_lane_model(config).eval()
+    save_lane_model(tmp_path / "lane_model.pt", net)
+    spec_file.unlink()  # the saved model carries the architecture itself
+    again = load_lane_model(tmp_path / "lane_model.pt")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), net(x))
+    with pytest.raises(UserError, match="does not exist"):
+        LaneModelConfig.from_dict({"encoder": f"core:{spec_file}"})

@@ -115,3 +115,24 @@ def test_tracker_gives_ids_and_rejects_unknown_names() -> None:
     assert sorted(tracks[:, 4].astype(int).tolist()) == [1, 2]
     with pytest.raises(UserError, match="unknown tracker"):
         make_tracker("sort")
+
+
+def test_post_processing_runs_in_order_and_hands_errors_back() -> None:
+    from visionpipes.driving.streams import _PostProcessor
+
+    seen: list[int] = []
+    post = _PostProcessor(seen.append, maxsize=2)
+    for i in range(20):
+        post.put((i,))
+    post.close()
+    assert seen == list(range(20))
+
+    def fail(i: int) -> None:
+        raise ValueError(f"frame {i} is bad")
+
+    post = _PostProcessor(fail, maxsize=2)
+    for i in range(5):  # never blocks: after the first error the items are drained unprocessed
+        post.put((i,))
+    with pytest.raises(ValueError, match="frame 0 is bad"):
+        post.close()
+    post.close(wait=False)  # closing again is harmless

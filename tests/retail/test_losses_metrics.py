@@ -101,3 +101,21 @@ def test_retrieval_metrics_on_known_rankings():
     assert m["mAP"] == pytest.approx((1 + 0.5 + (0.5 + 2 / 3) / 2) / 3)
     assert [p for p, _, _ in result.top_products[1]] == ["c", "b", "a"]
     assert result.recall_curve[0] == (1, pytest.approx(1 / 3)) and len(result.recall_curve) == 3
+
+
+def test_a_searched_backbone_spec_file_is_recorded_inline(tmp_path):
+    import yaml
+
+    from visionpipes.core.backbones import get_spec
+    from visionpipes.core.errors import UserError
+    from visionpipes.retail.embedding import EmbeddingConfig, EmbeddingNet
+
+    spec = get_spec("resnet18").to_dict()
+    spec["name"] = "searched"
+    (tmp_path / "best_spec.yaml").write_text(yaml.safe_dump(spec))
+    config = EmbeddingConfig.from_dict({"backbone": str(tmp_path / "best_spec.yaml"), "dimension": 16}, source="t")
+    assert config.backbone == spec  # what model.json records: no file needed later
+    net = EmbeddingNet.from_config(config).eval()
+    assert tuple(net(torch.zeros(1, 3, 64, 64)).shape) == (1, 16)
+    with pytest.raises(UserError, match="does not exist"):
+        EmbeddingConfig.from_dict({"backbone": str(tmp_path / "none.yaml")}, source="t")

@@ -9,8 +9,10 @@ a module whose forward returns the feature maps at strides 4, 8, 16, 32 and whos
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -275,12 +277,55 @@ def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_spec(name: str) -> BackboneSpec:
-    """The spec of preset `name` (a fresh copy).
+#: File suffixes `get_spec` reads as spec files instead of preset names.
+SPEC_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def load_spec_file(path: str | Path) -> BackboneSpec:
+    """Read a spec file: YAML or JSON holding the mapping `BackboneSpec.to_dict` writes (for
+    example the `best_spec.yaml` of `vp-core search`).
 
     Raises:
-        ValueError: if no preset has that name.
+        ValueError: if the file is missing, unreadable or not a valid spec (the message names it).
     """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"backbone spec file {path} does not exist.")
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        if not isinstance(data, Mapping):
+            raise TypeError("the file does not hold a mapping")
+        return BackboneSpec.from_dict(data)
+    except (OSError, ValueError, TypeError, yaml.YAMLError) as err:
+        raise ValueError(f"backbone spec file {path} is not a valid spec: {err}") from None
+
+
+def inline_spec_file(name: str | Mapping[str, Any]) -> str | dict[str, Any]:
+    """`name` itself for a preset name or a mapping; the spec's mapping when `name` is a spec file.
+
+    Configs call this when they are read, so that what they record (a checkpoint's config, a
+    `model.json`) holds the searched architecture itself and never needs the file again.
+
+    Raises:
+        ValueError: if the spec file is missing or invalid.
+    """
+    if isinstance(name, str) and name.endswith(SPEC_FILE_SUFFIXES):
+        return load_spec_file(name).to_dict()
+    return dict(name) if isinstance(name, Mapping) else name
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The spec of preset `name` (a fresh copy), or of the spec file `name` when it ends in
+    `.yaml`, `.yml` or `.json` — so a `params.yaml` can select a searched architecture by path.
+
+    Raises:
+        ValueError: if no preset has that name, or the spec file is missing or invalid.
+    """
+    if name.endswith(SPEC_FILE_SUFFIXES):
+        return load_spec_file(name)
     if name not in _REGISTRY:
         raise ValueError(f"unknown backbone {name!r}; presets: {', '.join(list_backbones())}.")
     return copy.deepcopy(_REGISTRY[name]())

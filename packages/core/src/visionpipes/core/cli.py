@@ -13,7 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from visionpipes.core.errors import UserError, run_cli
+from visionpipes.core.cli_common import params_section, run_main
+from visionpipes.core.errors import UserError
 
 
 def _project_root() -> Path:
@@ -92,15 +93,17 @@ def _cmd_summary(args: argparse.Namespace) -> None:
 def _cmd_search(args: argparse.Namespace) -> None:
     from dataclasses import fields
 
-    from visionpipes.core.io import load_params
+    from visionpipes.core.io import check_known_keys
     from visionpipes.core.search import ProxyTraining, SearchConfig, run_search, summary_lines, write_outcome
 
-    settings = load_params(args.params, "search") if args.params else {}
-    proxy = dict(settings.pop("proxy", {}) or {})
+    settings = params_section(args.params, "search", required=True)
+    proxy = settings.pop("proxy", None) or {}
+    if not isinstance(proxy, dict):
+        raise UserError(f"{args.params}: search.proxy must be a mapping.")
     known = {f.name for f in fields(SearchConfig)} - {"proxy", "space"}
-    unknown = sorted(set(settings) - known) + sorted(f"proxy.{k}" for k in set(proxy) - {f.name for f in fields(ProxyTraining)})
-    if unknown:
-        raise UserError(f"{args.params}: unknown search keys {', '.join(unknown)}.")
+    known |= {f"proxy.{f.name}" for f in fields(ProxyTraining)}
+    flat = {**settings, **{f"proxy.{k}": v for k, v in proxy.items()}}
+    check_known_keys(flat, known, source=str(args.params), what="search keys", hint="")
     for key in ("trials", "cost", "seed", "storage", "study_name"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
@@ -129,7 +132,7 @@ def _proxy_settings(params: str | None, section: str) -> dict:
     """`search.proxy` of a params file, updated by the keys of `section` (e.g. `train.epochs`)."""
     from dataclasses import fields
 
-    from visionpipes.core.io import load_params
+    from visionpipes.core.io import check_known_keys, load_params
     from visionpipes.core.search import ProxyTraining
 
     if not params:
@@ -141,9 +144,8 @@ def _proxy_settings(params: str | None, section: str) -> dict:
     if not isinstance(extra, dict):
         raise UserError(f"{params}: section '{section}' must be a mapping.")
     proxy.update(extra)
-    unknown = sorted(set(proxy) - {f.name for f in fields(ProxyTraining)})
-    if unknown:
-        raise UserError(f"{params}: unknown proxy training keys {', '.join(unknown)} (in search.proxy or {section}).")
+    check_known_keys(proxy, {f.name for f in fields(ProxyTraining)}, source=params, what="proxy training keys",
+                     hint=f"in search.proxy or {section}")
     return proxy
 
 
@@ -168,13 +170,11 @@ def _cmd_train_proxy(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate_search(args: argparse.Namespace) -> None:
-    from visionpipes.core.io import load_params
+    from visionpipes.core.io import check_known_keys
     from visionpipes.core.search import evaluate_search
 
-    settings = dict(load_params(args.params, "eval")) if args.params else {}
-    unknown = sorted(set(settings) - {"rounds", "per_round", "threads"})
-    if unknown:
-        raise UserError(f"{args.params}: unknown eval keys {', '.join(unknown)}.")
+    settings = params_section(args.params, "eval", required=True)
+    check_known_keys(settings, {"rounds", "per_round", "threads"}, source=str(args.params), what="eval keys", hint="")
     for key in ("rounds", "per_round", "threads"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
@@ -256,8 +256,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `vp-core`."""
-    from visionpipes.core.settings import apply_runtime_settings
-
     args = build_parser().parse_args(argv)
-    apply_runtime_settings()
-    sys.exit(run_cli(lambda: args.func(args)))
+    run_main(lambda: args.func(args))

@@ -471,16 +471,12 @@ def load_spec_file(path: str | Path) -> BackboneSpec:
     Raises:
         UserError: if the file is missing or not a valid spec.
     """
-    import yaml
+    from visionpipes.core.backbones import load_spec_file as _load
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"backbone spec file {path} does not exist.")
     try:
-        data = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
-        return BackboneSpec.from_dict(data)
-    except (ValueError, TypeError, yaml.YAMLError) as err:
-        raise UserError(f"backbone spec file {path} is not a valid spec: {err}") from None
+        return _load(path)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def compare_latency(

@@ -24,6 +24,10 @@ OFFLINE_ENV: dict[str, str] = {
     "DO_NOT_TRACK": "1",
 }
 
+#: The folder under `YOLO_CONFIG_DIR` where ultralytics keeps its settings and looks for fonts
+#: (`ultralytics.utils.USER_CONFIG_DIR`, made by `get_user_config_dir(sub_dir="Ultralytics")`).
+ULTRALYTICS_SUBDIR = "Ultralytics"
+
 
 @dataclass(frozen=True)
 class RuntimeSettings:
@@ -54,19 +58,42 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "visionpipes"
 
 
-def _place_font(config_dir: Path) -> None:
-    """Put a TTF font at `<config_dir>/Arial.ttf` so ultralytics' plotting never fetches one."""
-    target = config_dir / "Arial.ttf"
+def place_plot_font(folder: Path) -> Path | None:
+    """Put a TrueType font at `<folder>/Arial.ttf`, where ultralytics' `check_font` looks before it
+    would download one; `folder` is ultralytics' `USER_CONFIG_DIR`.
+
+    The font is matplotlib's DejaVuSans, copied once and renamed into place (never half-written).
+
+    Args:
+        folder: the folder to hold `Arial.ttf` (created if missing).
+
+    Returns:
+        The font's path, or None when matplotlib (the font's source) is not installed.
+    """
+    target = folder / "Arial.ttf"
     if target.exists():
-        return
+        return target
     try:
         import matplotlib
 
         font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
     except ImportError:
-        return
-    if font.exists():
-        shutil.copyfile(font, target)
+        return None
+    if not font.exists():
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".Arial.ttf.{os.getpid()}.tmp"
+    try:
+        shutil.copyfile(font, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def default_threads() -> int:
+    """The CPU thread count of the project's compute: `$VISIONPIPES_THREADS`, else every logical core."""
+    return int(os.environ.get("VISIONPIPES_THREADS", 0) or 0) or (os.cpu_count() or 1)
 
 
 def apply_runtime_settings(threads: int | None = None) -> RuntimeSettings:
@@ -86,11 +113,11 @@ def apply_runtime_settings(threads: int | None = None) -> RuntimeSettings:
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     cache = default_cache_dir()
-    yolo_dir = Path(os.environ.setdefault("YOLO_CONFIG_DIR", str(cache / "ultralytics")))
+    yolo_dir = Path(os.environ.setdefault("YOLO_CONFIG_DIR", str(cache / "ultralytics"))).expanduser()
     yolo_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MPLCONFIGDIR", str(cache / "matplotlib"))
-    _place_font(yolo_dir)
-    n = threads or int(os.environ.get("VISIONPIPES_THREADS", 0)) or (os.cpu_count() or 1)
+    place_plot_font(yolo_dir / ULTRALYTICS_SUBDIR)
+    n = threads or default_threads()
     # torch reads OMP_NUM_THREADS when it is first imported; set it already so that commands
     # which never need torch (metrics, --help) do not pay for importing it here.
     if threads or "OMP_NUM_THREADS" not in os.environ:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from visionpipes.core.errors import UserError
+from visionpipes.core.io import dataclass_from_params
 
 LOGGERS = ("dvclive", "csv", "none")
 
@@ -33,7 +34,8 @@ class TrainConfig:
         devices: devices per node (`auto`, a count, or a list).
         strategy: `auto`, `ddp`, `ddp_spawn`, `fsdp`, ... (Lightning's names).
         num_nodes: nodes for multi-node DDP (launch with torchrun).
-        precision: Lightning precision (`32-true`, `16-mixed`, `bf16-mixed`).
+        precision: Lightning precision (`32-true`, `16-mixed`, `bf16-mixed`), or `auto`: bf16 mixed
+            precision where the hardware computes bf16 natively (see `resolve_precision`), else 32-true.
         seed: seed of python, numpy and torch (and data-loader workers).
         log_every_n_steps: logging interval in steps.
         check_val_every_n_epoch: validation interval in epochs.
@@ -73,11 +75,7 @@ class TrainConfig:
         Raises:
             UserError: on an unknown key or a bad `mode`.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{source}: unknown training keys {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
-        config = cls(**dict(data))
+        config = dataclass_from_params(cls, data, source=source, what="training keys")
         if config.mode not in ("max", "min"):
             raise UserError(f"{source}: mode must be 'max' or 'min', got {config.mode!r}.")
         if config.logger not in LOGGERS:
@@ -133,6 +131,35 @@ def select_device(preference: str = "auto") -> torch.device:
     raise UserError(f"unknown device '{preference}'; use auto, cpu, cuda, cuda:N or mps.")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this x86 CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo; False
+    where that file does not exist). oneDNN then runs bf16 convolutions and matmuls about 1.7x as
+    fast as fp32 (measured on the lane and retail models); without it bf16 is emulated and slower."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return bool(set(line.split(":", 1)[1].split()) & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """Lightning's precision for `precision`. `auto` becomes `bf16-mixed` on a CUDA GPU with bf16
+    (`16-mixed` on an older one) or on a CPU with native bf16 (`cpu_has_native_bf16`), and `32-true`
+    elsewhere (MPS included); `accelerator` `auto` means a CUDA GPU when there is one."""
+    if precision != "auto":
+        return precision
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
+    if accelerator in ("cpu", "auto") and not (
+        accelerator == "auto" and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
+        return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+    return "32-true"
+
+
 def _accelerator(config: TrainConfig) -> str:
     if config.accelerator == "auto":
         return select_device("auto").type.replace("cuda", "gpu")
@@ -166,15 +193,16 @@ def build_trainer(
         save_top_k=1 if config.monitor else 0,
         enable_version_counter=False,
     )
+    accelerator = _accelerator(config)
     return lightning.Trainer(
         max_epochs=config.max_epochs,
         max_steps=config.max_steps,
         max_time=config.max_time,
-        accelerator=_accelerator(config),
+        accelerator=accelerator,
         devices=config.devices,
         strategy=config.strategy,
         num_nodes=config.num_nodes,
-        precision=config.precision,
+        precision=resolve_precision(config.precision, accelerator),
         log_every_n_steps=config.log_every_n_steps,
         check_val_every_n_epoch=config.check_val_every_n_epoch,
         gradient_clip_val=config.gradient_clip_val,

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from visionpipes.core.errors import UserError, run_cli
+from visionpipes.core.cli_common import params_section, run_main
+from visionpipes.core.errors import UserError
 
 
 def _emit(result: dict[str, Any], out: str | None) -> None:
@@ -100,23 +101,10 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _params(path: str | None, section: str) -> dict[str, Any]:
-    """One section of a params.yaml (empty when no file is given)."""
-    if not path:
-        return {}
-    from visionpipes.core.io import load_params
-
-    data = load_params(path)
-    value = data.get(section) or {}
-    if not isinstance(value, dict):
-        raise UserError(f"params file {path}: section '{section}' must be a mapping.")
-    return value
-
-
 def _cmd_data(args: argparse.Namespace) -> None:
     from visionpipes.driving.prepare import DataConfig, obtain_data
 
-    section = _params(args.params, "data")
+    section = params_section(args.params, "data")
     config = DataConfig.from_dict(section, source=f"{args.params}: data" if args.params else "data")
     if args.path is not None:
         config.path = args.path
@@ -128,7 +116,7 @@ def _cmd_data(args: argparse.Namespace) -> None:
 def _cmd_prepare(args: argparse.Namespace) -> None:
     from visionpipes.driving.prepare import PrepareConfig, manifest_summary, prepare_dataset
 
-    config = PrepareConfig.from_dict(_params(args.params, "prepare"), source="prepare")
+    config = PrepareConfig.from_dict(params_section(args.params, "prepare"), source="prepare")
     dataset = prepare_dataset(args.raw, args.out, config)
     _emit({**manifest_summary(dataset), "manifest": str(Path(args.out) / "dataset.json")}, None)
 
@@ -137,7 +125,7 @@ def _cmd_train_det(args: argparse.Namespace) -> None:
     from visionpipes.driving.detect import DetectorConfig, train_detector
     from visionpipes.driving.prepare import load_manifest
 
-    section = dict(_params(args.params, "det"))
+    section = dict(params_section(args.params, "det"))
     for key in ("epochs", "imgsz", "batch", "device", "time_minutes", "model"):
         value = getattr(args, key)
         if value is not None:
@@ -150,14 +138,13 @@ def _cmd_train_det(args: argparse.Namespace) -> None:
 
 
 def _cmd_train_lanes(args: argparse.Namespace) -> None:
+    from visionpipes.core.io import check_known_keys
     from visionpipes.core.training import TrainConfig
     from visionpipes.driving.lanes import LaneModelConfig, LaneSample, LaneTrainConfig, train_lanes
     from visionpipes.driving.prepare import load_manifest
 
-    section = _params(args.params, "lanes")
-    unknown = sorted(set(section) - {"model", "train", "trainer"})
-    if unknown:
-        raise UserError(f"lanes: unknown keys {', '.join(unknown)} (known: model, train, trainer).")
+    section = params_section(args.params, "lanes")
+    check_known_keys(section, {"model", "train", "trainer"}, source="lanes")
     model_config = LaneModelConfig.from_dict(section.get("model") or {}, source="lanes.model")
     train_config = LaneTrainConfig.from_dict(section.get("train") or {}, source="lanes.train")
     trainer = dict(section.get("trainer") or {})
@@ -254,7 +241,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from visionpipes.driving.evaluation import EvalConfig, evaluate_models
     from visionpipes.driving.prepare import load_manifest
 
-    config = EvalConfig.from_dict(_params(args.params, "eval"), source="eval")
+    config = EvalConfig.from_dict(params_section(args.params, "eval"), source="eval")
     if args.device is not None:
         config.device = args.device
     dataset = load_manifest(args.dataset)
@@ -279,17 +266,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     from visionpipes.driving.deploy import DeployConfig, export_models
 
-    config = DeployConfig.from_dict(_params(args.params, "deploy"), source="deploy")
+    config = DeployConfig.from_dict(params_section(args.params, "deploy"), source="deploy")
     _emit(export_models(args.out, det_weights=args.det, lane_model=args.lanes, config=config), None)
 
 
 def _cmd_deploy(args: argparse.Namespace) -> None:
     from visionpipes.driving.deploy import DeployConfig, deploy
 
-    config = DeployConfig.from_dict(_params(args.params, "deploy"), source="deploy")
+    config = DeployConfig.from_dict(params_section(args.params, "deploy"), source="deploy")
     params = None
     if args.params:
-        params = {k: _params(args.params, k) for k in ("data", "prepare", "det", "lanes")}
+        params = {k: params_section(args.params, k) for k in ("data", "prepare", "det", "lanes")}
     summary = deploy(
         args.out, det_weights=args.det, lane_model=args.lanes, metrics_path=args.metrics, params=params, config=config
     )
@@ -492,10 +479,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point `vp-driving`."""
-    from visionpipes.core.settings import apply_runtime_settings
-
-    apply_runtime_settings()
-    sys.exit(run_cli(lambda: run(argv)))
+    run_main(lambda: run(argv))
 
 
 if __name__ == "__main__":

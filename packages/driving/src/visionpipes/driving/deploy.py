@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import atomic_path, write_json
+from visionpipes.core.io import atomic_path, dataclass_from_params, write_json
 
 DET_ONNX = "detector.onnx"
 LANES_ONNX = "lanes.onnx"
@@ -32,20 +32,23 @@ class DeployConfig:
         atol: absolute tolerance of the ONNX parity check.
         rtol: tolerance relative to each output's scale.
         latency_runs: timed forward passes per model for the card (0: skip the timing).
+        det_aspect: height / width of the camera frames the deployed detector sees (BDD100K and
+            the sample cameras: 720 / 1280); its ONNX input is `imgsz` wide and that aspect tall,
+            rounded up to a multiple of 32, as ultralytics' rectangular inference. None: square.
     """
 
     atol: float = 1e-4
     rtol: float = 1e-4
     latency_runs: int = 5
+    det_aspect: float | None = 0.5625
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "deploy config") -> DeployConfig:
-        """Raises: UserError on unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
-        return cls(**dict(data))
+        """Raises: UserError on unknown keys or a det_aspect outside (0, 1]."""
+        config = dataclass_from_params(cls, data, source=source)
+        if config.det_aspect is not None and not 0 < config.det_aspect <= 1:
+            raise UserError(f"{source}: det_aspect must lie in (0, 1] (height / width) or be null.")
+        return config
 
 
 def _latency_ms(runner: Any, example: Any, runs: int) -> float | None:
@@ -90,18 +93,21 @@ def export_models(
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {}
     if det_weights is not None:
-        from visionpipes.driving.detect import export_detector_onnx, load_detector
+        from visionpipes.driving.detect import export_detector_onnx, load_detector, rect_input_height
 
         model = load_detector(det_weights)
         train_args = (getattr(model, "ckpt", None) or {}).get("train_args", {})
         imgsz = int(train_args.get("imgsz", 320))
-        print(f"export: detector at {imgsz}x{imgsz} -> {out / DET_ONNX}", flush=True)
-        rep = export_detector_onnx(model, out / DET_ONNX, imgsz=imgsz, atol=config.atol, rtol=config.rtol)
-        example = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+        height = rect_input_height(imgsz, config.det_aspect)
+        print(f"export: detector at {imgsz}x{height} -> {out / DET_ONNX}", flush=True)
+        rep = export_detector_onnx(
+            model, out / DET_ONNX, imgsz=imgsz, height=height, atol=config.atol, rtol=config.rtol
+        )
+        example = np.random.default_rng(0).random((1, 3, height, imgsz), dtype=np.float32)
         report["detector"] = {
             "file": DET_ONNX,
             "architecture": str(train_args.get("model", "yolo")),
-            "input": [1, 3, imgsz, imgsz],
+            "input": [1, 3, height, imgsz],
             "parameters": count_parameters(model.model),
             "max_abs_diff": rep.max_abs_diff,
             "max_rel_diff": rep.max_rel_diff,

@@ -13,14 +13,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import atomic_path, write_json
+from visionpipes.core.io import atomic_path, dataclass_from_params, write_json
 from visionpipes.driving.bdd100k import DET_CATEGORIES, Frame, detections_to_frame, resolve_det_category
 
 #: Ultralytics settings that would reach the network or log elsewhere than our folders.
@@ -100,11 +100,7 @@ class DetectorConfig:
         Raises:
             UserError: on an unknown key or a value out of range.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
-        config = cls(**dict(data))
+        config = dataclass_from_params(cls, data, source=source)
         config.check(source)
         return config
 
@@ -163,10 +159,12 @@ def prepare_ultralytics() -> Path:
 
     Applies the project's run-time settings (YOLO_OFFLINE, YOLO_CONFIG_DIR, ...), switches off
     ultralytics' telemetry and logger integrations (its DVCLive callback would write its own
-    `dvclive/` folder and `dvc.yaml`), and places a TrueType font where ultralytics' plotting looks
-    for `Arial.ttf` (`<YOLO_CONFIG_DIR>/Ultralytics/`), so that no plot tries to fetch one.
+    `dvclive/` folder and `dvc.yaml`). The run-time settings place the font ultralytics' plotting
+    looks for (`<YOLO_CONFIG_DIR>/Ultralytics/Arial.ttf`); placing it again at `USER_CONFIG_DIR` only
+    matters when ultralytics was imported before those settings (a no-op otherwise). Keeps torch's
+    CPU thread count when ultralytics selects a device.
     """
-    from visionpipes.core.settings import apply_runtime_settings
+    from visionpipes.core.settings import apply_runtime_settings, place_plot_font
 
     apply_runtime_settings()
     from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
@@ -174,21 +172,14 @@ def prepare_ultralytics() -> Path:
     wanted = {k: v for k, v in _OFFLINE_SETTINGS.items() if k in SETTINGS and SETTINGS[k] != v}
     if wanted:
         SETTINGS.update(wanted)
-    font = Path(USER_CONFIG_DIR) / "Arial.ttf"
-    if not font.exists():
-        placed = Path(os.environ.get("YOLO_CONFIG_DIR", "")) / "Arial.ttf"
-        source = placed if placed.is_file() else None
-        if source is None:
-            try:
-                import matplotlib
+    place_plot_font(Path(USER_CONFIG_DIR))
+    import torch
+    from ultralytics.utils import torch_utils
 
-                candidate = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-                source = candidate if candidate.is_file() else None
-            except ImportError:
-                source = None
-        if source is not None:
-            font.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, font)
+    # ultralytics' select_device sets torch's CPU threads to its NUM_THREADS, one less than the
+    # cores: a single thread on a 2-core machine, which halves CPU training and validation speed.
+    # Keep the project's thread count (VISIONPIPES_THREADS, default all cores) instead.
+    torch_utils.NUM_THREADS = torch.get_num_threads()
     return Path(USER_CONFIG_DIR)
 
 
@@ -502,13 +493,29 @@ def validate_detector(
 # --------------------------------------------------------------------------------------------------
 
 
+def rect_input_height(imgsz: int, aspect: float | None) -> int:
+    """The network height for frames of `aspect` (height / width) letterboxed `imgsz` wide: the
+    scaled height rounded up to a multiple of 32 (`imgsz` itself when `aspect` is None)."""
+    if aspect is None:
+        return imgsz
+    return max(32, min(imgsz, -(-round(imgsz * aspect) // 32) * 32))
+
+
 def export_detector_onnx(
-    model: Any, path: str | os.PathLike, *, imgsz: int = 320, atol: float = 1e-4, rtol: float = 1e-4
+    model: Any,
+    path: str | os.PathLike,
+    *,
+    imgsz: int = 320,
+    height: int | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
 ) -> Any:
     """Export a YOLO detector to ONNX with the core parity check (fused, batch axis dynamic).
 
-    The graph takes `images` (N, 3, imgsz, imgsz) RGB in [0, 1] and returns `predictions`
+    The graph takes `images` (N, 3, height, imgsz) RGB in [0, 1] and returns `predictions`
     (N, 4 + classes, anchors): box centre x, y, width, height in input pixels, then class scores.
+    A `height` below `imgsz` fits frames wider than tall (ultralytics' rectangular inference: a
+    1280x720 frame at imgsz 320 needs 320x192, not 320x320), which saves the padded rows' compute.
 
     Returns:
         The core `ExportReport` (path, max abs difference, ...).
@@ -530,7 +537,9 @@ def export_detector_onnx(
             module.dynamic = False
             module.export = True
             module.format = "onnx"
-    example = torch.rand(1, 3, imgsz, imgsz)
+    if height is not None and (height < 32 or height % 32):
+        raise UserError(f"detector export height must be a multiple of 32, got {height}.")
+    example = torch.rand(1, 3, height or imgsz, imgsz)
     return export_onnx(
         net,
         example,
@@ -552,17 +561,19 @@ class Letterbox:
     pad_y: float
 
 
-def letterbox(image_bgr: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
-    """Resize keeping the aspect ratio and pad to `size` x `size` with grey (114), as ultralytics."""
+def letterbox(image_bgr: np.ndarray, size: int | tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping the aspect ratio and pad with grey (114), as ultralytics, to `size` x `size`
+    or to `size` = (width, height)."""
     import cv2
 
+    out_w, out_h = (size, size) if isinstance(size, int) else size
     height, width = image_bgr.shape[:2]
-    scale = min(size / height, size / width)
+    scale = min(out_h / height, out_w / width)
     new_w, new_h = round(width * scale), round(height * scale)
     resized = cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    pad_x, pad_y = (size - new_w) / 2, (size - new_h) / 2
+    pad_x, pad_y = (out_w - new_w) / 2, (out_h - new_h) / 2
     top, left = round(pad_y - 0.1), round(pad_x - 0.1)
-    canvas = np.full((size, size, 3), 114, dtype=np.uint8)
+    canvas = np.full((out_h, out_w, 3), 114, dtype=np.uint8)
     canvas[top : top + new_h, left : left + new_w] = resized
     return canvas, Letterbox(scale, left, top)
 
@@ -638,6 +649,7 @@ class OnnxDetector:
         self.runner = OnnxRunner(path, threads=threads)
         shape = self.runner.session.get_inputs()[0].shape
         self.imgsz = int(shape[-1]) if isinstance(shape[-1], int) else 320
+        self.height = int(shape[-2]) if isinstance(shape[-2], int) else self.imgsz
         self.class_names = list(class_names)
 
     def __call__(
@@ -649,7 +661,7 @@ class OnnxDetector:
             return []
         batch, infos = [], []
         for frame in frames:
-            canvas, info = letterbox(frame, self.imgsz)
+            canvas, info = letterbox(frame, (self.imgsz, self.height))
             batch.append(canvas[:, :, ::-1].transpose(2, 0, 1))
             infos.append(info)
         x = np.ascontiguousarray(np.stack(batch), dtype=np.float32) / 255.0

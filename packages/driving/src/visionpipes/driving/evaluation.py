@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import atomic_path, write_json
+from visionpipes.core.io import atomic_path, dataclass_from_params, write_json
 from visionpipes.driving.bdd100k import (
     LANE_BACKGROUND,
     load_frames,
@@ -64,11 +64,7 @@ class EvalConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "eval config") -> EvalConfig:
         """Raises: UserError on unknown keys or values out of range."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
-        config = cls(**dict(data))
+        config = dataclass_from_params(cls, data, source=source)
         if not 0 <= config.conf < 1 or not 0 < config.iou <= 1 or config.max_det < 1:
             raise UserError(f"{source}: conf must lie in [0, 1), iou in (0, 1] and max_det >= 1.")
         return config

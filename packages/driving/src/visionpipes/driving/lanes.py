@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from visionpipes.core.errors import UserError
+from visionpipes.core.io import dataclass_from_params
 from visionpipes.driving.bdd100k import (
     LANE_BACKGROUND,
     LANE_CATEGORIES,
@@ -53,20 +54,28 @@ class LaneModelConfig:
 
     Attributes:
         arch: smp architecture: `Unet`, `FPN` or `DeepLabV3Plus`.
-        encoder: an smp encoder name (`resnet18`, `mobilenet_v2`, `tu-<timm name>`) or
-            `core:<preset>` for a `visionpipes.core.backbones` preset (Unet and FPN only).
+        encoder: an smp encoder name (`resnet18`, `mobilenet_v2`, `tu-<timm name>`), or
+            `core:<preset>` for a `visionpipes.core.backbones` preset, or `core:<spec file>` for a
+            backbone spec file such as the `best_spec.yaml` of `vp-core search` (Unet and FPN only).
+        encoder_spec: the spec of a `core:<spec file>` encoder, filled in when the config is read,
+            so that a saved model never needs the file again.
         encoder_depth: encoder stages (3-5; Unet only; 5 for the others).
         decoder_channels: Unet decoder widths, one per encoder stage (None: smp's default).
         width: network input width (multiple of 32).
         height: network input height (multiple of 32).
+        roi_top: fraction of the image rows, from the top, that the network never sees and that
+            are predicted as background (sky and horizon: the `cut_height` of CULane-style lane
+            detectors). The remaining rows are resized to `width` x `height`. 0: the whole image.
     """
 
     arch: str = "Unet"
     encoder: str = "resnet18"
+    encoder_spec: dict[str, Any] | None = None
     encoder_depth: int = 5
     decoder_channels: list[int] | None = field(default_factory=lambda: [64, 32, 16, 16, 8])
     width: int = 320
     height: int = 192
+    roi_top: float = 0.0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "lane model config") -> LaneModelConfig:
@@ -75,12 +84,16 @@ class LaneModelConfig:
         Raises:
             UserError: on an unknown key or an invalid value.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
-        config = cls(**dict(data))
+        config = dataclass_from_params(cls, data, source=source)
         config.check(source)
+        if config.encoder.startswith(CORE_PREFIX) and config.encoder_spec is None:
+            from visionpipes.core.backbones import inline_spec_file
+
+            try:
+                spec = inline_spec_file(config.encoder[len(CORE_PREFIX) :])
+            except ValueError as err:
+                raise UserError(f"{source}: encoder {config.encoder}: {err}") from None
+            config.encoder_spec = spec if isinstance(spec, dict) else None
         return config
 
     def check(self, source: str = "lane model config") -> None:
@@ -89,6 +102,8 @@ class LaneModelConfig:
             raise UserError(f"{source}: arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}.")
         if self.width < 32 or self.height < 32 or self.width % 32 or self.height % 32:
             raise UserError(f"{source}: width and height must be multiples of 32, got {self.width}x{self.height}.")
+        if not 0.0 <= self.roi_top < 1.0:
+            raise UserError(f"{source}: roi_top must lie in [0, 1), got {self.roi_top}.")
         if self.arch == "Unet" and not 3 <= self.encoder_depth <= 5:
             raise UserError(f"{source}: encoder_depth must lie in 3..5, got {self.encoder_depth}.")
         if self.arch != "Unet" and self.encoder_depth != 5:
@@ -106,6 +121,10 @@ class LaneModelConfig:
             raise UserError(f"{source}: core backbones have no dilated stride-16 mode; use Unet or FPN.")
 
 
+def _spec_name(spec: str | Mapping[str, Any]) -> str:
+    return spec if isinstance(spec, str) else str(spec.get("name", "spec"))
+
+
 class CoreEncoder(nn.Module):
     """A `visionpipes.core` backbone in the shape smp decoders take: features at strides
     1, 2, 4, ..., 32 with fixed widths.
@@ -115,7 +134,7 @@ class CoreEncoder(nn.Module):
     template encoder's (the smp encoder whose decoder widths the model was built with).
     """
 
-    def __init__(self, preset: str, out_channels: Sequence[int], in_channels: int = 3) -> None:
+    def __init__(self, preset: str | Mapping[str, Any], out_channels: Sequence[int], in_channels: int = 3) -> None:
         super().__init__()
         from visionpipes.core.backbones import build_backbone
         from visionpipes.core.layers import ConvNormAct
@@ -123,10 +142,10 @@ class CoreEncoder(nn.Module):
         try:
             self.backbone = build_backbone(preset, in_channels=in_channels)
         except ValueError as err:
-            raise UserError(f"lane encoder {CORE_PREFIX}{preset}: {err}") from None
+            raise UserError(f"lane encoder {CORE_PREFIX}{_spec_name(preset)}: {err}") from None
         if list(self.backbone.strides[-4:]) != [4, 8, 16, 32]:
             raise UserError(
-                f"lane encoder {CORE_PREFIX}{preset} returns strides {self.backbone.strides}; "
+                f"lane encoder {CORE_PREFIX}{_spec_name(preset)} returns strides {self.backbone.strides}; "
                 "a lane model needs features at strides 4, 8, 16 and 32."
             )
         self._out_channels = list(out_channels)
@@ -177,7 +196,9 @@ class LaneNet(nn.Module):
         except (KeyError, ValueError) as err:
             raise UserError(f"lane model {config.arch}/{config.encoder}: {err}") from None
         if core:
-            self.net.encoder = CoreEncoder(config.encoder[len(CORE_PREFIX) :], self.net.encoder.out_channels)
+            self.net.encoder = CoreEncoder(
+                config.encoder_spec or config.encoder[len(CORE_PREFIX) :], self.net.encoder.out_channels
+            )
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -210,7 +231,14 @@ def lane_targets(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return category, style, direction
 
 
-def lane_mask_from_logits(logits: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+def roi_top_rows(height: int, roi_top: float) -> int:
+    """The number of image rows above the region of interest (`LaneModelConfig.roi_top`)."""
+    return round(height * roi_top)
+
+
+def lane_mask_from_logits(
+    logits: np.ndarray, size: tuple[int, int] | None = None, roi_top: float = 0.0
+) -> np.ndarray:
     """Decode one image's logits (13, h, w) into an official lane mask, resized to `size`.
 
     The logits are resized bilinearly (OpenCV, half-pixel centres) before the arg-max, so lane
@@ -219,6 +247,8 @@ def lane_mask_from_logits(logits: np.ndarray, size: tuple[int, int] | None = Non
     Args:
         logits: the network output for one image.
         size: (width, height) of the mask; default the logits' own size.
+        roi_top: the model's `roi_top`: the logits cover the image below that fraction of its
+            rows; the rows above are background in the mask.
 
     Returns:
         An HxW uint8 lane mask (255 where no lane).
@@ -229,13 +259,19 @@ def lane_mask_from_logits(logits: np.ndarray, size: tuple[int, int] | None = Non
     if logits.ndim != 3 or logits.shape[0] != LANE_CHANNELS:
         raise ValueError(f"lane logits must be ({LANE_CHANNELS}, h, w), got {logits.shape}.")
     hwc = np.ascontiguousarray(logits.transpose(1, 2, 0))
-    if size is not None and (hwc.shape[1], hwc.shape[0]) != tuple(size):
-        hwc = cv2.resize(hwc, tuple(size), interpolation=cv2.INTER_LINEAR)
+    top = 0
+    if size is not None:
+        top = roi_top_rows(size[1], roi_top)
+        roi_size = (size[0], size[1] - top)
+        if (hwc.shape[1], hwc.shape[0]) != roi_size:
+            hwc = cv2.resize(hwc, roi_size, interpolation=cv2.INTER_LINEAR)
     category = hwc[:, :, :CATEGORY_CHANNELS].argmax(axis=2)
     style = hwc[:, :, CATEGORY_CHANNELS : CATEGORY_CHANNELS + 2].argmax(axis=2)
     direction = hwc[:, :, CATEGORY_CHANNELS + 2 :].argmax(axis=2)
     mask = (category | (style << LANE_STYLE_BIT) | (direction << LANE_DIRECTION_BIT)).astype(np.uint8)
     mask[category == BACKGROUND_CLASS] = LANE_BACKGROUND
+    if top:
+        mask = np.concatenate([np.full((top, mask.shape[1]), LANE_BACKGROUND, np.uint8), mask])
     return mask
 
 
@@ -255,12 +291,16 @@ def _read_bgr(path: Path) -> np.ndarray:
     return image
 
 
-def to_network_input(images_bgr: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
-    """BGR uint8 frames -> (N, 3, H, W) float32 RGB in [0, 1] at the network's `size` (width, height)."""
+def to_network_input(images_bgr: Sequence[np.ndarray], size: tuple[int, int], roi_top: float = 0.0) -> np.ndarray:
+    """BGR uint8 frames -> (N, 3, H, W) float32 RGB in [0, 1] at the network's `size` (width, height),
+    from the rows below `roi_top` of each frame."""
     import cv2
 
     batch = [
-        cv2.resize(img, size, interpolation=cv2.INTER_AREA)[:, :, ::-1].transpose(2, 0, 1) for img in images_bgr
+        cv2.resize(img[roi_top_rows(img.shape[0], roi_top) :], size, interpolation=cv2.INTER_AREA)[:, :, ::-1].transpose(
+            2, 0, 1
+        )
+        for img in images_bgr
     ]
     return np.ascontiguousarray(np.stack(batch), dtype=np.float32) / 255.0
 
@@ -303,6 +343,7 @@ class LaneDataset(torch.utils.data.Dataset):
         train: apply augmentation.
         crop_height: rows of each training crop (None: whole image).
         cache: keep the resized arrays in memory after the first read.
+        roi_top: the model's `roi_top` (the rows above it are cut before resizing).
     """
 
     def __init__(
@@ -313,8 +354,10 @@ class LaneDataset(torch.utils.data.Dataset):
         train: bool = False,
         crop_height: int | None = None,
         cache: bool = True,
+        roi_top: float = 0.0,
     ) -> None:
         self.samples = list(samples)
+        self.roi_top = roi_top
         self.size = tuple(size)
         self.train = train
         self.crop_height = crop_height if train and crop_height and crop_height < size[1] else None
@@ -333,6 +376,8 @@ class LaneDataset(torch.utils.data.Dataset):
         sample = self.samples[index]
         image = _read_bgr(sample.image)
         mask = read_mask(sample.mask, expected_shape=image.shape[:2], kind="lane")
+        top = roi_top_rows(image.shape[0], self.roi_top)
+        image, mask = image[top:], mask[top:]
         image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)[:, :, ::-1]
         mask = cv2.resize(mask, self.size, interpolation=cv2.INTER_NEAREST)
         item = (np.ascontiguousarray(image), mask)
@@ -403,11 +448,7 @@ class LaneTrainConfig:
         Raises:
             UserError: on an unknown key or a value out of range.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
-        config = cls(**dict(data))
+        config = dataclass_from_params(cls, data, source=source)
         if config.batch_size < 1 or config.lr <= 0:
             raise UserError(f"{source}: batch_size must be >= 1 and lr > 0.")
         return config
@@ -601,14 +642,17 @@ def train_lanes(
         train_samples = list(train_samples)[: train_config.limit]
     seed_everything(trainer_config.seed)
     size = (model_config.width, model_config.height)
-    train_ds = LaneDataset(train_samples, size, train=True, crop_height=train_config.crop_height, cache=train_config.cache)
+    roi = model_config.roi_top
+    train_ds = LaneDataset(
+        train_samples, size, train=True, crop_height=train_config.crop_height, cache=train_config.cache, roi_top=roi
+    )
     loader_kw = {"num_workers": train_config.workers, "persistent_workers": train_config.workers > 0}
     train_dl = torch.utils.data.DataLoader(
         train_ds, batch_size=train_config.batch_size, shuffle=True, drop_last=len(train_ds) > train_config.batch_size, **loader_kw
     )
     val_dl = None
     if val_samples:
-        val_ds = LaneDataset(val_samples, size, cache=train_config.cache)
+        val_ds = LaneDataset(val_samples, size, cache=train_config.cache, roi_top=roi)
         val_dl = torch.utils.data.DataLoader(val_ds, batch_size=train_config.batch_size, **loader_kw)
     steps = max(1, len(train_dl)) * max(1, trainer_config.max_epochs)
     if trainer_config.max_steps and trainer_config.max_steps > 0:
@@ -637,7 +681,7 @@ def train_lanes(
 def predict_lane_logits(model: LaneNet, images_bgr: Sequence[np.ndarray], device: str = "cpu") -> np.ndarray:
     """The network's logits (N, 13, H, W) at its own input size for BGR frames."""
     size = (model.config.width, model.config.height)
-    x = torch.from_numpy(to_network_input(images_bgr, size)).to(device)
+    x = torch.from_numpy(to_network_input(images_bgr, size, model.config.roi_top)).to(device)
     return model.to(device).eval()(x).float().cpu().numpy()
 
 
@@ -664,7 +708,7 @@ def predict_lane_masks(
         logits = predict_lane_logits(model, frames, device)
         for path, frame, lg in zip(chunk, frames, logits):
             target = out / mask_name(path.name)
-            write_mask(target, lane_mask_from_logits(lg, (frame.shape[1], frame.shape[0])))
+            write_mask(target, lane_mask_from_logits(lg, (frame.shape[1], frame.shape[0]), model.config.roi_top))
             written.append(target)
     return written
 
@@ -673,7 +717,8 @@ def export_lane_onnx(model: LaneNet, path: str | os.PathLike, *, atol: float = 1
     """Export a lane model to ONNX with the core parity check (batch axis dynamic).
 
     The graph takes `images` (N, 3, H, W) RGB in [0, 1] at the model's size and returns `logits`
-    (N, 13, H, W); `lane_mask_from_logits` decodes them.
+    (N, 13, H, W); `lane_mask_from_logits` decodes them. The model's `roi_top` is stored in the
+    file's metadata, so `OnnxLaneModel` crops frames as the model was trained.
 
     Raises:
         ExportParityError: if onnxruntime disagrees with the eager model (no file is written).
@@ -690,6 +735,7 @@ def export_lane_onnx(model: LaneNet, path: str | os.PathLike, *, atol: float = 1
         dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
         atol=atol,
         rtol=rtol,
+        metadata={"roi_top": repr(float(model.config.roi_top))},
     )
 
 
@@ -706,10 +752,14 @@ class OnnxLaneModel:
         self.runner = OnnxRunner(path, threads=threads)
         shape = self.runner.session.get_inputs()[0].shape
         self.size = (int(shape[3]), int(shape[2]))
+        try:
+            self.roi_top = float(self.runner.metadata.get("roi_top", 0.0))
+        except ValueError:
+            raise UserError(f"lane model {path}: metadata roi_top is not a number.") from None
 
     def logits(self, frames_bgr: Sequence[np.ndarray]) -> np.ndarray:
         """(N, 13, H, W) logits at the network size."""
-        (out,) = self.runner(to_network_input(frames_bgr, self.size))
+        (out,) = self.runner(to_network_input(frames_bgr, self.size, self.roi_top))
         return out
 
     def __call__(self, frames_bgr: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -718,5 +768,6 @@ class OnnxLaneModel:
         if not frames:
             return []
         return [
-            lane_mask_from_logits(lg, (f.shape[1], f.shape[0])) for lg, f in zip(self.logits(frames), frames)
+            lane_mask_from_logits(lg, (f.shape[1], f.shape[0]), self.roi_top)
+            for lg, f in zip(self.logits(frames), frames)
         ]

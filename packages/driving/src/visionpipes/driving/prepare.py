@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import atomic_path, write_json
+from visionpipes.core.io import atomic_path, check_known_keys, dataclass_from_params, write_json
 from visionpipes.driving.bdd100k import (
     IMAGE_SIZE,
     YoloSplit,
@@ -48,11 +48,7 @@ class DataConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "data config") -> DataConfig:
         """Raises: UserError on unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
-        return cls(**dict(data))
+        return dataclass_from_params(cls, data, source=source)
 
 
 def _layout_problems(root: Path) -> list[str]:
@@ -114,10 +110,7 @@ def obtain_data(config: DataConfig, out_dir: str | os.PathLike, *, base_dir: str
         return summary
     from visionpipes.driving.synth import SynthConfig, write_sample
 
-    known = {f.name for f in fields(SynthConfig)}
-    unknown = sorted(set(config.synth) - known)
-    if unknown:
-        raise UserError(f"data.synth: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
+    check_known_keys(config.synth, {f.name for f in fields(SynthConfig)}, source="data.synth")
     synth = dict(config.synth)
     for key in ("video_size", "image_size"):
         if key in synth:
@@ -167,11 +160,7 @@ class PrepareConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "prepare config") -> PrepareConfig:
         """Raises: UserError on unknown keys or negative limits."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
-        config = cls(**dict(data))
+        config = dataclass_from_params(cls, data, source=source)
         if config.limit_train < 0 or config.limit_val < 0 or config.lane_thickness < 1:
             raise UserError(f"{source}: limits must be >= 0 and lane_thickness >= 1.")
         return config

@@ -362,6 +362,28 @@ def run_streams(
     last_index = [-1] * len(readers)
     last_lane: list[np.ndarray | None] = [None] * len(readers)
     reported: set[tuple[str, str]] = set()
+
+    def finish_frame(i: int, frame: np.ndarray, timestamp: float, index: int, dets: Any, mask: Any) -> None:
+        """Tracking, the JSON frame and the annotated video frame of one camera frame."""
+        boxes, scores, classes = dets
+        if mask is not None:
+            last_lane[i] = mask
+        tracks = track(trackers[i], boxes, scores, classes, frame)
+        frames_out[i].append(_tracks_to_frame(names[i], index, timestamp, tracks, detector.class_names))
+        if config.write_video:
+            if writers[i] is None:
+                writers[i] = cv2.VideoWriter(
+                    str(out / f"{names[i]}.mp4.tmp.mp4"),
+                    cv2.VideoWriter_fourcc(*"mp4v"),
+                    readers[i].fps or 10.0,
+                    (frame.shape[1], frame.shape[0]),
+                )
+            lane_now = last_lane[i] if last_lane[i] is not None and last_lane[i].shape == frame.shape[:2] else None
+            writers[i].write(annotate(frame, tracks, lane_now, detector.class_names))
+
+    # Tracking, drawing and video encoding run in one worker thread (in frame order), overlapping
+    # the next tick's inference: OpenCV and onnxruntime release the GIL.
+    post = _PostProcessor(finish_frame, maxsize=2 * len(readers))
     for reader in readers:
         reader.start()
     start = time.monotonic()
@@ -401,29 +423,18 @@ def run_streams(
             masks: list[np.ndarray | None] = [None] * len(batch)
             if lanes is not None and (ticks - 1) % config.lanes_every == 0:
                 masks = list(lanes(images))
-            for (i, frame, timestamp, index), (boxes, scores, classes), mask in zip(batch, detections, masks):
+            for (i, frame, timestamp, index), dets, mask in zip(batch, detections, masks):
                 last_index[i] = index
                 processed[i] += 1
-                if mask is not None:
-                    last_lane[i] = mask
-                tracks = track(trackers[i], boxes, scores, classes, frame)
-                frames_out[i].append(_tracks_to_frame(names[i], index, timestamp, tracks, detector.class_names))
-                if config.write_video:
-                    if writers[i] is None:
-                        fps = readers[i].fps or 10.0
-                        writers[i] = cv2.VideoWriter(
-                            str(out / f"{names[i]}.mp4.tmp.mp4"),
-                            cv2.VideoWriter_fourcc(*"mp4v"),
-                            fps,
-                            (frame.shape[1], frame.shape[0]),
-                        )
-                    lane_now = last_lane[i] if last_lane[i] is not None and last_lane[i].shape == frame.shape[:2] else None
-                    writers[i].write(annotate(frame, tracks, lane_now, detector.class_names))
+                post.put((i, frame, timestamp, index, dets, mask))
+            post.raise_if_failed()
             now = time.monotonic()
             if now >= next_status:
                 next_status = now + config.status_every_s
                 printer(_status_line(names, processed, now - start, readers))
+        post.close()
     finally:
+        post.close(wait=False)
         for reader in readers:
             reader.stop()
         for reader in readers:
@@ -453,6 +464,46 @@ def run_streams(
     total = sum(processed)
     printer(_status_line(names, processed, seconds, readers))
     return StreamReport(cameras, round(seconds, 2), round(total / seconds, 2) if seconds > 0 else 0.0, ticks)
+
+
+class _PostProcessor:
+    """A worker thread that applies `fn` to queued items in order; the first error is kept and
+    re-raised in the caller by `raise_if_failed` or `close`."""
+
+    def __init__(self, fn: Callable[..., None], maxsize: int) -> None:
+        import queue
+
+        self._fn = fn
+        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=maxsize)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="stream-post", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self._fn(*item)
+                except BaseException as err:  # handed to the caller
+                    self._error = err
+
+    def put(self, item: tuple[Any, ...]) -> None:
+        self._queue.put(item)
+
+    def raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self, wait: bool = True) -> None:
+        """Finish the queued items and stop (`wait=False`: stop after them without raising)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if wait:
+            self.raise_if_failed()
 
 
 def _status_line(names: Sequence[str], processed: Sequence[int], seconds: float, readers: Sequence[CameraReader]) -> str:

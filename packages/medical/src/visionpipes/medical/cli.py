@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from visionpipes.core.errors import run_cli
+from visionpipes.core.cli_common import params_section, run_main
 
 #: The verbs, in the order a user meets them.
 VERBS: tuple[str, ...] = ("synth", "validate", "data", "train", "evaluate", "export", "predict")
@@ -54,11 +54,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from visionpipes.core.io import load_params
     from visionpipes.medical.data import resolve_task_dir
     from visionpipes.medical.train import SegmentationConfig, train
 
-    params = load_params(args.params, args.section) if args.params else {}
+    params = params_section(args.params, args.section, required=True)
     source = f"{args.params}:{args.section}" if args.params else "defaults"
     if args.epochs is not None:
         params = {**params, "trainer": {**(params.get("trainer") or {}), "max_epochs": args.epochs}}
@@ -74,20 +73,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _section(args: argparse.Namespace, name: str) -> dict:
-    """`name` section of `--params` (empty without `--params` or when the file lacks it)."""
-    from visionpipes.core.io import load_params
-
-    if not getattr(args, "params", None):
-        return {}
-    return dict(load_params(args.params).get(name) or {})
-
-
 def _inference_overrides(args: argparse.Namespace) -> dict:
     """Inference settings: the `inference:` section of `--params`, then the flags given."""
     from visionpipes.medical.infer import InferenceConfig
 
-    settings = _section(args, "inference")
+    settings = params_section(args.params, "inference")
     if settings:
         InferenceConfig.from_dict(settings, source=f"{args.params}:inference")  # names the file at fault
     flags = {
@@ -156,7 +146,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_data(args: argparse.Namespace) -> int:
     from visionpipes.medical.data import TASK_POINTER, DataStageConfig, prepare_data
 
-    settings = _section(args, args.section)
+    settings = params_section(args.params, args.section)
     base = args.params.parent if args.params else Path(".")
     if args.path is not None:
         settings["path"], base = str(args.path), Path(".")
@@ -179,7 +169,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from visionpipes.medical.deploy import DeployConfig, deploy
     from visionpipes.medical.infer import InferenceConfig
 
-    settings = _section(args, "deploy")
+    settings = params_section(args.params, "deploy")
     if args.formats:
         settings.update(formats=args.formats, runtime=args.formats[0])
     config = DeployConfig.from_dict(
@@ -188,7 +178,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     inference = InferenceConfig.from_dict(_inference_overrides(args))
     params = None
     if args.params:
-        params = {k: v for k in ("data", "train", "inference", "deploy") if (v := _section(args, k))}
+        params = {k: v for k in ("data", "train", "inference", "deploy") if (v := params_section(args.params, k))}
     try:
         result = deploy(
             args.model,
@@ -228,6 +218,12 @@ def _add_inference_options(parser: argparse.ArgumentParser, model_help: str) -> 
     )
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: cpu)")
     _add_threads(parser)
+
+
+def _add_task_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "task_dir", type=Path, metavar="TASK_DIR", help="the TaskXX_Name folder (or the data stage's task.json)"
+    )
 
 
 def _add_threads(parser: argparse.ArgumentParser) -> None:
@@ -286,12 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         "folder with DiceCE on sigmoid region channels; checkpoints, DVCLive logs, split.json and train.json go "
         "to --out. Resumes from --out/checkpoints/last.ckpt when present.",
     )
-    train.add_argument(
-        "task_dir",
-        type=Path,
-        metavar="TASK_DIR",
-        help="the TaskXX_Name folder (or the data stage's task.json)",
-    )
+    _add_task_dir(train)
     train.add_argument("--out", type=Path, required=True, help="run folder to write")
     train.add_argument("--params", type=Path, help="params.yaml holding the training settings")
     train.add_argument("--section", default="train", help="section of --params to read (default: train)")
@@ -324,12 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and HD95 per region and their mean (null where a region is absent) to --metrics; optionally a PNG of "
         "slices with ground truth and prediction drawn over the image.",
     )
-    evaluate.add_argument(
-        "task_dir",
-        type=Path,
-        metavar="TASK_DIR",
-        help="the TaskXX_Name folder (or the data stage's task.json)",
-    )
+    _add_task_dir(evaluate)
     _add_inference_options(evaluate, _ANY_MODEL)
     evaluate.add_argument("--split", type=Path, help="split.json written by train (default: all cases)")
     evaluate.add_argument("--subset", default="val", help="list of --split to evaluate (default: val)")
@@ -385,7 +371,4 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point of `vp-medical`."""
-    from visionpipes.core.settings import apply_runtime_settings
-
-    apply_runtime_settings()
-    sys.exit(run_cli(lambda: run(argv)))
+    run_main(lambda: run(argv))

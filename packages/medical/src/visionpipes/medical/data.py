@@ -11,12 +11,12 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import atomic_path, write_json
+from visionpipes.core.io import atomic_path, dataclass_from_params, write_json
 
 #: The pointer file the data stage writes beside (or instead of) the task folder.
 TASK_POINTER = "task.json"
@@ -54,13 +54,7 @@ class DataStageConfig:
         Raises:
             UserError: on an unknown key or an unknown fingerprint mode, naming `source`.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(
-                f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))})."
-            )
-        config = cls(**dict(data))
+        config = dataclass_from_params(cls, data, source=source)
         if config.fingerprint not in FINGERPRINT_MODES:
             raise UserError(f"{source}: fingerprint must be content or size, not '{config.fingerprint}'.")
         return config

@@ -14,14 +14,14 @@ import json
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import atomic_path, write_json
+from visionpipes.core.io import atomic_path, dataclass_from_params, write_json
 from visionpipes.medical.infer import InferenceConfig, NotDeployedError, network_from_checkpoint
 
 ONNX_FILE = "model.onnx"
@@ -59,13 +59,7 @@ class DeployConfig:
         Raises:
             UserError: on an unknown key, format or runtime, naming `source`.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(
-                f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))})."
-            )
-        config = cls(**dict(data))
+        config = dataclass_from_params(cls, data, source=source)
         config.formats = list(config.formats)
         bad = [f for f in config.formats if f not in FORMATS] or ([] if config.formats else ["(none)"])
         if bad:

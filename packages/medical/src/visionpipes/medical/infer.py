@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import atomic_path
+from visionpipes.core.io import atomic_path, dataclass_from_params
 from visionpipes.medical.models import ModelConfig, build_model
 from visionpipes.medical.msd import Region, read_nifti, regions_to_labels, to_channels_first
 from visionpipes.medical.validate import is_junk
@@ -68,13 +68,7 @@ class InferenceConfig:
         Raises:
             UserError: on an unknown key or an unusable value, naming `source`.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(
-                f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))})."
-            )
-        config = cls(**dict(data))
+        config = dataclass_from_params(cls, data, source=source)
         try:
             config.check()
         except UserError as err:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from visionpipes.core.errors import UserError
+from visionpipes.core.io import dataclass_from_params
 
 MODEL_NAMES: tuple[str, ...] = ("unet", "segresnet", "attention_resunet")
 
@@ -49,13 +50,7 @@ class ModelConfig:
         Raises:
             UserError: on an unknown key, an unknown model name, or inconsistent channels/strides.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(
-                f"{source}: unknown model keys {', '.join(unknown)} (known: {', '.join(sorted(known))})."
-            )
-        config = cls(**dict(data))
+        config = dataclass_from_params(cls, data, source=source, what="model keys")
         config.channels = tuple(int(c) for c in config.channels)
         config.strides = tuple(int(s) for s in config.strides)
         config.aspp_rates = tuple(int(r) for r in config.aspp_rates)

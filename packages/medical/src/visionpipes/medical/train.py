@@ -21,7 +21,7 @@ import torch
 from monai.transforms import MapTransform
 
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import write_json
+from visionpipes.core.io import check_known_keys, write_json
 from visionpipes.core.training import FitResult, TrainConfig, fit, seed_everything
 from visionpipes.medical.models import ModelConfig, build_model
 from visionpipes.medical.msd import MSDCase, MSDTask, Region, labels_to_regions, load_task
@@ -100,21 +100,12 @@ class SegmentationConfig:
             UserError: on unknown keys or unusable values, naming `source`.
         """
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known - TRAINER_KEYS)
-        if unknown:
-            raise UserError(
-                f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))}, "
-                "or any trainer key given flat)."
-            )
+        check_known_keys(data, known | TRAINER_KEYS, source=source,
+                         hint=f"known: {', '.join(sorted(known))}, or any trainer key given flat")
         data = dict(data)
         model = ModelConfig.from_dict(data.pop("model", {}) or {}, source=f"{source} model")
         data_section = dict(data.pop("data", {}) or {})
-        known_data = {f.name for f in fields(DataConfig)}
-        bad = sorted(set(data_section) - known_data)
-        if bad:
-            raise UserError(
-                f"{source} data: unknown keys {', '.join(bad)} (known: {', '.join(sorted(known_data))})."
-            )
+        check_known_keys(data_section, {f.name for f in fields(DataConfig)}, source=f"{source} data")
         trainer_section = dict(data.pop("trainer", {}) or {})
         flat = {name: data.pop(name) for name in TRAINER_KEYS & set(data)}
         both = sorted(set(flat) & set(trainer_section))

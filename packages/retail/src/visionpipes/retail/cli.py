@@ -17,27 +17,19 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from visionpipes.core.errors import UserError, run_cli
-
-
-def _params_section(args: argparse.Namespace, section: str) -> dict[str, Any]:
-    if getattr(args, "params", None) is None:
-        return {}
-    from visionpipes.core.io import load_params
-
-    return load_params(args.params, section)
+from visionpipes.core.cli_common import params_section, run_main
+from visionpipes.core.errors import UserError
 
 
 def _merge(config_cls: type, section: Mapping[str, Any], overrides: Mapping[str, Any], *, source: str) -> Any:
     """`config_cls(**section)` with the non-None `overrides` on top; unknown section keys are refused."""
+    from visionpipes.core.io import check_known_keys, dataclass_from_params
+
     known = {f.name for f in fields(config_cls)}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise UserError(f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
-    values = dict(section)
+    values = dict(check_known_keys(section, known, source=source))
     values.update({k: v for k, v in overrides.items() if v is not None and k in known})
     try:
-        return config_cls(**values)
+        return dataclass_from_params(config_cls, values, source=source)
     except TypeError as err:
         raise UserError(f"{source}: {err}.") from None
 
@@ -48,7 +40,7 @@ def _print(result: Mapping[str, Any]) -> None:
 
 # -- verbs ---------------------------------------------------------------------------------------
 def _synth_section(args: argparse.Namespace) -> dict[str, Any]:
-    data = _params_section(args, "data")
+    data = params_section(args.params, "data", required=True)
     synth = data.get("synth") or {}
     if not isinstance(synth, dict):
         raise UserError(f"{args.params}: data.synth must be a mapping.")
@@ -72,7 +64,7 @@ def _cmd_data(args: argparse.Namespace) -> None:
     from visionpipes.retail.catalog import prepare_catalog
     from visionpipes.retail.synth import SynthConfig, write_catalog
 
-    data = _params_section(args, "data")
+    data = params_section(args.params, "data", required=True)
     source = args.source or data.get("source")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if source:
@@ -89,7 +81,7 @@ def _cmd_data(args: argparse.Namespace) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     from visionpipes.retail.train import TrainParams, train_embedding
 
-    section = _params_section(args, "train")
+    section = params_section(args.params, "train", required=True)
     overrides = {
         "epochs": args.epochs,
         "loss": args.loss,
@@ -190,7 +182,7 @@ def _cmd_index(args: argparse.Namespace) -> None:
 def _cmd_deploy(args: argparse.Namespace) -> None:
     from visionpipes.retail.deploy import DeployParams, deploy_model
 
-    section = _params_section(args, "deploy")
+    section = params_section(args.params, "deploy", required=True)
     values = {**section, **({"factory": args.factory} if args.factory else {})}
     params = DeployParams.from_dict(values, source=f"{args.params or 'options'} (deploy)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -390,12 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of `vp-retail`."""
-    from visionpipes.core.settings import apply_runtime_settings
-
     args = build_parser().parse_args(argv)
-    # Before anything starts a thread pool: `serve` runs one thread per request (its --threads).
-    apply_runtime_settings(getattr(args, "threads", None))
-    sys.exit(run_cli(lambda: args.func(args)))
+    # Runtime settings come before anything starts a thread pool: `serve` runs one thread per request
+    # (its --threads).
+    run_main(lambda: args.func(args), threads=getattr(args, "threads", None))
 
 
 if __name__ == "__main__":

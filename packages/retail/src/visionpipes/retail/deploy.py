@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import atomic_path
+from visionpipes.core.io import atomic_path, dataclass_from_params
 from visionpipes.retail.catalog import Catalog, load_catalog, read_queries
 from visionpipes.retail.embedding import (
     MODEL_CONFIG,
@@ -67,11 +67,7 @@ class DeployParams:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "deploy params") -> DeployParams:
         """Raises: UserError on an unknown key."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
-        return cls(**data)
+        return dataclass_from_params(cls, data, source=source)
 
     def search_settings(self) -> SearchSettings:
         return SearchSettings(nprobe=self.nprobe, ef_search=self.ef_search)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from visionpipes.core.backbones import BackboneSpec, build_backbone, get_spec
+from visionpipes.core.backbones import BackboneSpec, build_backbone, get_spec, inline_spec_file
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import atomic_path
+from visionpipes.core.io import atomic_path, dataclass_from_params
 
 #: ImageNet channel statistics, the usual input normalisation of CNN backbones.
 MEAN = np.array((0.485, 0.456, 0.406), dtype=np.float32)
@@ -39,14 +39,16 @@ class EmbeddingConfig:
     """The architecture of an embedding model (what `model.json` records).
 
     Attributes:
-        backbone: a preset of `visionpipes.core.backbones` (e.g. 'resnet18', 'mobilenet_v2').
+        backbone: a preset of `visionpipes.core.backbones` (e.g. 'resnet18', 'mobilenet_v2'), a
+            backbone spec file (e.g. the `best_spec.yaml` of `vp-core search`; read once and recorded
+            inline), or a spec mapping.
         width_multiplier: scales every stage's width (timm/torchvision style; 0.5 = half as wide).
         dimension: embedding dimension.
         image_size: square input size in pixels.
         pooling: 'avg' (global average) or 'gem' (generalised mean, p learnt, Radenović et al. 2018).
     """
 
-    backbone: str = "resnet18"
+    backbone: str | dict[str, Any] = "resnet18"
     width_multiplier: float = 1.0
     dimension: int = 128
     image_size: int = 96
@@ -63,9 +65,10 @@ class EmbeddingConfig:
         if self.pooling not in POOLINGS:
             raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}.")
         try:
-            get_spec(self.backbone)
-        except ValueError as err:
-            raise UserError(str(err)) from None
+            self.backbone = inline_spec_file(self.backbone)
+            _spec_of(self.backbone)
+        except (ValueError, TypeError) as err:
+            raise UserError(f"backbone: {err}") from None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str) -> EmbeddingConfig:
@@ -74,20 +77,22 @@ class EmbeddingConfig:
         Raises:
             UserError: on an unknown key or an invalid value.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{source}: unknown model keys {', '.join(unknown)}.")
-        config = cls(**data)
+        config = dataclass_from_params(cls, data, source=source, what="model keys", hint="")
         config.check()
         return config
 
 
-def scaled_spec(name: str, width_multiplier: float = 1.0) -> BackboneSpec:
-    """The spec of backbone preset `name` with every width (stem, stages, final conv) scaled."""
-    spec = get_spec(name)
+def _spec_of(backbone: str | Mapping[str, Any]) -> BackboneSpec:
+    return get_spec(backbone) if isinstance(backbone, str) else BackboneSpec.from_dict(backbone)
+
+
+def scaled_spec(name: str | Mapping[str, Any], width_multiplier: float = 1.0) -> BackboneSpec:
+    """The spec of backbone `name` (a preset, spec file or spec mapping) with every width (stem,
+    stages, final conv) scaled."""
+    spec = _spec_of(name)
     if width_multiplier == 1.0:
         return spec
+    name = spec.name
 
     def scale(w: int) -> int:
         return max(8, round(w * width_multiplier / 8) * 8)
@@ -129,7 +134,7 @@ class EmbeddingNet(nn.Module):
     """
 
     def __init__(
-        self, backbone: str = "resnet18", dimension: int = 128, *, width_multiplier: float = 1.0, pooling: str = "avg"
+        self, backbone: str | Mapping[str, Any] = "resnet18", dimension: int = 128, *, width_multiplier: float = 1.0, pooling: str = "avg"
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:

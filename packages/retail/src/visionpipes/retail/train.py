@@ -14,7 +14,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import write_json
-from visionpipes.core.training import TrainConfig, fit, seed_everything
+from visionpipes.core.io import dataclass_from_params, write_json
+from visionpipes.core.training import TrainConfig, fit, resolve_precision, seed_everything
 from visionpipes.retail.catalog import Catalog, CatalogProblem, load_catalog
 from visionpipes.retail.embedding import (
     MEAN,
@@ -70,7 +70,7 @@ class TrainParams:
         logger: 'dvclive', 'csv' or 'none' (see `core.training.TrainConfig`).
     """
 
-    backbone: str = "resnet18"
+    backbone: str | dict[str, Any] = "resnet18"
     width_multiplier: float = 0.5
     dimension: int = 128
     image_size: int = 96
@@ -101,20 +101,23 @@ class TrainParams:
         Raises:
             UserError: on an unknown key or a bad value.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{source}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
-        params = cls(**data)
+        params = dataclass_from_params(cls, data, source=source)
         params.check(source)
         return params
 
     def model_config(self) -> EmbeddingConfig:
-        return EmbeddingConfig(self.backbone, self.width_multiplier, self.dimension, self.image_size, self.pooling)
+        """The architecture; a backbone spec file is read here and recorded inline.
+
+        Raises:
+            UserError: if the backbone spec file is missing or invalid.
+        """
+        config = EmbeddingConfig(self.backbone, self.width_multiplier, self.dimension, self.image_size, self.pooling)
+        config.check()
+        return config
 
     def check(self, source: str = "train params") -> None:
         """Raises: UserError on a value out of range."""
-        self.model_config().check()
+        self.model_config()
         if self.loss not in LOSSES:
             raise UserError(f"{source}: loss must be one of {', '.join(LOSSES)}, got {self.loss!r}.")
         if self.augment not in AUGMENTATIONS:
@@ -379,29 +382,6 @@ class EmbeddingModule(lightning.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """The Lightning precision for `precision` ('auto' resolved as in `TrainParams`)."""
-    if precision != "auto":
-        return precision
-    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    if gpu:
-        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_has_bf16() else "32-true"
 
 
 def split_views(catalog: Catalog, val_views: int, seed: int) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
