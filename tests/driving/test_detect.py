@@ -22,7 +22,9 @@ from visionpipes.driving.detect import (
     export_detector_onnx,
     letterbox,
     predict_detections,
+    predict_detections_onnx,
     prepare_ultralytics,
+    quantize_detector_int8,
     rect_input_height,
 )
 from visionpipes.driving.synth import SynthConfig, write_sample
@@ -154,3 +156,19 @@ def test_predict_and_onnx_agree_with_ultralytics(yolo_dataset: Path, tmp_path: P
     ((boxes, scores, classes),) = detector(bgr[:1], conf=1e-6, max_det=5)
     assert boxes.shape[1] == 4 and len(boxes) == len(scores) == len(classes) <= 5
     assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 2] <= 1280).all() and (boxes[:, 3] <= 720).all()
+
+    # the ONNX detector scored as the official evaluation needs it, and its int8 twin
+    onnx_frames = predict_detections_onnx(detector, images, conf=1e-6)
+    assert [f.name for f in onnx_frames] == [p.name for p in images]
+    int8 = quantize_detector_int8(report.path, tmp_path / "det_int8.onnx", images)
+    quantized = OnnxDetector(int8, threads=1)
+    assert (quantized.imgsz, quantized.height) == (160, 96)
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    ((boxes8, _, _),) = quantized(bgr[:1], conf=1e-6, max_det=5)
+    assert boxes8.shape[1] == 4
+    with pytest.raises(UserError, match="calibration images"):
+        quantize_detector_int8(report.path, tmp_path / "none.onnx", [])
+    assert not (tmp_path / "none.onnx").exists()

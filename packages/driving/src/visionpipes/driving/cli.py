@@ -278,7 +278,13 @@ def _cmd_deploy(args: argparse.Namespace) -> None:
     if args.params:
         params = {k: params_section(args.params, k) for k in ("data", "prepare", "det", "lanes")}
     summary = deploy(
-        args.out, det_weights=args.det, lane_model=args.lanes, metrics_path=args.metrics, params=params, config=config
+        args.out,
+        det_weights=args.det,
+        lane_model=args.lanes,
+        metrics_path=args.metrics,
+        params=params,
+        config=config,
+        dataset=args.dataset,
     )
     _emit(summary, None)
 
@@ -289,7 +295,8 @@ def _cmd_stream(args: argparse.Namespace) -> None:
     det, lanes = args.det, args.lanes
     if args.deploy is not None:
         folder = Path(args.deploy)
-        det = det or str(folder / "detector.onnx")
+        # the int8 detector when deploy wrote one (deploy.det_int8; its AP is in deploy.json)
+        det = det or str(folder / "detector_int8.onnx" if (folder / "detector_int8.onnx").is_file() else folder / "detector.onnx")
         lanes = lanes or (str(folder / "lanes.onnx") if (folder / "lanes.onnx").is_file() else None)
     if det is None:
         raise UserError("stream needs the exported detector: --det detector.onnx or --deploy FOLDER.")
@@ -439,12 +446,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--params", help="params.yaml (its 'deploy' section; deploy also records data/det/lanes)")
         if verb == "deploy":
             p.add_argument("--metrics", help="metrics.json of `vp-driving evaluate`, for the model card")
+            p.add_argument("--dataset", help="dataset.json of `vp-driving prepare` (calibrates and scores deploy.det_int8)")
         p.set_defaults(func=_cmd_export if verb == "export" else _cmd_deploy)
 
     p = verbs.add_parser("stream", help="run the exported models on several camera streams at once")
     p.add_argument("sources", nargs="+", help="video files, camera indices (0, 1, ...) or RTSP/HTTP URLs")
     p.add_argument("--out", required=True, help="folder for camK.mp4 (annotated) and camK.json (BDD100K det JSON)")
-    p.add_argument("--deploy", help="a deploy folder holding detector.onnx (and lanes.onnx)")
+    p.add_argument(
+        "--deploy", help="a deploy folder holding detector.onnx or detector_int8.onnx (preferred), and lanes.onnx"
+    )
     p.add_argument("--det", help="exported detector (.onnx)")
     p.add_argument("--lanes", help="exported lane model (.onnx)")
     p.add_argument("--no-lanes", action="store_true", help="run the detector only")
