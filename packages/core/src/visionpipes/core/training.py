@@ -151,11 +151,11 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     elsewhere (MPS included); `accelerator` `auto` means a CUDA GPU when there is one."""
     if precision != "auto":
         return precision
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+    if accelerator == "auto":
+        accelerator = select_device("auto").type  # cuda, then mps, then cpu
+    if accelerator in ("gpu", "cuda"):
         return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
-    if accelerator in ("cpu", "auto") and not (
-        accelerator == "auto" and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    ):
+    if accelerator == "cpu":
         return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
     return "32-true"
 

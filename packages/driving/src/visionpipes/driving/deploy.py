@@ -85,9 +85,8 @@ def _int8_detector(out: Path, dataset: str | os.PathLike | None, config: DeployC
         raise UserError("deploy.det_int8 needs the dataset (--dataset dataset.json) to calibrate and score it.")
     manifest = load_manifest(dataset)
     split = "val" if "val" in manifest.names else next(iter(manifest.names))
-    train = manifest.names.get("train") or manifest.names[split]
-    calibration = [manifest.images["train" if "train" in manifest.names else split] / n for n in train]
-    calibration = calibration[: max(1, config.calibration_images)]
+    source = "train" if manifest.names.get("train") else split  # calibrate on training images when there are any
+    calibration = [manifest.images[source] / n for n in manifest.names[source][: max(1, config.calibration_images)]]
     print(f"export: int8 detector calibrated on {len(calibration)} images -> {out / DET_INT8_ONNX}", flush=True)
     quantize_detector_int8(out / DET_ONNX, out / DET_INT8_ONNX, calibration)
     images = [manifest.images[split] / n for n in manifest.names[split]]

@@ -586,8 +586,7 @@ def quantize_detector_int8(
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             raise UserError(f"calibration image {path} is missing or unreadable.")
-        canvas, _ = letterbox(image, size)
-        return np.ascontiguousarray(canvas[None, :, :, ::-1].transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+        return detector_input([image], size)[0]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -676,6 +675,17 @@ def letterbox(image_bgr: np.ndarray, size: int | tuple[int, int]) -> tuple[np.nd
     return canvas, Letterbox(scale, left, top)
 
 
+def detector_input(frames_bgr: Sequence[np.ndarray], size: tuple[int, int]) -> tuple[np.ndarray, list[Letterbox]]:
+    """BGR frames -> the exported detector's input: (N, 3, height, width) RGB float32 in [0, 1],
+    letterboxed to `size` = (width, height), and each frame's letterbox."""
+    batch, infos = [], []
+    for frame in frames_bgr:
+        canvas, info = letterbox(frame, size)
+        batch.append(canvas[:, :, ::-1].transpose(2, 0, 1))
+        infos.append(info)
+    return np.ascontiguousarray(np.stack(batch), dtype=np.float32) / 255.0, infos
+
+
 def decode_predictions(
     predictions: np.ndarray,
     boxes_info: Sequence[Letterbox],
@@ -757,12 +767,7 @@ class OnnxDetector:
         frames = list(frames_bgr)
         if not frames:
             return []
-        batch, infos = [], []
-        for frame in frames:
-            canvas, info = letterbox(frame, (self.imgsz, self.height))
-            batch.append(canvas[:, :, ::-1].transpose(2, 0, 1))
-            infos.append(info)
-        x = np.ascontiguousarray(np.stack(batch), dtype=np.float32) / 255.0
+        x, infos = detector_input(frames, (self.imgsz, self.height))
         (pred,) = self.runner(x)
         sizes = [(f.shape[1], f.shape[0]) for f in frames]
         return decode_predictions(pred, infos, sizes, conf=conf, iou=iou, max_det=max_det)
