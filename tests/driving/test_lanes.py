@@ -25,7 +25,9 @@ from visionpipes.driving.lanes import (
     LaneTrainConfig,
     OnnxLaneModel,
     build_lane_model,
+    drop_small_pieces,
     export_lane_onnx,
+    join_lane_gaps,
     lane_mask_from_logits,
     lane_samples,
     lane_targets,
@@ -33,6 +35,7 @@ from visionpipes.driving.lanes import (
     predict_lane_logits,
     predict_lane_masks,
     train_lanes,
+    vote_lane_attributes,
 )
 from visionpipes.driving.synth import SynthConfig, write_sample
 
@@ -81,6 +84,56 @@ def test_decoding_puts_the_region_of_interest_below_the_cut_rows() -> None:
     np.testing.assert_array_equal(full[6:], lane_mask_from_logits(_logits_for(mask), (32, 18)))
 
 
+def test_a_lane_split_between_types_is_still_a_lane() -> None:
+    """P(background) 0.4 beats each type (0.35, 0.25) but not the two together: the pixel is a lane
+    of the likelier type. Where background outweighs all types together, it stays background."""
+    logits = np.full((LANE_CHANNELS, 1, 2), -30.0, dtype=np.float32)
+    logits[3, 0, 0], logits[7, 0, 0], logits[BACKGROUND_CLASS, 0, 0] = np.log([0.35, 0.25, 0.4])
+    logits[3, 0, 1], logits[7, 0, 1], logits[BACKGROUND_CLASS, 0, 1] = np.log([0.3, 0.15, 0.55])
+    logits[CATEGORY_CHANNELS + 1] = 1.0  # dashed
+    mask = lane_mask_from_logits(logits)
+    assert mask[0, 0] == encode_lane_value(3, style=1)
+    assert mask[0, 1] == LANE_BACKGROUND
+
+
+def _line(mask: np.ndarray, p: tuple[int, int], q: tuple[int, int], value: int, thickness: int = 5) -> None:
+    import cv2
+
+    cv2.line(mask, p, q, value, thickness)
+
+
+def test_joins_close_the_gaps_between_the_dashes_of_one_line_only() -> None:
+    dashed_white = encode_lane_value(6, style=1)
+    mask = np.full((200, 300), LANE_BACKGROUND, dtype=np.uint8)
+    for y0 in (10, 70, 130):  # three dashes of one slanted line, 30-row gaps
+        _line(mask, (20 + y0 // 2, y0), (20 + (y0 + 30) // 2, y0 + 30), dashed_white)
+    _line(mask, (200, 10), (200, 40), dashed_white)  # another line, parallel: never joined across
+    _line(mask, (200, 100), (200, 140), encode_lane_value(2))  # in line with it, but another type
+    joined = join_lane_gaps(mask)
+    assert joined is not mask and (mask[55, 20 + 55 // 2] == LANE_BACKGROUND)  # the input is untouched
+    for y in (50, 55, 60, 110, 115, 120):  # the gaps are filled with the dashes' value
+        assert joined[y, 20 + y // 2] == dashed_white
+    changed = joined != mask
+    assert not changed[:, 150:].any()  # the right-hand pieces stay as they were
+    # a gap longer than max_gap_ratio times the pieces is left open
+    assert (join_lane_gaps(mask, max_gap_ratio=0.5) == mask).all()
+
+
+def test_small_pieces_are_dropped_and_each_lane_gets_one_type_and_style() -> None:
+    mask = np.full((100, 100), LANE_BACKGROUND, dtype=np.uint8)
+    _line(mask, (10, 0), (10, 99), encode_lane_value(6, style=1))  # single white dashed, 100 rows
+    _line(mask, (10, 70), (10, 99), encode_lane_value(2))  # its last 30 rows read as double white solid
+    _line(mask, (50, 50), (52, 52), encode_lane_value(3), thickness=2)  # a speck of double yellow
+    _line(mask, (0, 20), (99, 20), encode_lane_value(0, direction=1), thickness=3)  # a crosswalk edge
+    cleaned = drop_small_pieces(mask, 20)
+    assert (cleaned[45:58, 45:58] == LANE_BACKGROUND).all() and (cleaned[mask != cleaned] == LANE_BACKGROUND).all()
+    assert (cleaned[:, 10] != LANE_BACKGROUND).all()  # the line is kept whole
+    voted = vote_lane_attributes(cleaned)
+    line = voted[:, 10][np.abs(np.arange(100) - 20) > 2]  # the line's pixels off the crosswalk
+    assert (line == encode_lane_value(6, style=1)).all()
+    assert (voted[20, 30:90] == encode_lane_value(0, direction=1)).all()  # crosswalk edges keep their own
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
@@ -89,12 +142,23 @@ def test_decoding_puts_the_region_of_interest_below_the_cut_rows() -> None:
         ({"decoder_channels": [16, 8]}, "decoder_channels needs 5"),
         ({"colour": 1}, "unknown keys colour"),
         ({"roi_top": 1.0}, "roi_top must lie in"),
+        ({"join_gaps": -1}, "join_gaps must lie in"),
+        ({"min_area": 0.5}, "min_area must lie in"),
         ({"arch": "DeepLabV3Plus", "encoder": "core:resnet18", "decoder_channels": None}, "no dilated"),
     ],
 )
 def test_bad_model_config_names_the_field(config: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         LaneModelConfig.from_dict(config)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [({"dice_weight": -1}, "dice_weight must be >= 0"), ({"lr": 0}, "lr > 0"), ({"gamma": 2}, "unknown keys gamma")],
+)
+def test_bad_train_config_names_the_field(config: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        LaneTrainConfig.from_dict(config)
 
 
 def test_unknown_encoder_is_a_user_error() -> None:
@@ -129,7 +193,9 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_predict_export(sample: Path, tmp_path: Path) -> None:
     train = lane_samples(sample / "images/100k/train", sample / "labels/lane/masks/train")
     val = lane_samples(sample / "images/100k/val", sample / "labels/lane/masks/val")
-    config = LaneModelConfig(width=64, height=32, decoder_channels=[32, 16, 16, 8, 8], roi_top=0.4)
+    config = LaneModelConfig(
+        width=64, height=32, decoder_channels=[32, 16, 16, 8, 8], roi_top=0.4, join_gaps=3.0, min_area=0.0002, vote=True
+    )
     run = train_lanes(
         train,
         val,
@@ -152,7 +218,8 @@ def test_train_predict_export(sample: Path, tmp_path: Path) -> None:
 
     frames = [cv2.imread(str(s.image)) for s in val]
     onnx_model = OnnxLaneModel(report.path, threads=1)
-    assert onnx_model.roi_top == pytest.approx(0.4)  # carried in the ONNX metadata
+    assert onnx_model.roi_top == pytest.approx(0.4)  # carried in the ONNX metadata, with the decoding
+    assert onnx_model.decoding == pytest.approx(config.decoding())
     np.testing.assert_allclose(onnx_model.logits(frames), predict_lane_logits(model, frames), atol=1e-3, rtol=1e-3)
     onnx_mask = onnx_model(frames)[0]
     assert onnx_mask.shape == (720, 1280)

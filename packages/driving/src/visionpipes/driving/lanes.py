@@ -66,6 +66,14 @@ class LaneModelConfig:
         roi_top: fraction of the image rows, from the top, that the network never sees and that
             are predicted as background (sky and horizon: the `cut_height` of CULane-style lane
             detectors). The remaining rows are resized to `width` x `height`. 0: the whole image.
+        join_gaps: decoding: join two pieces of a predicted lane of the same type that point at
+            each other across a gap of at most this many times the longer piece's length (the
+            gaps between dashes, which the annotation covers, and lanes hidden behind vehicles;
+            see `join_lane_gaps`). 0: off.
+        min_area: decoding, after the joins: drop pieces of one lane type smaller than this
+            fraction of the image (specks; 0.0002 is 184 pixels at 1280x720). 0: off.
+        vote: decoding, last: each connected lane (its lengthwise, "parallel" pixels) takes the
+            type and style most of its pixels have (`vote_lane_attributes`).
     """
 
     arch: str = "Unet"
@@ -76,6 +84,9 @@ class LaneModelConfig:
     width: int = 320
     height: int = 192
     roi_top: float = 0.0
+    join_gaps: float = 0.0
+    min_area: float = 0.0
+    vote: bool = False
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "lane model config") -> LaneModelConfig:
@@ -104,6 +115,10 @@ class LaneModelConfig:
             raise UserError(f"{source}: width and height must be multiples of 32, got {self.width}x{self.height}.")
         if not 0.0 <= self.roi_top < 1.0:
             raise UserError(f"{source}: roi_top must lie in [0, 1), got {self.roi_top}.")
+        if not 0.0 <= self.join_gaps <= 20.0:
+            raise UserError(f"{source}: join_gaps must lie in [0, 20] (0: off), got {self.join_gaps}.")
+        if not 0.0 <= self.min_area < 0.1:
+            raise UserError(f"{source}: min_area must lie in [0, 0.1) (a fraction of the image), got {self.min_area}.")
         if self.arch == "Unet" and not 3 <= self.encoder_depth <= 5:
             raise UserError(f"{source}: encoder_depth must lie in 3..5, got {self.encoder_depth}.")
         if self.arch != "Unet" and self.encoder_depth != 5:
@@ -119,6 +134,10 @@ class LaneModelConfig:
             )
         if self.encoder.startswith(CORE_PREFIX) and self.arch == "DeepLabV3Plus":
             raise UserError(f"{source}: core backbones have no dilated stride-16 mode; use Unet or FPN.")
+
+    def decoding(self) -> dict[str, Any]:
+        """The decoding settings, as keyword arguments of `lane_mask_from_logits`."""
+        return {"roi_top": self.roi_top, "join_gaps": self.join_gaps, "min_area": self.min_area, "vote": self.vote}
 
 
 def _spec_name(spec: str | Mapping[str, Any]) -> str:
@@ -237,18 +256,28 @@ def roi_top_rows(height: int, roi_top: float) -> int:
 
 
 def lane_mask_from_logits(
-    logits: np.ndarray, size: tuple[int, int] | None = None, roi_top: float = 0.0
+    logits: np.ndarray,
+    size: tuple[int, int] | None = None,
+    roi_top: float = 0.0,
+    *,
+    join_gaps: float = 0.0,
+    min_area: float = 0.0,
+    vote: bool = False,
 ) -> np.ndarray:
     """Decode one image's logits (13, h, w) into an official lane mask, resized to `size`.
 
-    The logits are resized bilinearly (OpenCV, half-pixel centres) before the arg-max, so lane
-    boundaries are placed at sub-pixel precision of the network's grid.
+    The logits are resized bilinearly (OpenCV, half-pixel centres) before decoding, so lane
+    boundaries are placed at sub-pixel precision of the network's grid. A pixel is a lane where the
+    probabilities of the eight lane types together outweigh background (`_lane_category`); its
+    type, style and direction are then each group's arg-max.
 
     Args:
         logits: the network output for one image.
         size: (width, height) of the mask; default the logits' own size.
         roi_top: the model's `roi_top`: the logits cover the image below that fraction of its
             rows; the rows above are background in the mask.
+        join_gaps, min_area, vote: the model's lane-level decoding (`LaneModelConfig`), applied in
+            that order: `join_lane_gaps`, `drop_small_pieces`, `vote_lane_attributes`.
 
     Returns:
         An HxW uint8 lane mask (255 where no lane).
@@ -265,14 +294,189 @@ def lane_mask_from_logits(
         roi_size = (size[0], size[1] - top)
         if (hwc.shape[1], hwc.shape[0]) != roi_size:
             hwc = cv2.resize(hwc, roi_size, interpolation=cv2.INTER_LINEAR)
-    category = hwc[:, :, :CATEGORY_CHANNELS].argmax(axis=2)
+    category = _lane_category(hwc[:, :, :CATEGORY_CHANNELS])
     style = hwc[:, :, CATEGORY_CHANNELS : CATEGORY_CHANNELS + 2].argmax(axis=2)
     direction = hwc[:, :, CATEGORY_CHANNELS + 2 :].argmax(axis=2)
     mask = (category | (style << LANE_STYLE_BIT) | (direction << LANE_DIRECTION_BIT)).astype(np.uint8)
     mask[category == BACKGROUND_CLASS] = LANE_BACKGROUND
+    if join_gaps > 0:
+        mask = join_lane_gaps(mask, max_gap_ratio=join_gaps)
+    if min_area > 0:
+        mask = drop_small_pieces(mask, round(min_area * mask.shape[1] * (mask.shape[0] + top)))
+    if vote:
+        mask = vote_lane_attributes(mask)
     if top:
         mask = np.concatenate([np.full((top, mask.shape[1]), LANE_BACKGROUND, np.uint8), mask])
     return mask
+
+
+def _lane_category(category_logits: np.ndarray) -> np.ndarray:
+    """(h, w, 9) category logits -> (h, w) category (`BACKGROUND_CLASS` where no lane).
+
+    Lane or not is decided on the marginal: P(any lane type) > P(background), that is
+    logsumexp(lane logits) > background logit. A plain arg-max over the nine classes drops a lane
+    whose probability is split between similar types (single vs double, white vs yellow): on the
+    synthetic val split that decision alone moved F1_pix2 from 69.7 to 70.6 with the same model.
+    """
+    lanes = category_logits[..., :BACKGROUND_CLASS]
+    best = lanes.max(axis=-1)
+    lane_lse = best + np.log(np.exp(lanes - best[..., None]).sum(axis=-1))
+    return np.where(lane_lse > category_logits[..., BACKGROUND_CLASS], lanes.argmax(axis=-1), BACKGROUND_CLASS)
+
+
+def join_lane_gaps(
+    mask: np.ndarray,
+    *,
+    max_gap_ratio: float = 3.0,
+    min_cos: float = 0.95,
+    min_pixels: int = 20,
+    max_gap_fraction: float = 0.3,
+) -> np.ndarray:
+    """Join the pieces of each predicted lane across gaps: a copy of the lane mask with the joins drawn.
+
+    BDD100K annotates a dashed line as one continuous polyline, and a lane as running on behind
+    the vehicles that hide it; a segmentation network marks the painted dashes and the visible
+    parts. Each connected piece of one lane type gets two ends, each with the direction of the
+    piece near that end (principal axis of the pixels within a third of its length, at most 60
+    px). Two ends of different pieces of the same type are joined by a straight band when each
+    points at the other (cosine >= `min_cos` both ways) and the gap is at most `max_gap_ratio`
+    times the longer piece and `max_gap_fraction` of the mask width; the closest pairs are joined
+    first, each end at most once. The band is as wide as the thinner piece (pixels / length) and
+    carries the first piece's most common mask value (type, style, direction); it only fills
+    background pixels.
+
+    Args:
+        mask: an HxW uint8 lane mask (official encoding; 255 background).
+
+    Returns:
+        The joined mask (the input is not modified).
+    """
+    import cv2
+
+    mask = np.asarray(mask, dtype=np.uint8)
+    lane = ((mask >> 3) & 1) == 0
+    if not lane.any():
+        return mask.copy()
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    piece_type: list[int] = []
+    category = mask & 0b111
+    for value in np.unique(category[lane]):
+        n, lab = cv2.connectedComponents((lane & (category == value)).astype(np.uint8), connectivity=8)
+        inside = lab > 0
+        labels[inside] = lab[inside] + len(piece_type)
+        piece_type += [int(value)] * (n - 1)
+    ys, xs = np.nonzero(labels)
+    k = labels[ys, xs] - 1
+    pieces = len(piece_type)
+    x, y = xs.astype(np.float64), ys.astype(np.float64)
+
+    def axis(sel: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """Per-piece pixel count, mean and principal direction (of the selected pixels)."""
+        kk, xx, yy = (k, x, y) if sel is None else (k[sel], x[sel], y[sel])
+        n = np.bincount(kk, minlength=pieces).astype(np.float64)
+        safe = np.maximum(n, 1.0)
+        mx, my = np.bincount(kk, xx, pieces) / safe, np.bincount(kk, yy, pieces) / safe
+        dx, dy = xx - mx[kk], yy - my[kk]
+        sxx, syy = np.bincount(kk, dx * dx, pieces), np.bincount(kk, dy * dy, pieces)
+        sxy = np.bincount(kk, dx * dy, pieces)
+        angle = 0.5 * np.arctan2(2 * sxy, sxx - syy)
+        return n, mx, my, np.cos(angle), np.sin(angle)
+
+    count, mx, my, ux, uy = axis(None)
+    t = (x - mx[k]) * ux[k] + (y - my[k]) * uy[k]
+    t_min, t_max = np.full(pieces, np.inf), np.full(pieces, -np.inf)
+    np.minimum.at(t_min, k, t)
+    np.maximum.at(t_max, k, t)
+    length = t_max - t_min
+    width = count / np.maximum(length, 1.0)
+    local = np.clip(length / 3, 3.0, 60.0)
+    value = np.bincount(k * 256 + mask[ys, xs], minlength=pieces * 256).reshape(pieces, 256).argmax(1)
+
+    ends, dirs = [], []
+    for sign, sel in ((-1.0, t <= (t_min + local)[k]), (1.0, t >= (t_max - local)[k])):
+        n, ex, ey, vx, vy = axis(sel)
+        few = n < 5
+        vx, vy = np.where(few, ux, vx), np.where(few, uy, vy)
+        flip = np.where((vx * ux + vy * uy) * sign < 0, -1.0, 1.0)  # point out of the piece
+        vx, vy = vx * flip, vy * flip
+        reach = np.full(pieces, -np.inf)
+        np.maximum.at(reach, k[sel], (x[sel] - ex[k[sel]]) * vx[k[sel]] + (y[sel] - ey[k[sel]]) * vy[k[sel]])
+        ends.append(np.stack([ex + vx * reach, ey + vy * reach], 1))
+        dirs.append(np.stack([vx, vy], 1))
+    end = np.concatenate(ends)  # (2P, 2): the first ends of all pieces, then the second ends
+    direction = np.concatenate(dirs)
+    owner = np.tile(np.arange(pieces), 2)
+    valid = np.tile(count >= min_pixels, 2)
+
+    gap = end[None, :, :] - end[:, None, :]  # gap[i, j] = end j - end i
+    dist = np.hypot(gap[..., 0], gap[..., 1])
+    longer = np.maximum(length[owner][:, None], length[owner][None, :])
+    ok = (
+        valid[:, None]
+        & valid[None, :]
+        & (owner[:, None] < owner[None, :])
+        & (np.asarray(piece_type)[owner][:, None] == np.asarray(piece_type)[owner][None, :])
+        & (dist >= 1.0)
+        & (dist <= np.minimum(max_gap_ratio * longer, max_gap_fraction * mask.shape[1]))
+        & ((gap * direction[:, None, :]).sum(-1) >= min_cos * dist)
+        & ((-gap * direction[None, :, :]).sum(-1) >= min_cos * dist)
+    )
+    out = mask.copy()
+    canvas = np.full_like(mask, LANE_BACKGROUND)
+    used: set[int] = set()
+    ii, jj = np.nonzero(ok)
+    for i, j in sorted(zip(ii.tolist(), jj.tolist()), key=lambda ij: dist[ij]):
+        if i in used or j in used:
+            continue
+        used.update((i, j))
+        a, b = owner[i], owner[j]
+        thickness = max(1, round(float(min(width[a], width[b]))))
+        p, q = (tuple(round(float(c)) for c in end[e]) for e in (i, j))
+        cv2.line(canvas, p, q, int(value[a]), thickness)
+    fill = (out == LANE_BACKGROUND) & (canvas != LANE_BACKGROUND)
+    out[fill] = canvas[fill]
+    return out
+
+
+def drop_small_pieces(mask: np.ndarray, min_pixels: int) -> np.ndarray:
+    """A copy of a lane mask without the connected pieces of one lane type smaller than `min_pixels`."""
+    import cv2
+
+    out = np.array(mask, dtype=np.uint8)
+    lane = ((out >> 3) & 1) == 0
+    category = out & 0b111
+    for value in np.unique(category[lane]):
+        _, labels, stats, _ = cv2.connectedComponentsWithStats((lane & (category == value)).astype(np.uint8), connectivity=8)
+        small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_pixels)
+        small = small[small > 0]
+        if len(small):
+            out[np.isin(labels, small)] = LANE_BACKGROUND
+    return out
+
+
+def vote_lane_attributes(mask: np.ndarray) -> np.ndarray:
+    """A copy of a lane mask in which each connected lane takes one type and one style.
+
+    A lane line has one type and one style along its length (BDD100K labels each polyline once),
+    but a pixel classifier can change its mind along the way (double white for a stretch of a
+    single white line, solid across a dash). Each 8-connected piece of "parallel" lane pixels
+    (crosswalk edges, the "vertical" ones, cross the lanes and are left as they are) takes the
+    (type, style) pair that most of its pixels have; the direction bit is kept.
+    """
+    import cv2
+
+    out = np.array(mask, dtype=np.uint8)
+    parallel = (((out >> 3) & 1) == 0) & (((out >> LANE_DIRECTION_BIT) & 1) == 0)
+    n, labels = cv2.connectedComponents(parallel.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return out
+    ys, xs = np.nonzero(labels)
+    piece = labels[ys, xs]
+    attributes = 0b111 | (1 << LANE_STYLE_BIT)  # type and style bits
+    pair = out[ys, xs] & attributes
+    majority = np.bincount(piece * 256 + pair, minlength=n * 256).reshape(n, 256).argmax(1).astype(np.uint8)
+    out[ys, xs] = (out[ys, xs] & ~np.uint8(attributes)) | majority[piece]
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -451,6 +655,9 @@ class LaneTrainConfig:
         config = dataclass_from_params(cls, data, source=source)
         if config.batch_size < 1 or config.lr <= 0:
             raise UserError(f"{source}: batch_size must be >= 1 and lr > 0.")
+        for name in ("dice_weight", "background_weight", "attribute_weight"):
+            if getattr(config, name) < 0:
+                raise UserError(f"{source}: {name} must be >= 0, got {getattr(config, name)}.")
         return config
 
 
@@ -525,7 +732,9 @@ def _lightning_module() -> type:
 
         def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
             loss, cat = self._losses(batch)
-            pred = cat.argmax(1)
+            lanes = cat[:, :BACKGROUND_CLASS].float()
+            is_lane = lanes.logsumexp(1) > cat[:, BACKGROUND_CLASS].float()  # as `lane_mask_from_logits` decodes
+            pred = torch.where(is_lane, lanes.argmax(1), BACKGROUND_CLASS)
             gt = batch["category"]
             # lane pixels whose category is right, for a cheap F1 of "lane of the right type"
             tp = ((pred == gt) & (gt != BACKGROUND_CLASS)).sum()
@@ -708,7 +917,8 @@ def predict_lane_masks(
         logits = predict_lane_logits(model, frames, device)
         for path, frame, lg in zip(chunk, frames, logits):
             target = out / mask_name(path.name)
-            write_mask(target, lane_mask_from_logits(lg, (frame.shape[1], frame.shape[0]), model.config.roi_top))
+            size = (frame.shape[1], frame.shape[0])
+            write_mask(target, lane_mask_from_logits(lg, size, **model.config.decoding()))
             written.append(target)
     return written
 
@@ -717,8 +927,9 @@ def export_lane_onnx(model: LaneNet, path: str | os.PathLike, *, atol: float = 1
     """Export a lane model to ONNX with the core parity check (batch axis dynamic).
 
     The graph takes `images` (N, 3, H, W) RGB in [0, 1] at the model's size and returns `logits`
-    (N, 13, H, W); `lane_mask_from_logits` decodes them. The model's `roi_top` is stored in the
-    file's metadata, so `OnnxLaneModel` crops frames as the model was trained.
+    (N, 13, H, W); `lane_mask_from_logits` decodes them. The model's `roi_top` and lane-level
+    decoding settings (`LaneModelConfig.decoding`) are stored in the file's metadata, so
+    `OnnxLaneModel` crops frames as the model was trained and decodes as the eager model does.
 
     Raises:
         ExportParityError: if onnxruntime disagrees with the eager model (no file is written).
@@ -735,7 +946,7 @@ def export_lane_onnx(model: LaneNet, path: str | os.PathLike, *, atol: float = 1
         dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
         atol=atol,
         rtol=rtol,
-        metadata={"roi_top": repr(float(model.config.roi_top))},
+        metadata={key: repr(float(value)) for key, value in model.config.decoding().items()},
     )
 
 
@@ -752,10 +963,15 @@ class OnnxLaneModel:
         self.runner = OnnxRunner(path, threads=threads)
         shape = self.runner.session.get_inputs()[0].shape
         self.size = (int(shape[3]), int(shape[2]))
+        self.decoding = {key: self._metadata_number(path, key) for key in LaneModelConfig().decoding()}
+        self.decoding["vote"] = bool(self.decoding["vote"])
+        self.roi_top = self.decoding["roi_top"]
+
+    def _metadata_number(self, path: str | os.PathLike, key: str) -> float:
         try:
-            self.roi_top = float(self.runner.metadata.get("roi_top", 0.0))
+            return float(self.runner.metadata.get(key, 0.0))
         except ValueError:
-            raise UserError(f"lane model {path}: metadata roi_top is not a number.") from None
+            raise UserError(f"lane model {path}: metadata {key} is not a number.") from None
 
     def logits(self, frames_bgr: Sequence[np.ndarray]) -> np.ndarray:
         """(N, 13, H, W) logits at the network size."""
@@ -768,6 +984,6 @@ class OnnxLaneModel:
         if not frames:
             return []
         return [
-            lane_mask_from_logits(lg, (f.shape[1], f.shape[0]), self.roi_top)
+            lane_mask_from_logits(lg, (f.shape[1], f.shape[0]), **self.decoding)
             for lg, f in zip(self.logits(frames), frames)
         ]
