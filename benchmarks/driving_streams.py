@@ -13,6 +13,7 @@ and on what else runs on it: compare the two columns of one run, not runs with e
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -76,7 +77,7 @@ def ours(detector: Path, lanes: Path | None, videos: list[str], frames: int, con
     return {"frames": sum(c.frames for c in report.cameras), "seconds": report.seconds, "total_fps": report.total_fps}
 
 
-def latencies(weights: str, lane_model: str | None, work: Path, repeats: int) -> dict[str, Any]:
+def latencies(weights: str, lane_model: str | None, work: Path, repeats: int, video: str) -> dict[str, Any]:
     import copy
 
     import torch
@@ -110,7 +111,31 @@ def latencies(weights: str, lane_model: str | None, work: Path, repeats: int) ->
                 "eager_ms": _median_ms(lambda: net(x), repeats),
                 "onnxruntime_ms": _median_ms(lambda: runner(x.numpy()), repeats),
             }
+        out["lane_decoding"] = lane_decoding_cost(net, video, repeats)
     out["_files"] = {"detector": str(det_path), "lanes": str(work / "lanes.onnx") if lane_model else None}
+    return out
+
+
+def lane_decoding_cost(net: Any, video: str, repeats: int) -> dict[str, Any]:
+    """Mask decoding of one camera frame: pixel-level only vs with the model's lane-level decoding
+    (`LaneModelConfig.join_gaps`, `min_area`, `vote`), at the camera's size and at 1280x720."""
+    import cv2
+
+    from visionpipes.driving.lanes import lane_mask_from_logits, predict_lane_logits
+
+    capture = cv2.VideoCapture(video)
+    ok, frame = capture.read()
+    capture.release()
+    if not ok:
+        raise SystemExit(f"cannot read a frame of {video}")
+    (logits,) = predict_lane_logits(net, [frame])
+    lane_level = net.config.decoding()
+    plain = {**lane_level, "join_gaps": 0.0, "min_area": 0.0, "vote": False}
+    out: dict[str, Any] = {"settings": lane_level}
+    for size in ((frame.shape[1], frame.shape[0]), (1280, 720)):
+        base = _median_ms(functools.partial(lane_mask_from_logits, logits, size, **plain), repeats)
+        full = _median_ms(functools.partial(lane_mask_from_logits, logits, size, **lane_level), repeats)
+        out["x".join(map(str, size))] = {"pixel_level_ms": base, "lane_level_ms": full, "ratio": full / base}
     return out
 
 
@@ -140,7 +165,7 @@ def main() -> None:
 
             write_sample(work / "bdd", SynthConfig(images=1, val_fraction=0.0, cameras=4, video_frames=args.frames))
             videos = [str(p) for p in sorted((work / "bdd" / "videos").glob("*.mp4"))]
-        lat = latencies(args.weights, args.lanes, work, args.repeats)
+        lat = latencies(args.weights, args.lanes, work, args.repeats, videos[0])
         files = lat.pop("_files")
         imgsz = lat["detector"]["input"][-1]
         result: dict[str, Any] = {

@@ -266,10 +266,11 @@ def lane_mask_from_logits(
 ) -> np.ndarray:
     """Decode one image's logits (13, h, w) into an official lane mask, resized to `size`.
 
-    The logits are resized bilinearly (OpenCV, half-pixel centres) before decoding, so lane
-    boundaries are placed at sub-pixel precision of the network's grid. A pixel is a lane where the
-    probabilities of the eight lane types together outweigh background (`_lane_category`); its
-    type, style and direction are then each group's arg-max.
+    A pixel is a lane where the probabilities of the eight lane types together outweigh
+    background (`lane_margin` > 0); its type, style and direction are each group's arg-max. The
+    margin is resized bilinearly (OpenCV, half-pixel centres), so lane boundaries fall at sub-pixel
+    precision of the network's grid; type, style and direction, decided on the network's grid,
+    are resized to the nearest pixel (half-pixel centres): 13 channels never have to be resized.
 
     Args:
         logits: the network output for one image.
@@ -287,18 +288,20 @@ def lane_mask_from_logits(
     logits = np.asarray(logits, dtype=np.float32)
     if logits.ndim != 3 or logits.shape[0] != LANE_CHANNELS:
         raise ValueError(f"lane logits must be ({LANE_CHANNELS}, h, w), got {logits.shape}.")
-    hwc = np.ascontiguousarray(logits.transpose(1, 2, 0))
+    margin = lane_margin(logits[:CATEGORY_CHANNELS])
+    value = (
+        logits[:BACKGROUND_CLASS].argmax(0)
+        | (logits[CATEGORY_CHANNELS : CATEGORY_CHANNELS + 2].argmax(0) << LANE_STYLE_BIT)
+        | (logits[CATEGORY_CHANNELS + 2 :].argmax(0) << LANE_DIRECTION_BIT)
+    ).astype(np.uint8)
     top = 0
     if size is not None:
         top = roi_top_rows(size[1], roi_top)
         roi_size = (size[0], size[1] - top)
-        if (hwc.shape[1], hwc.shape[0]) != roi_size:
-            hwc = cv2.resize(hwc, roi_size, interpolation=cv2.INTER_LINEAR)
-    category = _lane_category(hwc[:, :, :CATEGORY_CHANNELS])
-    style = hwc[:, :, CATEGORY_CHANNELS : CATEGORY_CHANNELS + 2].argmax(axis=2)
-    direction = hwc[:, :, CATEGORY_CHANNELS + 2 :].argmax(axis=2)
-    mask = (category | (style << LANE_STYLE_BIT) | (direction << LANE_DIRECTION_BIT)).astype(np.uint8)
-    mask[category == BACKGROUND_CLASS] = LANE_BACKGROUND
+        if (margin.shape[1], margin.shape[0]) != roi_size:
+            margin = cv2.resize(margin, roi_size, interpolation=cv2.INTER_LINEAR)
+            value = cv2.resize(value, roi_size, interpolation=cv2.INTER_NEAREST_EXACT)
+    mask = np.where(margin > 0, value, np.uint8(LANE_BACKGROUND))
     if join_gaps > 0:
         mask = join_lane_gaps(mask, max_gap_ratio=join_gaps)
     if min_area > 0:
@@ -310,18 +313,18 @@ def lane_mask_from_logits(
     return mask
 
 
-def _lane_category(category_logits: np.ndarray) -> np.ndarray:
-    """(h, w, 9) category logits -> (h, w) category (`BACKGROUND_CLASS` where no lane).
+def lane_margin(category_logits: np.ndarray) -> np.ndarray:
+    """(9, h, w) category logits -> (h, w) float32 log-odds of "some lane type" against background.
 
-    Lane or not is decided on the marginal: P(any lane type) > P(background), that is
+    Lane or not is decided on this marginal: P(any lane type) > P(background), that is
     logsumexp(lane logits) > background logit. A plain arg-max over the nine classes drops a lane
     whose probability is split between similar types (single vs double, white vs yellow): on the
     synthetic val split that decision alone moved F1_pix2 from 69.7 to 70.6 with the same model.
     """
-    lanes = category_logits[..., :BACKGROUND_CLASS]
-    best = lanes.max(axis=-1)
-    lane_lse = best + np.log(np.exp(lanes - best[..., None]).sum(axis=-1))
-    return np.where(lane_lse > category_logits[..., BACKGROUND_CLASS], lanes.argmax(axis=-1), BACKGROUND_CLASS)
+    lanes = np.asarray(category_logits[:BACKGROUND_CLASS], dtype=np.float32)
+    best = lanes.max(axis=0)
+    lane_lse = best + np.log(np.exp(lanes - best).sum(axis=0))
+    return (lane_lse - category_logits[BACKGROUND_CLASS]).astype(np.float32)
 
 
 def join_lane_gaps(
