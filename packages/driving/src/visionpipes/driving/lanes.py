@@ -318,8 +318,7 @@ def lane_margin(category_logits: np.ndarray) -> np.ndarray:
 
     Lane or not is decided on this marginal: P(any lane type) > P(background), that is
     logsumexp(lane logits) > background logit. A plain arg-max over the nine classes drops a lane
-    whose probability is split between similar types (single vs double, white vs yellow): on the
-    synthetic val split that decision alone moved F1_pix2 from 69.7 to 70.6 with the same model.
+    whose probability is split between similar types (single vs double, white vs yellow).
     """
     lanes = np.asarray(category_logits[:BACKGROUND_CLASS], dtype=np.float32)
     best = lanes.max(axis=0)
@@ -363,11 +362,11 @@ def join_lane_gaps(
     labels = np.zeros(mask.shape, dtype=np.int32)
     piece_type: list[int] = []
     category = mask & 0b111
-    for value in np.unique(category[lane]):
-        n, lab = cv2.connectedComponents((lane & (category == value)).astype(np.uint8), connectivity=8)
+    for lane_type in np.unique(category[lane]):
+        n, lab = cv2.connectedComponents((lane & (category == lane_type)).astype(np.uint8), connectivity=8)
         inside = lab > 0
         labels[inside] = lab[inside] + len(piece_type)
-        piece_type += [int(value)] * (n - 1)
+        piece_type += [int(lane_type)] * (n - 1)
     ys, xs = np.nonzero(labels)
     k = labels[ys, xs] - 1
     pieces = len(piece_type)
@@ -409,26 +408,27 @@ def join_lane_gaps(
     end = np.concatenate(ends)  # (2P, 2): the first ends of all pieces, then the second ends
     direction = np.concatenate(dirs)
     owner = np.tile(np.arange(pieces), 2)
-    valid = np.tile(count >= min_pixels, 2)
-
-    gap = end[None, :, :] - end[:, None, :]  # gap[i, j] = end j - end i
-    dist = np.hypot(gap[..., 0], gap[..., 1])
-    longer = np.maximum(length[owner][:, None], length[owner][None, :])
-    ok = (
-        valid[:, None]
-        & valid[None, :]
-        & (owner[:, None] < owner[None, :])
-        & (np.asarray(piece_type)[owner][:, None] == np.asarray(piece_type)[owner][None, :])
-        & (dist >= 1.0)
-        & (dist <= np.minimum(max_gap_ratio * longer, max_gap_fraction * mask.shape[1]))
-        & ((gap * direction[:, None, :]).sum(-1) >= min_cos * dist)
-        & ((-gap * direction[None, :, :]).sum(-1) >= min_cos * dist)
-    )
+    end_type = np.asarray(piece_type)[owner]
+    valid = np.flatnonzero(np.tile(count >= min_pixels, 2))
+    candidates: list[tuple[float, int, int]] = []
+    for lane_type in np.unique(end_type[valid]):  # ends of one type, pairwise
+        idx = valid[end_type[valid] == lane_type]
+        gap = end[idx][None, :, :] - end[idx][:, None, :]  # gap[i, j] = end j - end i
+        dist = np.hypot(gap[..., 0], gap[..., 1])
+        longer = np.maximum(length[owner[idx]][:, None], length[owner[idx]][None, :])
+        ok = (
+            (owner[idx][:, None] < owner[idx][None, :])
+            & (dist >= 1.0)
+            & (dist <= np.minimum(max_gap_ratio * longer, max_gap_fraction * mask.shape[1]))
+            & ((gap * direction[idx][:, None, :]).sum(-1) >= min_cos * dist)
+            & ((-gap * direction[idx][None, :, :]).sum(-1) >= min_cos * dist)
+        )
+        ii, jj = np.nonzero(ok)
+        candidates += zip(dist[ii, jj].tolist(), idx[ii].tolist(), idx[jj].tolist())
     out = mask.copy()
     canvas = np.full_like(mask, LANE_BACKGROUND)
     used: set[int] = set()
-    ii, jj = np.nonzero(ok)
-    for i, j in sorted(zip(ii.tolist(), jj.tolist()), key=lambda ij: dist[ij]):
+    for _, i, j in sorted(candidates):
         if i in used or j in used:
             continue
         used.update((i, j))
