@@ -265,7 +265,7 @@ def model_card(
         "  (9 category incl. background, 2 style, 2 direction); `visionpipes.driving.lanes.lane_mask_from_logits`",
         "  decodes them into the official lane PNG at any size (`OnnxLaneModel` does both): a pixel is a lane where",
         "  the eight lane types' probabilities together outweigh background, of the likeliest type; then the",
-        "  model's lane-level decoding (join gaps, drop specks, one type and style per lane; ONNX metadata).",
+        "  model's lane-level decoding (join gaps, drop specks, one style per piece of one type; ONNX metadata).",
         "- `vp-driving stream SRC ...` runs both on several cameras at once.",
         "",
         "## Limitations",
