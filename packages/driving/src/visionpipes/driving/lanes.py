@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from visionpipes.driving.bdd100k import (
     LANE_CATEGORIES,
     LANE_DIRECTION_BIT,
     LANE_STYLE_BIT,
+    decode_lane_mask,
     mask_name,
     write_mask,
 )
@@ -356,17 +357,16 @@ def join_lane_gaps(
     import cv2
 
     mask = np.asarray(mask, dtype=np.uint8)
-    lane = ((mask >> 3) & 1) == 0
+    bits = decode_lane_mask(mask)
+    lane = bits.background == 0
     if not lane.any():
         return mask.copy()
-    labels = np.zeros(mask.shape, dtype=np.int32)
+    labels = np.zeros(mask.shape, dtype=np.int32)  # the pieces of all types, numbered from 1
     piece_type: list[int] = []
-    category = mask & 0b111
-    for lane_type in np.unique(category[lane]):
-        n, lab = cv2.connectedComponents((lane & (category == lane_type)).astype(np.uint8), connectivity=8)
+    for lane_type, n, lab in _pieces_by_type(bits.category, lane):
         inside = lab > 0
         labels[inside] = lab[inside] + len(piece_type)
-        piece_type += [int(lane_type)] * (n - 1)
+        piece_type += [lane_type] * (n - 1)
     ys, xs = np.nonzero(labels)
     k = labels[ys, xs] - 1
     pieces = len(piece_type)
@@ -441,16 +441,22 @@ def join_lane_gaps(
     return out
 
 
-def drop_small_pieces(mask: np.ndarray, min_pixels: int) -> np.ndarray:
-    """A copy of a lane mask without the connected pieces of one lane type smaller than `min_pixels`."""
+def _pieces_by_type(category: np.ndarray, pixels: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+    """The 8-connected pieces of each lane type among `pixels` (a boolean HxW selection), one type at
+    a time: (type, number of labels with 0 for the other pixels, HxW int32 labels)."""
     import cv2
 
+    for lane_type in np.unique(category[pixels]):
+        n, labels = cv2.connectedComponents((pixels & (category == lane_type)).astype(np.uint8), connectivity=8)
+        yield int(lane_type), n, labels
+
+
+def drop_small_pieces(mask: np.ndarray, min_pixels: int) -> np.ndarray:
+    """A copy of a lane mask without the connected pieces of one lane type smaller than `min_pixels`."""
     out = np.array(mask, dtype=np.uint8)
-    lane = ((out >> 3) & 1) == 0
-    category = out & 0b111
-    for value in np.unique(category[lane]):
-        _, labels, stats, _ = cv2.connectedComponentsWithStats((lane & (category == value)).astype(np.uint8), connectivity=8)
-        small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_pixels)
+    bits = decode_lane_mask(out)
+    for _, n, labels in _pieces_by_type(bits.category, bits.background == 0):
+        small = np.flatnonzero(np.bincount(labels.ravel(), minlength=n) < min_pixels)
         small = small[small > 0]
         if len(small):
             out[np.isin(labels, small)] = LANE_BACKGROUND
@@ -469,18 +475,13 @@ def vote_lane_style(mask: np.ndarray) -> np.ndarray:
     masks such a type vote moved the ground truth itself to F1_pix2 98.5, this style vote leaves
     it at 100.
     """
-    import cv2
-
     out = np.array(mask, dtype=np.uint8)
-    parallel = (((out >> 3) & 1) == 0) & (((out >> LANE_DIRECTION_BIT) & 1) == 0)
-    category = out & 0b111
+    bits = decode_lane_mask(out)
     style_bit = np.uint8(1 << LANE_STYLE_BIT)
-    for lane_type in np.unique(category[parallel]):
-        n, labels = cv2.connectedComponents((parallel & (category == lane_type)).astype(np.uint8), connectivity=8)
+    for _, n, labels in _pieces_by_type(bits.category, (bits.background == 0) & (bits.direction == 0)):
         ys, xs = np.nonzero(labels)
         piece = labels[ys, xs]
-        dashed = ((out[ys, xs] >> LANE_STYLE_BIT) & 1).astype(np.float64)
-        majority = np.bincount(piece, dashed, n) * 2 > np.bincount(piece, minlength=n)
+        majority = np.bincount(piece, bits.style[ys, xs].astype(np.float64), n) * 2 > np.bincount(piece, minlength=n)
         out[ys, xs] = np.where(majority[piece], out[ys, xs] | style_bit, out[ys, xs] & ~style_bit)
     return out
 
