@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from visionpipes.core import training
+from visionpipes.core import device
+from visionpipes.core.device import resolve_precision, select_device
 from visionpipes.core.errors import UserError
-from visionpipes.core.training import TrainConfig, fit, resolve_precision, select_device
+from visionpipes.core.training import TrainConfig, fit
 
 
 class Regressor(lightning.LightningModule):
@@ -91,7 +92,7 @@ def test_select_device() -> None:
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_bf16_only_where_the_hardware_has_it(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native)
     assert resolve_precision("auto", "cpu") == ("bf16-mixed" if native else "32-true")
     assert resolve_precision("auto", "mps") == "32-true"
     assert resolve_precision("16-mixed", "cpu") == "16-mixed"  # an explicit choice is kept

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import read_image_rgb
+from visionpipes.core.image import read_image
 
 
 def test_core_image_reader_after_ultralytics_import(tmp_path: Path) -> None:
@@ -17,4 +17,4 @@ def test_core_image_reader_after_ultralytics_import(tmp_path: Path) -> None:
     bad = tmp_path / "frame.jpg"
     bad.write_bytes(b"definitely not a jpeg")
     with pytest.raises(UserError, match=r"frame\.jpg is not a readable image"):
-        read_image_rgb(bad)
+        read_image(bad)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import read_image_rgb
+from visionpipes.core.image import read_image
 from visionpipes.retail.catalog import load_catalog, read_queries
 from visionpipes.retail.synth import SynthConfig, design_products, min_pairwise_difference, write_catalog
 
@@ -36,7 +36,7 @@ def test_synth_catalog_format_views_and_determinism(tmp_path):
     queries = read_queries(tmp_path / "a")
     assert len(queries) == 12 and {q.product_id for q in queries.queries} == set(cat.products)
     # Views of one product differ (pose, background, lighting), and queries are not catalog copies.
-    views = [read_image_rgb(v.path).astype(np.int16) for v in product.views]
+    views = [read_image(v.path).astype(np.int16) for v in product.views]
     assert views[0].shape == (48, 48, 3)
     assert all(np.abs(views[0] - v).mean() > 5 for v in views[1:])
     catalog_bytes = {v.path.read_bytes() for _, v in cat.views()}

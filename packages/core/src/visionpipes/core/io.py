@@ -1,5 +1,5 @@
-"""File helpers shared by the domains: atomic writes, params.yaml (and its sections as config
-dataclasses), image reading.
+"""File helpers shared by the domains: atomic writes and params.yaml (and its sections as config
+dataclasses). Images are read by `visionpipes.core.image`.
 
 Writers never leave a half-written file: they write beside the target, fsync, and rename.
 """
@@ -16,7 +16,6 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import yaml
 
 from visionpipes.core.errors import UserError
@@ -161,22 +160,3 @@ def dataclass_from_params(
     if missing:
         raise UserError(f"{source}: missing {what} {', '.join(missing)}.")
     return cls(**dict(data))
-
-
-def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as an HxWx3 uint8 RGB array.
-
-    Raises:
-        UserError: if the file is missing or not a decodable image.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"image file {path} does not exist.")
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, ImportError) as err:
-        # ImportError: ultralytics patches Image.open process-wide to try an optional HEIF plugin.
-        raise UserError(f"image file {path} is not a readable image ({err}).") from None

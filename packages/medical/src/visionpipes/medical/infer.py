@@ -198,7 +198,7 @@ class Predictor:
         device: str = "cpu",
     ) -> Predictor:
         """A predictor around `net` from a model description (`model_description`'s keys)."""
-        from visionpipes.core.training import select_device
+        from visionpipes.core.device import select_device
 
         regions = [Region(name, frozenset(int(v) for v in values)) for name, values in description["regions"]]
         return cls(

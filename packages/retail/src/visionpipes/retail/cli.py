@@ -226,7 +226,7 @@ def _cmd_query(args: argparse.Namespace) -> None:
         return
     if not args.index:
         raise UserError("query needs --index DIR (or --url of a running server).")
-    from visionpipes.core.io import read_image_rgb
+    from visionpipes.core.image import read_image
     from visionpipes.retail.api import find_index_dir
     from visionpipes.retail.evaluate import load_embedder
     from visionpipes.retail.index import ProductIndex
@@ -239,7 +239,7 @@ def _cmd_query(args: argparse.Namespace) -> None:
         raise UserError(f"index directory {index_dir} names no model in its manifest; pass --model.")
     model_path = Path(model) if Path(model).is_absolute() or args.model else index_dir / model
     embedder = load_embedder(model_path)
-    pixels = read_image_rgb(image)
+    pixels = read_image(image)
     with ProductIndex.open(
         index_dir, dimension=embedder.dimension, model_version=getattr(embedder, "model_version", None)
     ) as index:

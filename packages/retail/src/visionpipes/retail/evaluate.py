@@ -117,9 +117,9 @@ def embed_images(
 
 
 def _read(path: Path) -> np.ndarray:
-    from visionpipes.core.io import read_image_rgb
+    from visionpipes.core.image import read_image
 
-    return read_image_rgb(path)
+    return read_image(path)
 
 
 def embed_catalog(embedder: Embedder, catalog: Catalog, *, progress: bool = True, batch_size: int = 64) -> EmbeddedImages:

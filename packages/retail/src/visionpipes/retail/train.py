@@ -24,9 +24,10 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from visionpipes.core.device import resolve_precision
 from visionpipes.core.errors import UserError
 from visionpipes.core.io import dataclass_from_params, write_json
-from visionpipes.core.training import TrainConfig, fit, resolve_precision, seed_everything
+from visionpipes.core.training import TrainConfig, fit, seed_everything
 from visionpipes.retail.catalog import Catalog, CatalogProblem, load_catalog
 from visionpipes.retail.embedding import (
     MEAN,
