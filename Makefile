@@ -29,11 +29,14 @@ $(STAMP): $(SETUP_INPUTS)
 demo: $(STAMP)
 	$(BIN)/vp-core demo
 
+# Import contracts (import-linter): one file per package under importlinter/, plus the workspace's.
+CONTRACTS := $(wildcard importlinter/*.ini)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	@for c in $(CONTRACTS); do $(BIN)/lint-imports --no-cache --config $$c || exit 1; done
 
-test: $(STAMP)
-	$(BIN)/ruff check .
+test: lint
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
