@@ -28,7 +28,7 @@ def argmax_mask(logits: np.ndarray, size: tuple[int, int], roi_top: float) -> np
     """The pixel arg-max decoding: all 13 channels resized bilinearly, then the arg-max of each group."""
     import cv2
 
-    from visionpipes.driving.bdd100k import LANE_BACKGROUND, LANE_DIRECTION_BIT, LANE_STYLE_BIT
+    from visionpipes.driving.bdd100k.categories import LANE_BACKGROUND, LANE_DIRECTION_BIT, LANE_STYLE_BIT
     from visionpipes.driving.lanes import BACKGROUND_CLASS, CATEGORY_CHANNELS, roi_top_rows
 
     top = roi_top_rows(size[1], roi_top)
@@ -53,7 +53,7 @@ def main() -> None:
     import cv2
 
     from visionpipes.core.settings import apply_runtime_settings
-    from visionpipes.driving.bdd100k import write_mask
+    from visionpipes.driving.bdd100k.masks import write_mask
     from visionpipes.driving.lanes import lane_mask_from_logits, load_lane_model, predict_lane_logits
     from visionpipes.driving.metrics import evaluate_lanes
 

@@ -12,37 +12,36 @@ import pytest
 from PIL import Image
 
 from visionpipes.core.errors import UserError
-from visionpipes.driving.bdd100k import (
-    DET_CATEGORIES,
-    LANE_BACKGROUND,
+from visionpipes.driving.bdd100k.categories import DET_CATEGORIES, LANE_BACKGROUND, resolve_det_category
+from visionpipes.driving.bdd100k.detection import detections_to_frame
+from visionpipes.driving.bdd100k.labels import (
     BDD100KWarning,
     Box2D,
     Frame,
     Label,
-    LaneAttributes,
     Poly2D,
-    YoloSplit,
+    frame_to_legacy,
+    load_frames,
+    parse_frames,
+    save_frames,
+    save_legacy,
+)
+from visionpipes.driving.bdd100k.masks import (
+    LaneAttributes,
     decode_lane_mask,
-    det_to_yolo,
-    detections_to_frame,
     drivable_polygons_to_masks,
     encode_lane_mask,
     encode_lane_value,
-    frame_to_legacy,
     lane_attributes,
     lane_label,
     lane_polygons_to_masks,
-    load_frames,
-    parse_frames,
     poly2d_points,
     rasterize_drivable,
     rasterize_lanes,
     read_mask,
-    resolve_det_category,
-    save_frames,
-    save_legacy,
     write_mask,
 )
+from visionpipes.driving.bdd100k.yolo import YoloSplit, det_to_yolo
 from visionpipes.driving.metrics import frames_to_coco
 
 # ---------------------------------------------------------------------------------------- real files

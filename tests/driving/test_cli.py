@@ -11,15 +11,8 @@ import numpy as np
 import pytest
 
 from visionpipes.driving import cli
-from visionpipes.driving.bdd100k import (
-    Box2D,
-    Frame,
-    Label,
-    LaneAttributes,
-    lane_label,
-    read_mask,
-    save_frames,
-)
+from visionpipes.driving.bdd100k.labels import Box2D, Frame, Label, save_frames
+from visionpipes.driving.bdd100k.masks import LaneAttributes, lane_label, read_mask
 
 
 def _main(argv: list[str]) -> int:
@@ -73,7 +66,7 @@ def test_eval_lanes_prints_scores(bdd_fixtures: Path, capsys: pytest.CaptureFixt
 
 
 def test_eval_drivable_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from visionpipes.driving.bdd100k import write_mask
+    from visionpipes.driving.bdd100k.masks import write_mask
 
     for folder in ("gt", "pred"):
         (tmp_path / folder).mkdir()

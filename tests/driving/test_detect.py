@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from visionpipes.core.errors import UserError
-from visionpipes.driving.bdd100k import DET_CATEGORIES, YoloSplit, det_to_yolo
+from visionpipes.driving.bdd100k.categories import DET_CATEGORIES
+from visionpipes.driving.bdd100k.yolo import YoloSplit, det_to_yolo
 from visionpipes.driving.detect import (
     DetectorConfig,
     Letterbox,

@@ -11,12 +11,8 @@ import torch
 
 from visionpipes.core.errors import UserError
 from visionpipes.core.training import TrainConfig
-from visionpipes.driving.bdd100k import (
-    LANE_BACKGROUND,
-    encode_lane_value,
-    read_mask,
-    write_mask,
-)
+from visionpipes.driving.bdd100k.categories import LANE_BACKGROUND
+from visionpipes.driving.bdd100k.masks import encode_lane_value, read_mask, write_mask
 from visionpipes.driving.lanes import (
     BACKGROUND_CLASS,
     CATEGORY_CHANNELS,

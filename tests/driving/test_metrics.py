@@ -12,7 +12,9 @@ from scipy import ndimage
 from skimage.morphology import disk
 
 from visionpipes.core.errors import UserError
-from visionpipes.driving.bdd100k import LANE_BACKGROUND, Box2D, Frame, Label, load_frames, write_mask
+from visionpipes.driving.bdd100k.categories import LANE_BACKGROUND
+from visionpipes.driving.bdd100k.labels import Box2D, Frame, Label, load_frames
+from visionpipes.driving.bdd100k.masks import write_mask
 from visionpipes.driving.metrics import (
     DET_METRICS,
     _dilate,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from visionpipes.core.errors import UserError
-from visionpipes.driving.bdd100k import read_mask
+from visionpipes.driving.bdd100k.masks import read_mask
 from visionpipes.driving.prepare import (
     SOURCE_FILE,
     DataConfig,

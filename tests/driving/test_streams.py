@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from visionpipes.core.errors import UserError
-from visionpipes.driving.bdd100k import DET_CATEGORIES, load_frames
+from visionpipes.driving.bdd100k.categories import DET_CATEGORIES
+from visionpipes.driving.bdd100k.labels import load_frames
 from visionpipes.driving.streams import (
     CameraReader,
     StreamConfig,

@@ -12,18 +12,16 @@ import pytest
 
 from visionpipes.core.errors import UserError
 from visionpipes.driving import cli
-from visionpipes.driving.bdd100k import (
-    DET_CATEGORIES,
-    LANE_CATEGORIES,
-    YoloSplit,
+from visionpipes.driving.bdd100k.categories import DET_CATEGORIES, LANE_CATEGORIES
+from visionpipes.driving.bdd100k.labels import load_frames
+from visionpipes.driving.bdd100k.masks import (
     decode_lane_mask,
-    det_to_yolo,
     drivable_polygons_to_masks,
     lane_attributes,
     lane_polygons_to_masks,
-    load_frames,
     read_mask,
 )
+from visionpipes.driving.bdd100k.yolo import YoloSplit, det_to_yolo
 from visionpipes.driving.metrics import evaluate_drivable, evaluate_lanes
 from visionpipes.driving.synth import SynthConfig, write_sample
 

@@ -51,7 +51,7 @@ def _cmd_eval_drivable(args: argparse.Namespace) -> None:
 
 
 def _cmd_convert_yolo(args: argparse.Namespace) -> None:
-    from visionpipes.driving.bdd100k import YoloSplit, det_to_yolo
+    from visionpipes.driving.bdd100k.yolo import YoloSplit, det_to_yolo
 
     if args.root is not None:
         if args.labels is not None or args.images is not None:
@@ -70,7 +70,7 @@ def _cmd_convert_yolo(args: argparse.Namespace) -> None:
 
 
 def _cmd_convert_masks(args: argparse.Namespace) -> None:
-    from visionpipes.driving.bdd100k import drivable_polygons_to_masks, lane_polygons_to_masks
+    from visionpipes.driving.bdd100k.masks import drivable_polygons_to_masks, lane_polygons_to_masks
 
     size = (args.width, args.height)
     if args.kind == "lanes":
@@ -158,7 +158,7 @@ def _cmd_train_lanes(args: argparse.Namespace) -> None:
     dataset = load_manifest(args.dataset)
 
     def samples(split: str) -> list[LaneSample]:
-        from visionpipes.driving.bdd100k import mask_name
+        from visionpipes.driving.bdd100k.masks import mask_name
 
         pairs = [
             LaneSample(dataset.images[split] / name, dataset.lane_masks[split] / mask_name(name))
@@ -219,7 +219,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"images": len(images)}
     if model is not None:
-        from visionpipes.driving.bdd100k import save_frames
+        from visionpipes.driving.bdd100k.labels import save_frames
         from visionpipes.driving.detect import predict_detections
 
         imgsz = args.imgsz or int((getattr(model, "ckpt", None) or {}).get("train_args", {}).get("imgsz", 320))
@@ -479,7 +479,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         try:
             args.func(args)
         finally:
-            from visionpipes.driving.bdd100k import BDD100KWarning
+            from visionpipes.driving.bdd100k.labels import BDD100KWarning
 
             for w in caught:
                 if issubclass(w.category, BDD100KWarning):

@@ -76,7 +76,7 @@ def _int8_detector(out: Path, dataset: str | os.PathLike | None, config: DeployC
     """Quantise `out/detector.onnx` into `out/detector_int8.onnx` and score both on the dataset's
     evaluation split with the official metrics."""
     from visionpipes.core.export import OnnxRunner
-    from visionpipes.driving.bdd100k import load_frames
+    from visionpipes.driving.bdd100k.labels import load_frames
     from visionpipes.driving.detect import OnnxDetector, predict_detections_onnx, quantize_detector_int8
     from visionpipes.driving.metrics import evaluate_detection
     from visionpipes.driving.prepare import load_manifest

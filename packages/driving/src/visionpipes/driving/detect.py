@@ -21,7 +21,9 @@ import numpy as np
 
 from visionpipes.core.errors import UserError
 from visionpipes.core.io import atomic_path, dataclass_from_params, write_json
-from visionpipes.driving.bdd100k import DET_CATEGORIES, Frame, detections_to_frame, resolve_det_category
+from visionpipes.driving.bdd100k.categories import DET_CATEGORIES, resolve_det_category
+from visionpipes.driving.bdd100k.detection import detections_to_frame
+from visionpipes.driving.bdd100k.labels import Frame
 
 #: Ultralytics settings that would reach the network or log elsewhere than our folders.
 _OFFLINE_SETTINGS: dict[str, Any] = {

@@ -17,13 +17,9 @@ import numpy as np
 
 from visionpipes.core.errors import UserError
 from visionpipes.core.io import atomic_path, dataclass_from_params, write_json
-from visionpipes.driving.bdd100k import (
-    LANE_BACKGROUND,
-    load_frames,
-    mask_name,
-    read_mask,
-    save_frames,
-)
+from visionpipes.driving.bdd100k.categories import LANE_BACKGROUND
+from visionpipes.driving.bdd100k.labels import load_frames, save_frames
+from visionpipes.driving.bdd100k.masks import mask_name, read_mask
 from visionpipes.driving.prepare import PreparedDataset
 
 #: BGR colours of the 8 lane categories in overlays.

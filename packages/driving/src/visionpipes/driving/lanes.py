@@ -23,15 +23,13 @@ from torch import nn
 
 from visionpipes.core.errors import UserError
 from visionpipes.core.io import dataclass_from_params
-from visionpipes.driving.bdd100k import (
+from visionpipes.driving.bdd100k.categories import (
     LANE_BACKGROUND,
     LANE_CATEGORIES,
     LANE_DIRECTION_BIT,
     LANE_STYLE_BIT,
-    decode_lane_mask,
-    mask_name,
-    write_mask,
 )
+from visionpipes.driving.bdd100k.masks import decode_lane_mask, mask_name, write_mask
 
 #: Channel groups of the network output: category (8 lane types, then background), style, direction.
 CATEGORY_CHANNELS: int = len(LANE_CATEGORIES) + 1
@@ -582,7 +580,7 @@ class LaneDataset(torch.utils.data.Dataset):
 
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        from visionpipes.driving.bdd100k import read_mask
+        from visionpipes.driving.bdd100k.masks import read_mask
 
         sample = self.samples[index]
         image = _read_bgr(sample.image)

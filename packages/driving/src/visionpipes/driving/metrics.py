@@ -19,11 +19,10 @@ from typing import Any
 import numpy as np
 
 from visionpipes.core.errors import UserError
-from visionpipes.driving.bdd100k import (
+from visionpipes.driving.bdd100k.categories import (
     DET_CATEGORIES,
     DRIVABLE_BACKGROUND,
     DRIVABLE_CATEGORIES,
-    IMAGE_SIZE,
     LANE_BACKGROUND,
     LANE_BACKGROUND_BIT,
     LANE_CATEGORIES,
@@ -31,13 +30,10 @@ from visionpipes.driving.bdd100k import (
     LANE_DIRECTIONS,
     LANE_STYLE_BIT,
     LANE_STYLES,
-    Frame,
-    check_mask_array,
-    detection_boxes,
-    load_frames,
-    read_mask,
-    warn_unknown_categories,
 )
+from visionpipes.driving.bdd100k.detection import detection_boxes, warn_unknown_categories
+from visionpipes.driving.bdd100k.labels import IMAGE_SIZE, Frame, load_frames
+from visionpipes.driving.bdd100k.masks import check_mask_array, read_mask
 
 # --------------------------------------------------------------------------------------------------
 # Detection

@@ -16,14 +16,9 @@ from typing import Any
 
 from visionpipes.core.errors import UserError
 from visionpipes.core.io import atomic_path, check_known_keys, dataclass_from_params, write_json
-from visionpipes.driving.bdd100k import (
-    IMAGE_SIZE,
-    YoloSplit,
-    det_to_yolo,
-    frames_to_json,
-    lane_polygons_to_masks,
-    load_frames,
-)
+from visionpipes.driving.bdd100k.labels import IMAGE_SIZE, frames_to_json, load_frames
+from visionpipes.driving.bdd100k.masks import lane_polygons_to_masks
+from visionpipes.driving.bdd100k.yolo import YoloSplit, det_to_yolo
 
 #: The file in a raw folder that points at a real BDD100K copy instead of holding one.
 SOURCE_FILE = "source.json"

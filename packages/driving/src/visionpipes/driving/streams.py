@@ -23,7 +23,7 @@ import numpy as np
 
 from visionpipes.core.errors import UserError
 from visionpipes.core.io import atomic_path
-from visionpipes.driving.bdd100k import Box2D, Frame, Label
+from visionpipes.driving.bdd100k.labels import Box2D, Frame, Label
 
 #: BGR colour of each detection class in the annotated videos.
 CLASS_COLORS: tuple[tuple[int, int, int], ...] = (

@@ -17,14 +17,10 @@ import numpy as np
 
 from visionpipes.core.errors import UserError
 from visionpipes.core.io import atomic_path
-from visionpipes.driving.bdd100k import (
-    IMAGE_SIZE,
-    LANE_CATEGORIES,
-    Box2D,
-    Frame,
-    Label,
+from visionpipes.driving.bdd100k.categories import LANE_CATEGORIES
+from visionpipes.driving.bdd100k.labels import IMAGE_SIZE, Box2D, Frame, Label, Poly2D
+from visionpipes.driving.bdd100k.masks import (
     LaneAttributes,
-    Poly2D,
     lane_label,
     mask_name,
     poly2d_points,
