@@ -61,7 +61,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def brain_volume(seed: int = 0) -> np.ndarray:
     """`(4, 240, 240, 155)` float32: a synthetic brain (zero outside) centred in BraTS's grid."""
-    from visionpipes.medical.synth import synth_case
+    from visionpipes.medical.msd.synth import synth_case
 
     image, _ = synth_case(np.random.default_rng(seed), SHAPE[2])
     out = np.zeros((4, *SHAPE), np.float32)
@@ -85,8 +85,9 @@ def run_variant(name: str, deploy_dir: Path, checkpoint: Path, volume_path: Path
     import torch
 
     from visionpipes.core.settings import apply_runtime_settings
-    from visionpipes.medical.infer import Predictor, network_from_checkpoint
-    from visionpipes.medical.msd import regions_to_labels
+    from visionpipes.medical.msd.regions import regions_to_labels
+    from visionpipes.medical.runtime.checkpoint import network_from_checkpoint
+    from visionpipes.medical.runtime.predictor import Predictor
 
     apply_runtime_settings()
     spec = VARIANTS[name]
@@ -128,7 +129,7 @@ def run_variant(name: str, deploy_dir: Path, checkpoint: Path, volume_path: Path
     start = time.perf_counter()
     probs = predict()
     seconds = time.perf_counter() - start
-    from visionpipes.medical.msd import Region
+    from visionpipes.medical.msd.regions import Region
 
     regions = [Region(n, frozenset(v)) for n, v in record["description"]["regions"]]
     np.save(labels_out, regions_to_labels(probs.numpy(), regions, threshold=0.5))
@@ -146,7 +147,7 @@ def run_variant(name: str, deploy_dir: Path, checkpoint: Path, volume_path: Path
 
 def agreement(reference: np.ndarray, other: np.ndarray, regions) -> dict[str, float]:
     """Dice per region between two label maps (1.0 where both are empty)."""
-    from visionpipes.medical.msd import labels_to_regions
+    from visionpipes.medical.msd.regions import labels_to_regions
 
     a, b = labels_to_regions(reference, regions), labels_to_regions(other, regions)
     out = {}
@@ -160,10 +161,10 @@ def agreement(reference: np.ndarray, other: np.ndarray, regions) -> dict[str, fl
 def held_out_dice(deploy_dir: Path, checkpoint: Path, regions) -> dict[str, Any]:
     """Dice against the truth on the pipeline's held-out cases with the baseline's settings and with the
     deployed predictor, and the Dice between the two predictions (per region, mean over cases)."""
-    from visionpipes.medical.data import resolve_task_dir
-    from visionpipes.medical.evaluate import evaluate_cases, select_cases
-    from visionpipes.medical.infer import Predictor
-    from visionpipes.medical.msd import load_task
+    from visionpipes.medical.data_stage import resolve_task_dir
+    from visionpipes.medical.msd.dataset_json import load_task
+    from visionpipes.medical.runtime.predictor import Predictor
+    from visionpipes.medical.training.evaluate import evaluate_cases, select_cases
 
     task = load_task(resolve_task_dir(DATA / "raw"))
     cases = select_cases(task, DATA / "train" / "split.json", "val")
@@ -192,13 +193,14 @@ def training_epoch_seconds(epochs: int) -> dict[str, Any]:
     the figure the pipeline's own run recorded."""
     from visionpipes.core.io import load_params
     from visionpipes.core.settings import apply_runtime_settings
-    from visionpipes.medical.data import resolve_task_dir
-    from visionpipes.medical.train import SegmentationConfig, train
+    from visionpipes.medical.data_stage import resolve_task_dir
+    from visionpipes.medical.training.config import SegmentationConfig
+    from visionpipes.medical.training.fit import train
 
     apply_runtime_settings()
     params = dict(load_params(ROOT / "pipelines" / "medical" / "params.yaml", "train"))
     params.update(max_epochs=epochs, logger="none", progress=False)
-    config = SegmentationConfig.from_dict(params)
+    config = SegmentationConfig.from_params(params, source="params.yaml:train")
     with tempfile.TemporaryDirectory() as tmp:
         result = train(resolve_task_dir(DATA / "raw"), tmp, config, resume=False)
     pipeline = json.loads((DATA / "train" / "train.json").read_text())
@@ -245,7 +247,7 @@ def main() -> None:
             sys.exit(f"error: {path} does not exist; run `dvc repro pipelines/medical/dvc.yaml` first.")
 
     from visionpipes.core.io import write_json
-    from visionpipes.medical.msd import Region
+    from visionpipes.medical.msd.regions import Region
 
     record = json.loads((args.deploy / "model.json").read_text())
     regions = [Region(n, frozenset(v)) for n, v in record["description"]["regions"]]

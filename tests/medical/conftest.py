@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from visionpipes.medical.synth import SynthConfig, write_synthetic_task
+from visionpipes.medical.msd.synth import SynthConfig, write_synthetic_task
 
 #: Small enough that decoding the whole sample takes well under a second.
 TINY = SynthConfig(cases=3, size=32, seed=7, test_cases=1)
@@ -48,8 +48,9 @@ def tiny_train() -> dict:
 @pytest.fixture(scope="session")
 def trained(synth_task_readonly: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The output folder of a 2-epoch run of a tiny UNet on the tiny synthetic sample (never modify it)."""
-    from visionpipes.medical.train import SegmentationConfig, train
+    from visionpipes.medical.training.config import SegmentationConfig
+    from visionpipes.medical.training.fit import train
 
     out = tmp_path_factory.mktemp("run")
-    train(synth_task_readonly, out, SegmentationConfig.from_dict(TINY_TRAIN))
+    train(synth_task_readonly, out, SegmentationConfig.from_params(TINY_TRAIN, source="TINY_TRAIN"))
     return out

@@ -13,11 +13,18 @@ import pytest
 import torch
 
 from visionpipes.core.errors import UserError
-from visionpipes.medical.data import DataStageConfig, dataset_fingerprint, prepare_data, resolve_task_dir
-from visionpipes.medical.deploy import DeployConfig, deploy, load_deployed
-from visionpipes.medical.infer import InferenceConfig, Predictor
-from visionpipes.medical.msd import read_nifti, regions_from_labels, to_channels_first
-from visionpipes.medical.train import SegmentationConfig
+from visionpipes.medical.data_stage import (
+    DataStageConfig,
+    dataset_fingerprint,
+    prepare_data,
+    resolve_task_dir,
+)
+from visionpipes.medical.msd.regions import regions_from_labels
+from visionpipes.medical.msd.volumes import read_nifti, to_channels_first
+from visionpipes.medical.runtime.deployed import load_deployed
+from visionpipes.medical.runtime.predictor import InferenceConfig, Predictor
+from visionpipes.medical.training.config import SegmentationConfig
+from visionpipes.medical.training.deploy import DeployConfig, deploy
 
 REGIONS = regions_from_labels({0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"})
 
@@ -101,8 +108,8 @@ def test_data_stage_validates_a_real_folder_in_place(synth_task: Path, tmp_path:
     assert (out / "task.json").read_text() == before
     with pytest.raises(UserError, match=r"data\.path .* is not a folder"):
         prepare_data(DataStageConfig(path=str(tmp_path / "absent")), out)
-    with pytest.raises(UserError, match="unknown keys folder"):
-        DataStageConfig.from_dict({"folder": "x"})
+    with pytest.raises(UserError, match=r"params\.yaml:data: unknown key 'folder'"):
+        DataStageConfig.from_params({"folder": "x"}, source="params.yaml:data")
 
 
 def test_cli_data_reads_params(tmp_path: Path, capsys) -> None:
@@ -121,12 +128,12 @@ def test_cli_data_reads_params(tmp_path: Path, capsys) -> None:
 
 
 def test_trainer_keys_may_be_given_flat() -> None:
-    config = SegmentationConfig.from_dict({"max_epochs": 3, "seed": 5, "lr": 0.01})
+    config = SegmentationConfig.from_params({"max_epochs": 3, "seed": 5, "lr": 0.01}, source="train")
     assert (config.trainer.max_epochs, config.trainer.seed, config.lr) == (3, 5, 0.01)
     assert config.trainer.monitor == "val_dice"
-    assert SegmentationConfig.from_dict({"monitor": None}).trainer.monitor is None
-    with pytest.raises(UserError, match="max_epochs given both flat and under trainer"):
-        SegmentationConfig.from_dict({"max_epochs": 3, "trainer": {"max_epochs": 4}})
+    assert SegmentationConfig.from_params({"monitor": None}, source="train").trainer.monitor is None
+    with pytest.raises(UserError, match="train: max_epochs given both flat and under trainer"):
+        SegmentationConfig.from_params({"max_epochs": 3, "trainer": {"max_epochs": 4}}, source="train")
 
 
 # --- deployment -----------------------------------------------------------------------------------
@@ -216,8 +223,8 @@ def test_parity_failure_and_bad_models_are_one_clear_error(
         capsys,
     )  # fmt: skip
     assert code == 2 and "differs from the eager model" in err and not (tmp_path / "strict").exists()
-    with pytest.raises(UserError, match="runtime 'onnx' must be one of the formats"):
-        DeployConfig.from_dict({"formats": ["torchscript"]})
+    with pytest.raises(UserError, match="deploy: runtime 'onnx' must be one of the formats"):
+        DeployConfig.from_params({"formats": ["torchscript"]}, source="deploy")
     bad = {
         "no record": tmp_path / "empty",
         "not onnx": tmp_path / "junk.onnx",

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from visionpipes.medical.metrics import case_metrics, summarize
-from visionpipes.medical.msd import regions_from_labels
+from visionpipes.medical.msd.regions import regions_from_labels
+from visionpipes.medical.training.metrics import case_metrics, summarize
 
 REGIONS = regions_from_labels({0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"})
 

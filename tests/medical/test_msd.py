@@ -12,17 +12,16 @@ import pytest
 from nibabel.testing import data_path as NIBABEL_DATA
 
 from visionpipes.core.errors import UserError
-from visionpipes.medical.msd import (
+from visionpipes.medical.msd.dataset_json import load_task
+from visionpipes.medical.msd.regions import (
     Region,
     brain_tumour_class,
     labels_to_regions,
-    load_task,
-    read_image,
-    read_nifti,
     regions_from_labels,
     regions_to_labels,
 )
-from visionpipes.medical.validate import validate_task
+from visionpipes.medical.msd.validate import validate_task
+from visionpipes.medical.msd.volumes import read_image_volume, read_nifti
 
 TASK01_LABELS = {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}
 
@@ -83,7 +82,7 @@ def test_reads_synthetic_task01(synth_task_readonly: Path) -> None:
     assert case.label == synth_task_readonly / "labelsTr" / "BRATS_001.nii.gz"
     assert task.test[0].label is None and task.test[0].image.parent.name == "imagesTs"
 
-    image, nii = read_image(case.image, task.num_channels)
+    image, nii = read_image_volume(case.image, task.num_channels)
     assert image.shape == (4, 32, 32, 32) and image.dtype == np.float32
     raw, _ = read_nifti(case.image)
     assert raw.shape == (32, 32, 32, 4)  # channels last on disk
@@ -114,7 +113,7 @@ def test_reads_single_channel_ct_task(tmp_path: Path) -> None:
     assert task.num_channels == 1 and task.modality_names == ["CT"]
     assert task.release is None
     assert [c.case_id for c in task.training] == ["spleen_2", "spleen_3"]
-    image, nii = read_image(task.training[0].image, task.num_channels)
+    image, nii = read_image_volume(task.training[0].image, task.num_channels)
     assert image.shape == (1, 40, 36, 20)
     np.testing.assert_allclose(nii.header.get_zooms(), (0.8, 0.8, 5.0))
     assert task.regions() == (Region("spleen", frozenset({1})),)
@@ -127,10 +126,10 @@ def test_reads_real_nifti_from_nibabel_test_data(tmp_path: Path) -> None:
     anatomical = Path(NIBABEL_DATA) / "anatomical.nii"
     if not (example4d.is_file() and anatomical.is_file()):
         pytest.skip("nibabel's bundled test data is not installed")
-    image, _ = read_image(example4d, num_channels=2)
+    image, _ = read_image_volume(example4d, num_channels=2)
     assert image.shape == (2, 128, 96, 24) and image.dtype == np.float32
     with pytest.raises(UserError, match="2 channels"):
-        read_image(example4d, num_channels=4)
+        read_image_volume(example4d, num_channels=4)
 
     # A one-case single-channel task around the real anatomical scan, with a label on its grid.
     root = tmp_path / "Task99_Anatomy"
@@ -149,7 +148,7 @@ def test_reads_real_nifti_from_nibabel_test_data(tmp_path: Path) -> None:
     }  # fmt: skip
     (root / "dataset.json").write_text(json.dumps(meta))
     task = load_task(root)
-    image, _ = read_image(task.training[0].image, 1)
+    image, _ = read_image_volume(task.training[0].image, 1)
     assert image.shape == (1, 33, 41, 25)
     np.testing.assert_array_equal(image[0], np.asanyarray(anat.dataobj))
     assert validate_task(root) == []
@@ -200,7 +199,7 @@ def test_read_nifti_errors_name_the_file(synth_task: Path) -> None:
         read_nifti(synth_task / "imagesTr" / "missing.nii.gz")
     label = synth_task / "labelsTr" / "BRATS_001.nii.gz"
     with pytest.raises(UserError, match="3-D volume with 1 channel, but 4 modalities"):
-        read_image(label, 4)
+        read_image_volume(label, 4)
 
 
 # --- regions ----------------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ from visionpipes.medical.planning.rules import (
 
 def test_brain_tumour_plan_matches_nnunet() -> None:
     median = [138, 169, 138]  # Task01 median shape after cropping at 1 mm
-    plan = plan_patch_and_batch([1.0, 1.0, 1.0], median, num_classes=4, memory_gb=8, dataset_voxels=np.prod(median) * 484)
+    plan = plan_patch_and_batch(
+        [1.0, 1.0, 1.0], median, num_classes=4, memory_gb=8, dataset_voxels=np.prod(median) * 484
+    )
     assert plan.patch_size == (128, 128, 128) and plan.batch_size == 2
     assert plan.features == (32, 64, 128, 256, 320, 320)
     assert plan.topology.strides == ((1, 1, 1),) + ((2, 2, 2),) * 5
@@ -29,8 +31,13 @@ def test_brain_tumour_plan_matches_nnunet() -> None:
 
 def test_liver_plan_matches_nnunet_and_needs_a_cascade() -> None:
     median = [432, 512, 512]
-    plan = plan_patch_and_batch([1.0, 0.767578125, 0.767578125], median, num_classes=3, memory_gb=8,
-                                dataset_voxels=np.prod(median) * 131)
+    plan = plan_patch_and_batch(
+        [1.0, 0.767578125, 0.767578125],
+        median,
+        num_classes=3,
+        memory_gb=8,
+        dataset_voxels=np.prod(median) * 131,
+    )
     assert plan.patch_size == (128, 128, 128) and plan.batch_size == 2
     assert needs_lowres_stage(plan.patch_size, median)
 

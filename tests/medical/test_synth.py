@@ -11,8 +11,9 @@ import pytest
 
 from visionpipes.core.errors import UserError
 from visionpipes.medical import cli
-from visionpipes.medical.msd import DATASET_KEYS, load_task, read_image, read_nifti
-from visionpipes.medical.synth import SynthConfig, write_synthetic_task
+from visionpipes.medical.msd.dataset_json import DATASET_KEYS, load_task
+from visionpipes.medical.msd.synth import SynthConfig, write_synthetic_task
+from visionpipes.medical.msd.volumes import read_image_volume, read_nifti
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -51,7 +52,7 @@ def test_tumour_structure_and_modality_contrasts(synth_task_readonly: Path) -> N
     task = load_task(synth_task_readonly)
     sizes = []
     for case in task.training:
-        image, _ = read_image(case.image, 4)
+        image, _ = read_image_volume(case.image, 4)
         label, _ = read_nifti(case.label)
         counts = np.bincount(label.ravel(), minlength=4)
         assert (counts[1:] > 0).all(), f"{case.case_id} lacks a tumour sub-region: {counts}"
@@ -114,4 +115,8 @@ def test_cli_synth_then_validate(tmp_path: Path, capsys: pytest.CaptureFixture) 
     with pytest.raises(SystemExit) as info:
         cli.main(["synth", str(out), "--size", "8"])
     assert info.value.code == 2
-    assert capsys.readouterr().err.strip().endswith("error: --size must be between 24 and 256 voxels, not 8.")
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("error: vp-medical synth: key 'size' = 8: input should be greater than or equal to 24.")
+    )

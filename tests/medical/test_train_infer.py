@@ -11,10 +11,15 @@ import pytest
 import torch
 
 from visionpipes.core.errors import UserError
-from visionpipes.medical.infer import InferenceConfig, Predictor, load_checkpoint
-from visionpipes.medical.models import MODEL_NAMES, ModelConfig, build_model
-from visionpipes.medical.msd import MSDCase, load_task, read_nifti, regions_from_labels
-from visionpipes.medical.train import SegmentationConfig, build_transforms, split_cases, train
+from visionpipes.medical.msd.dataset_json import MSDCase, load_task
+from visionpipes.medical.msd.regions import regions_from_labels
+from visionpipes.medical.msd.volumes import read_nifti
+from visionpipes.medical.runtime.checkpoint import load_training_checkpoint
+from visionpipes.medical.runtime.networks import MODEL_NAMES, ModelConfig, build_model
+from visionpipes.medical.runtime.predictor import InferenceConfig, Predictor
+from visionpipes.medical.training.config import SegmentationConfig
+from visionpipes.medical.training.data import build_transforms, split_cases
+from visionpipes.medical.training.fit import train
 
 REGIONS = regions_from_labels({0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"})
 
@@ -24,7 +29,9 @@ REGIONS = regions_from_labels({0: "background", 1: "edema", 2: "non-enhancing tu
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_models_map_modalities_to_region_logits(name: str) -> None:
-    config = ModelConfig.from_dict({"name": name, "channels": [8, 16, 32], "strides": [2, 2], "attn": "cbam"})
+    config = ModelConfig.from_params(
+        {"name": name, "channels": [8, 16, 32], "strides": [2, 2], "attn": "cbam"}, source="model"
+    )
     net = build_model(config, in_channels=4, out_channels=3)
     x = torch.randn(1, 4, 16, 16, 16, requires_grad=True)
     y = net(x)
@@ -34,16 +41,18 @@ def test_models_map_modalities_to_region_logits(name: str) -> None:
 
 
 def test_bad_configuration_is_one_clear_error() -> None:
-    with pytest.raises(UserError, match="unknown model 'vnet'"):
-        ModelConfig.from_dict({"name": "vnet"})
-    with pytest.raises(UserError, match="one stride per level"):
-        ModelConfig.from_dict({"channels": [8, 16, 32], "strides": [2]})
-    with pytest.raises(UserError, match="unknown keys epochs"):
-        SegmentationConfig.from_dict({"epochs": 3})
-    with pytest.raises(UserError, match="divisible by 8"):
-        SegmentationConfig.from_dict({"data": {"roi_size": [36, 36, 36]}})
-    with pytest.raises(UserError, match="unknown training keys"):
-        SegmentationConfig.from_dict({"trainer": {"max_epoch": 3}})
+    with pytest.raises(UserError, match="model: key 'name' = 'vnet': input should be 'unet'"):
+        ModelConfig.from_params({"name": "vnet"}, source="model")
+    with pytest.raises(UserError, match=r"model: key 'strides' .*one stride per level"):
+        ModelConfig.from_params({"channels": [8, 16, 32], "strides": [2]}, source="model")
+    with pytest.raises(UserError, match="train: unknown key 'epochs'"):
+        SegmentationConfig.from_params({"epochs": 3}, source="train")
+    with pytest.raises(UserError, match=r"train: key 'data' .*divisible by 8"):
+        SegmentationConfig.from_params({"data": {"roi_size": [36, 36, 36]}}, source="train")
+    with pytest.raises(
+        UserError, match=r"train: unknown key 'trainer\.max_epoch'; did you mean 'max_epochs'"
+    ):
+        SegmentationConfig.from_params({"trainer": {"max_epoch": 3}}, source="train")
 
 
 def test_split_is_deterministic_and_disjoint() -> None:
@@ -57,7 +66,9 @@ def test_split_is_deterministic_and_disjoint() -> None:
 
 
 def test_training_transforms_give_crops_and_nested_regions(synth_task_readonly: Path) -> None:
-    config = SegmentationConfig.from_dict({"data": {"roi_size": [16, 16, 16], "num_samples": 3}})
+    config = SegmentationConfig.from_params(
+        {"data": {"roi_size": [16, 16, 16], "num_samples": 3}}, source="train"
+    )
     task = load_task(synth_task_readonly)
     item = task.datalist()[0]
     samples = build_transforms(REGIONS, config.data, train=True, seed=0)(item)
@@ -88,7 +99,7 @@ def test_train_writes_checkpoints_logs_and_split(trained: Path) -> None:
     logged = json.loads((trained / "dvclive" / "metrics.json").read_text())
     assert "train" in logged and "val" in logged
     assert (trained / "dvclive" / "plots" / "metrics" / "val" / "dice.tsv").is_file()
-    hp = load_checkpoint(trained / "checkpoints" / "last.ckpt")["hyper_parameters"]
+    hp = load_training_checkpoint(trained / "checkpoints" / "last.ckpt")["hyper_parameters"]
     assert hp["modality"] == ["FLAIR", "T1w", "t1gd", "T2w"]
     assert hp["regions"] == [["TC", [2, 3]], ["WT", [1, 2, 3]], ["ET", [3]]]
 
@@ -97,11 +108,13 @@ def test_training_is_reproducible_by_seed(
     synth_task_readonly: Path, tmp_path: Path, tiny_train: dict
 ) -> None:
     """The seed fixes the initial weights too, not only the data order: same seed, same weights."""
-    config = SegmentationConfig.from_dict({**tiny_train, "max_epochs": 1, "trainer": {"progress": False}})
+    config = SegmentationConfig.from_params(
+        {**tiny_train, "max_epochs": 1, "trainer": {"progress": False}}, source="train"
+    )
     weights = []
     for run in ("a", "b"):
         train(synth_task_readonly, tmp_path / run, config)
-        weights.append(load_checkpoint(tmp_path / run / "checkpoints" / "last.ckpt")["state_dict"])
+        weights.append(load_training_checkpoint(tmp_path / run / "checkpoints" / "last.ckpt")["state_dict"])
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
@@ -112,8 +125,8 @@ def test_train_resumes_from_last_checkpoint(
     import shutil
 
     run = Path(shutil.copytree(trained, tmp_path / "run"))
-    config = SegmentationConfig.from_dict(
-        {**tiny_train, "trainer": {**tiny_train["trainer"], "max_epochs": 3}}
+    config = SegmentationConfig.from_params(
+        {**tiny_train, "trainer": {**tiny_train["trainer"], "max_epochs": 3}}, source="train"
     )
     result = train(synth_task_readonly, run, config)
     assert result.fit.resumed_from == run / "checkpoints" / "last.ckpt"
@@ -128,7 +141,7 @@ def test_train_rejects_volumes_that_do_not_match_the_task(
     img = nib.load(path)
     nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj)[..., :2], img.affine), path)
     with pytest.raises(UserError, match=r"BRATS_001\.nii\.gz has shape \(32, 32, 32, 2\).*4 modalities"):
-        train(synth_task, tmp_path / "run", SegmentationConfig.from_dict(tiny_train))
+        train(synth_task, tmp_path / "run", SegmentationConfig.from_params(tiny_train, source="train"))
 
 
 # --- inference ----------------------------------------------------------------------------------
@@ -226,7 +239,7 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         Predictor.from_checkpoint(tmp_path / "none.ckpt")
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(UserError, match="not a readable PyTorch file"):
         Predictor.from_checkpoint(tmp_path / "junk.ckpt")
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     with pytest.raises(UserError, match="not written by `vp-medical train`"):
@@ -261,7 +274,7 @@ def test_cli_train_with_params_file(
     code, _, err = _cli(
         ["train", str(synth_task_readonly), "--out", str(tmp_path / "r2"), "--params", str(params)], capsys
     )
-    assert code == 2 and err.startswith(f"error: {params}:train: unknown keys epochz")
+    assert code == 2 and err.startswith(f"error: {params}:train: unknown key 'epochz'")
 
 
 def test_cli_evaluate_writes_dvc_metrics(

@@ -13,7 +13,7 @@ import pytest
 
 from visionpipes.core.errors import UserError
 from visionpipes.medical import cli
-from visionpipes.medical.validate import Problem, validate_task
+from visionpipes.medical.msd.validate import Problem, validate_task
 
 IMAGE = "imagesTr/BRATS_002.nii.gz"
 LABEL = "labelsTr/BRATS_002.nii.gz"

@@ -26,11 +26,11 @@ def _progress(verb: str, every: int = 1) -> Callable[[int, int], None]:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from visionpipes.medical.synth import SynthConfig, write_synthetic_task
+    from visionpipes.core.config import parse_config
+    from visionpipes.medical.msd.synth import SynthConfig, write_synthetic_task
 
-    config = SynthConfig(
-        cases=args.cases, size=args.size, seed=args.seed, test_cases=args.test_cases, spacing=args.spacing
-    )
+    options = {k: getattr(args, k) for k in ("cases", "size", "seed", "test_cases", "spacing")}
+    config = parse_config(SynthConfig, options, source="vp-medical synth")
     every = max(1, (config.cases + config.test_cases) // 10)
     out = write_synthetic_task(
         args.out_dir, config, overwrite=args.overwrite, progress=_progress("synth", every)
@@ -40,7 +40,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from visionpipes.medical.validate import validate_task
+    from visionpipes.medical.msd.validate import validate_task
 
     problems = validate_task(args.task_dir, progress=_progress("validate", every=25))
     for problem in problems:
@@ -54,16 +54,20 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from visionpipes.medical.data import resolve_task_dir
-    from visionpipes.medical.train import SegmentationConfig, train
+    from visionpipes.core.config import parse_config
+    from visionpipes.medical.data_stage import resolve_task_dir
+    from visionpipes.medical.training.config import SegmentationConfig
+    from visionpipes.medical.training.fit import train
 
     params = params_section(args.params, args.section, required=True)
     source = f"{args.params}:{args.section}" if args.params else "defaults"
-    if args.epochs is not None:
-        params = {**params, "trainer": {**(params.get("trainer") or {}), "max_epochs": args.epochs}}
-    if args.seed is not None:
-        params = {**params, "trainer": {**(params.get("trainer") or {}), "seed": args.seed}}
-    config = SegmentationConfig.from_dict(params, source=source)
+    for key, value in (("max_epochs", args.epochs), ("seed", args.seed)):
+        if value is not None:  # where the section gives it: flat, or under trainer
+            if key in params:
+                params = {**params, key: value}
+            else:
+                params = {**params, "trainer": {**(params.get("trainer") or {}), key: value}}
+    config = parse_config(SegmentationConfig, params, source=source)
     result = train(resolve_task_dir(args.task_dir), args.out, config, resume=not args.no_resume)
     best = result.fit.best_checkpoint or result.fit.last_checkpoint
     print(
@@ -75,11 +79,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _inference_overrides(args: argparse.Namespace) -> dict:
     """Inference settings: the `inference:` section of `--params`, then the flags given."""
-    from visionpipes.medical.infer import InferenceConfig
+    from visionpipes.core.config import parse_config
+    from visionpipes.medical.runtime.predictor import InferenceConfig
 
     settings = params_section(args.params, "inference")
     if settings:
-        InferenceConfig.from_dict(settings, source=f"{args.params}:inference")  # names the file at fault
+        parse_config(InferenceConfig, settings, source=f"{args.params}:inference")  # names the file at fault
     flags = {
         "overlap": args.overlap,
         "sw_batch_size": args.sw_batch_size,
@@ -91,7 +96,7 @@ def _inference_overrides(args: argparse.Namespace) -> dict:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from visionpipes.core.errors import UserError
-    from visionpipes.medical.infer import Predictor
+    from visionpipes.medical.runtime.predictor import Predictor
 
     if not args.input.exists():
         raise UserError(f"input {args.input} does not exist.")
@@ -111,16 +116,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from visionpipes.medical.data import resolve_task_dir
-    from visionpipes.medical.evaluate import (
+    from visionpipes.medical.data_stage import resolve_task_dir
+    from visionpipes.medical.msd.dataset_json import load_task
+    from visionpipes.medical.runtime.predictor import Predictor
+    from visionpipes.medical.training.evaluate import (
         OverlaySlices,
         evaluate_cases,
         select_cases,
         write_metrics,
         write_overlay,
     )
-    from visionpipes.medical.infer import Predictor
-    from visionpipes.medical.msd import load_task
 
     for out in (args.metrics, args.cases_out, args.overlay):
         if out is not None:
@@ -144,14 +149,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from visionpipes.medical.data import TASK_POINTER, DataStageConfig, prepare_data
+    from visionpipes.core.config import parse_config
+    from visionpipes.medical.data_stage import TASK_POINTER, DataStageConfig, prepare_data
 
     settings = params_section(args.params, args.section)
     base = args.params.parent if args.params else Path(".")
     if args.path is not None:
         settings["path"], base = str(args.path), Path(".")
     source = f"{args.params}:{args.section}" if args.params else "data settings"
-    config = DataStageConfig.from_dict(settings, source=source)
+    config = parse_config(DataStageConfig, settings, source=source)
     record = prepare_data(
         config, args.out, base_dir=base, progress=lambda line: print(f"data: {line}", file=sys.stderr)
     )
@@ -164,21 +170,24 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from visionpipes.core.config import parse_config
     from visionpipes.core.errors import UserError
     from visionpipes.core.export import ExportParityError
-    from visionpipes.medical.deploy import DeployConfig, deploy
-    from visionpipes.medical.infer import InferenceConfig
+    from visionpipes.medical.runtime.predictor import InferenceConfig
+    from visionpipes.medical.training.deploy import DeployConfig, deploy
 
     settings = params_section(args.params, "deploy")
     if args.formats:
         settings.update(formats=args.formats, runtime=args.formats[0])
-    config = DeployConfig.from_dict(
-        settings, source=f"{args.params}:deploy" if args.params else "deploy settings"
+    config = parse_config(
+        DeployConfig, settings, source=f"{args.params}:deploy" if args.params else "deploy settings"
     )
-    inference = InferenceConfig.from_dict(_inference_overrides(args))
+    inference = parse_config(InferenceConfig, _inference_overrides(args), source="inference settings")
     params = None
     if args.params:
-        params = {k: v for k in ("data", "train", "inference", "deploy") if (v := params_section(args.params, k))}
+        params = {
+            k: v for k in ("data", "train", "inference", "deploy") if (v := params_section(args.params, k))
+        }
     try:
         result = deploy(
             args.model,
@@ -222,7 +231,10 @@ def _add_inference_options(parser: argparse.ArgumentParser, model_help: str) -> 
 
 def _add_task_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "task_dir", type=Path, metavar="TASK_DIR", help="the TaskXX_Name folder (or the data stage's task.json)"
+        "task_dir",
+        type=Path,
+        metavar="TASK_DIR",
+        help="the TaskXX_Name folder (or the data stage's task.json)",
     )
 
 

@@ -1,32 +1,42 @@
-"""Whole-volume prediction with a trained region model: the training's preprocessing, MONAI's
-`sliding_window_inference` with Gaussian blending, optional flip test-time augmentation, region channels
-turned back into the MSD label map, written as NIfTI with the input's affine and header.
+"""Whole-volume prediction with a trained region model: the training's preprocessing (RAS orientation,
+optional resampling, per-channel z-score), MONAI's `sliding_window_inference` with Gaussian blending,
+optional flip test-time augmentation, region channels turned back into the MSD label map, written as NIfTI
+with the input's affine and header.
 
-It predicts and writes; it neither trains nor scores (see `train`, `metrics`). Outputs are atomic.
+It predicts and writes; it neither trains nor scores, and never imports training code. Outputs are atomic.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from visionpipes.core.config import ConfigModel, Field, parse_config
+from visionpipes.core.device import select_device
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import atomic_path, dataclass_from_params
-from visionpipes.medical.models import ModelConfig, build_model
-from visionpipes.medical.msd import Region, read_nifti, regions_to_labels, to_channels_first
-from visionpipes.medical.validate import is_junk
+from visionpipes.medical.msd.regions import Region, regions_to_labels
+from visionpipes.medical.msd.validate import is_junk
+from visionpipes.medical.msd.volumes import (
+    NIFTI_SUFFIXES,
+    check_output_path,
+    read_image_volume,
+    write_label_map,
+)
+from visionpipes.medical.runtime.checkpoint import network_from_checkpoint
+from visionpipes.medical.runtime.deployed import NotDeployedError, load_deployed
+
+#: Orientation every volume is brought to before the network sees it (training and inference alike).
+AXCODES = "RAS"
+AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
-@dataclass
-class InferenceConfig:
-    """How windows are run and blended.
+class InferenceConfig(ConfigModel):
+    """How windows are run and blended (`params.yaml`'s `inference:`, a deployed model's record, flags).
 
     Attributes:
         overlap: fraction of overlap between neighbouring windows.
@@ -40,90 +50,13 @@ class InferenceConfig:
         crop_margin: voxels kept around the foreground box.
     """
 
-    overlap: float = 0.5
-    sw_batch_size: int = 4
-    blend: str = "gaussian"
+    overlap: float = Field(0.5, ge=0.0, lt=1.0)
+    sw_batch_size: int = Field(4, ge=1)
+    blend: Literal["gaussian", "constant"] = "gaussian"
     tta_flips: bool = False
-    threshold: float = 0.5
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
     crop_foreground: bool = False
-    crop_margin: int = 4
-
-    def check(self) -> None:
-        """Raises `UserError` on values sliding-window inference cannot use."""
-        if not 0.0 <= self.overlap < 1.0:
-            raise UserError(f"overlap must be in [0, 1), not {self.overlap}.")
-        if self.sw_batch_size < 1:
-            raise UserError(f"sw_batch_size must be at least 1, not {self.sw_batch_size}.")
-        if self.blend not in ("gaussian", "constant"):
-            raise UserError(f"blend must be gaussian or constant, not '{self.blend}'.")
-        if not 0.0 < self.threshold < 1.0:
-            raise UserError(f"threshold must be in (0, 1), not {self.threshold}.")
-        if self.crop_margin < 0:
-            raise UserError(f"crop_margin must be 0 or more, not {self.crop_margin}.")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "inference settings") -> InferenceConfig:
-        """Build from a mapping (a `params.yaml` section or a deployed model's record).
-
-        Raises:
-            UserError: on an unknown key or an unusable value, naming `source`.
-        """
-        config = dataclass_from_params(cls, data, source=source)
-        try:
-            config.check()
-        except UserError as err:
-            raise UserError(f"{source}: {err}") from None
-        return config
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a training checkpoint (`best.ckpt` / `last.ckpt`) as a dict, on the CPU.
-
-    Raises:
-        UserError: if the file is missing or not a visionpipes medical checkpoint.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"model checkpoint {path} does not exist.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a file that is not a checkpoint
-        raise UserError(f"model checkpoint {path} is not a readable PyTorch checkpoint ({err}).") from None
-    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hp, dict) or not {"model", "regions", "modality", "roi_size"} <= set(hp):
-        raise UserError(
-            f"model checkpoint {path} was not written by `vp-medical train` (no model description)."
-        )
-    return ckpt
-
-
-class NotDeployedError(UserError):
-    """The file is not a model written by `vp-medical export`."""
-
-
-def model_description(hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """What inference needs besides the weights, from a checkpoint's hyper-parameters: the network
-    (`model`), `regions`, `modality`, `labels`, `roi_size` and `pixdim`."""
-    keys = ("model", "regions", "modality", "labels", "roi_size", "pixdim")
-    out = {k: hparams.get(k) for k in keys}
-    out["labels"] = {str(k): v for k, v in (out["labels"] or {}).items()}
-    return out
-
-
-def network_from_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The eager network of a `vp-medical train` checkpoint and its `model_description`.
-
-    Raises:
-        UserError: if the checkpoint is missing or not one of ours.
-    """
-    ckpt = load_checkpoint(path)
-    description = model_description(ckpt["hyper_parameters"])
-    net = build_model(
-        ModelConfig.from_dict(description["model"]), len(description["modality"]), len(description["regions"])
-    )
-    state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    net.load_state_dict(state)
-    return net.eval(), description
+    crop_margin: int = Field(4, ge=0)
 
 
 def foreground_box(image: torch.Tensor, margin: int) -> tuple[slice, ...]:
@@ -169,7 +102,6 @@ class Predictor:
         device: str | torch.device = "cpu",
     ) -> None:
         self.config = config or InferenceConfig()
-        self.config.check()
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.regions = tuple(regions)
@@ -198,8 +130,6 @@ class Predictor:
         device: str = "cpu",
     ) -> Predictor:
         """A predictor around `net` from a model description (`model_description`'s keys)."""
-        from visionpipes.core.device import select_device
-
         regions = [Region(name, frozenset(int(v) for v in values)) for name, values in description["regions"]]
         return cls(
             net,
@@ -223,8 +153,6 @@ class Predictor:
         Raises:
             UserError: if the path is missing or is none of these, or an override is unusable.
         """
-        from visionpipes.medical.deploy import load_deployed
-
         path = Path(path)
         if not path.exists():
             raise UserError(f"model {path} does not exist.")
@@ -240,7 +168,7 @@ class Predictor:
                 net, description = network_from_checkpoint(path)
                 recorded = {}
         settings = {**recorded, **{k: v for k, v in overrides.items() if v is not None}}
-        config = InferenceConfig.from_dict(settings, source=f"inference settings for {path}")
+        config = parse_config(InferenceConfig, settings, source=f"inference settings for {path}")
         return cls.from_description(net, description, config, device)
 
     @property
@@ -250,9 +178,7 @@ class Predictor:
     def _spatial(self):
         from monai.transforms import Compose, Orientation, Spacing
 
-        from visionpipes.medical.train import _AXIS_LABELS, AXCODES
-
-        steps = [Orientation(axcodes=AXCODES, labels=_AXIS_LABELS)]
+        steps = [Orientation(axcodes=AXCODES, labels=AXIS_LABELS)]
         if self.pixdim is not None:
             steps.append(Spacing(pixdim=self.pixdim, mode="bilinear"))
         return Compose(steps)
@@ -325,9 +251,8 @@ class Predictor:
                 output's folder does not exist, or the output name is not `.nii` / `.nii.gz`.
         """
         output = Path(output_path)
-        _check_output(output)
-        data, image = read_nifti(input_path)
-        volume = to_channels_first(data, self.num_channels, input_path)
+        check_output_path(output)
+        volume, image = read_image_volume(input_path, self.num_channels)
         labels = self.predict_array(volume, image.affine)
         write_label_map(labels, image, output)
         return output
@@ -348,7 +273,7 @@ class Predictor:
         if not output_dir.is_dir():
             raise UserError(f"output folder {output_dir} does not exist.")
         scans = sorted(
-            p for p in input_dir.iterdir() if p.name.endswith((".nii", ".nii.gz")) and not is_junk(p.name)
+            p for p in input_dir.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not is_junk(p.name)
         )
         if not scans:
             raise UserError(f"input folder {input_dir} holds no .nii or .nii.gz scan.")
@@ -358,39 +283,3 @@ class Predictor:
             if progress:
                 progress(i, len(scans), scan)
         return written
-
-
-def _check_output(output: Path) -> None:
-    if not output.name.endswith((".nii", ".nii.gz")):
-        raise UserError(f"output {output} must end in .nii or .nii.gz.")
-    parent = output.parent if str(output.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"output folder {parent} does not exist (for {output}).")
-
-
-def write_label_map(labels: np.ndarray, reference: Any, output: str | os.PathLike) -> Path:
-    """Write a label map as NIfTI with `reference`'s affine and header (3-D, integer), atomically.
-
-    Args:
-        labels: `(X, Y, Z)` integer labels on the reference's grid.
-        reference: the nibabel image the labels were predicted from.
-        output: a `.nii` or `.nii.gz` path.
-
-    Raises:
-        UserError: if the output name or folder is unusable.
-    """
-    import nibabel as nib
-
-    output = Path(output)
-    _check_output(output)
-    header = reference.header.copy()
-    image = nib.Nifti1Image(labels, reference.affine, header=header)
-    image.set_data_dtype(labels.dtype)
-    image.header.set_slope_inter(1.0, 0.0)
-    image.header["cal_min"], image.header["cal_max"] = 0, int(labels.max()) if labels.size else 0
-    payload = image.to_bytes()
-    if output.name.endswith(".gz"):
-        payload = gzip.compress(payload, compresslevel=1, mtime=0)
-    with atomic_path(output) as tmp:
-        tmp.write_bytes(payload)
-    return output

@@ -1,7 +1,7 @@
 """Evaluation of a trained region model on labelled cases of an MSD task: whole-volume prediction, then
 Dice and HD95 per region and their NaN-aware means, as JSON that `dvc metrics show` reads.
 
-It scores what `infer.Predictor` predicts; it does not train, and writes only the files it is asked to.
+It scores what `runtime.predictor.Predictor` predicts; it does not train, and writes only the files it is asked to.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ import numpy as np
 
 from visionpipes.core.errors import UserError
 from visionpipes.core.io import atomic_path, write_json
-from visionpipes.medical.infer import Predictor
-from visionpipes.medical.metrics import case_metrics, summarize
-from visionpipes.medical.msd import MSDCase, MSDTask, labels_to_regions, read_nifti, to_channels_first
+from visionpipes.medical.msd.dataset_json import MSDCase, MSDTask
+from visionpipes.medical.msd.regions import labels_to_regions
+from visionpipes.medical.msd.volumes import read_image_volume, read_nifti
+from visionpipes.medical.runtime.predictor import Predictor
+from visionpipes.medical.training.metrics import case_metrics, summarize
 
 
 def _json_safe(value: Any) -> Any:
@@ -90,8 +92,7 @@ def evaluate_cases(
         )
     per_case = []
     for done, case in enumerate(cases, start=1):
-        data, image = read_nifti(case.image)
-        volume = to_channels_first(data, predictor.num_channels, case.image)
+        volume, image = read_image_volume(case.image, predictor.num_channels)
         predicted = predictor.predict_array(volume, image.affine)
         truth, _ = read_nifti(case.label)
         if truth.shape != predicted.shape:

@@ -10,54 +10,40 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
+from visionpipes.core.artifact import sha256_file
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import atomic_path, dataclass_from_params, write_json
+from visionpipes.core.io import atomic_path, write_json
+from visionpipes.medical.msd.dataset_json import load_task
+from visionpipes.medical.msd.synth import SynthConfig, write_synthetic_task
+from visionpipes.medical.msd.validate import validate_task
 
 #: The pointer file the data stage writes beside (or instead of) the task folder.
 TASK_POINTER = "task.json"
 #: Where the synthetic sample goes inside the data stage's output folder.
 SYNTH_TASK_NAME = "Task01_BrainTumour"
-FINGERPRINT_MODES = ("content", "size")
+FingerprintMode = Literal["content", "size"]
+FINGERPRINT_MODES: tuple[str, ...] = get_args(FingerprintMode)
 
 
-@dataclass
-class DataStageConfig:
-    """`params.yaml`'s `data:` section.
+class DataStageConfig(SynthConfig):
+    """`params.yaml`'s `data:` section: the synthetic sample's settings (`SynthConfig`), or a real folder.
 
     Attributes:
         path: a real MSD task folder (`.../Task01_BrainTumour`), relative to the params file's folder or
-            absolute; None (the default) synthesises the sample below instead.
-        cases, size, seed, test_cases, spacing: the synthetic sample (`vp-medical synth`).
+            absolute; None (the default) synthesises the sample (`cases`, `size`, `seed`, `test_cases`,
+            `spacing`) instead.
         fingerprint: `content` hashes every listed file (sha256); `size` hashes names and byte counts
             only (fast for a large real copy, blind to same-size edits).
         strict: treat validation warnings (e.g. an all-background label) as errors.
     """
 
     path: str | None = None
-    cases: int = 12
-    size: int = 48
-    seed: int = 0
-    test_cases: int = 2
-    spacing: float = 1.0
-    fingerprint: str = "content"
+    fingerprint: FingerprintMode = "content"
     strict: bool = False
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "data settings") -> DataStageConfig:
-        """Build from a mapping.
-
-        Raises:
-            UserError: on an unknown key or an unknown fingerprint mode, naming `source`.
-        """
-        config = dataclass_from_params(cls, data, source=source)
-        if config.fingerprint not in FINGERPRINT_MODES:
-            raise UserError(f"{source}: fingerprint must be content or size, not '{config.fingerprint}'.")
-        return config
 
 
 def dataset_fingerprint(task_dir: str | os.PathLike, mode: str = "content") -> dict[str, Any]:
@@ -71,8 +57,6 @@ def dataset_fingerprint(task_dir: str | os.PathLike, mode: str = "content") -> d
     Raises:
         UserError: if `dataset.json` is unreadable or a listed file is missing.
     """
-    from visionpipes.medical.msd import load_task
-
     if mode not in FINGERPRINT_MODES:
         raise UserError(f"fingerprint mode must be content or size, not '{mode}'.")
     task = load_task(task_dir)
@@ -85,11 +69,7 @@ def dataset_fingerprint(task_dir: str | os.PathLike, mode: str = "content") -> d
             raise UserError(f"{path} is listed in {task.root / 'dataset.json'} but does not exist.")
         size = path.stat().st_size
         total += size
-        if mode == "content":
-            with open(path, "rb") as fh:
-                value = hashlib.file_digest(fh, "sha256").hexdigest()
-        else:
-            value = str(size)
+        value = sha256_file(path) if mode == "content" else str(size)
         digest.update(f"\0{path.relative_to(task.root).as_posix()}\0{value}".encode())
     return {"sha256": digest.hexdigest(), "mode": mode, "files": len(files), "bytes": total}
 
@@ -163,22 +143,12 @@ def prepare_data(
     Raises:
         UserError: if the real folder does not exist or fails validation (nothing is written then).
     """
-    from visionpipes.medical.msd import load_task
-    from visionpipes.medical.synth import SynthConfig, write_synthetic_task
-    from visionpipes.medical.validate import validate_task
-
     say = progress or (lambda line: None)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out, is_dir=True) as tmp:
         if config.path is None:
-            synth = SynthConfig(
-                cases=config.cases,
-                size=config.size,
-                seed=config.seed,
-                test_cases=config.test_cases,
-                spacing=config.spacing,
-            )
+            synth = SynthConfig(**config.model_dump(include=set(SynthConfig.model_fields)))
             task_dir = tmp / SYNTH_TASK_NAME
             say(f"synthesising {synth.cases} training and {synth.test_cases} test cases of {synth.size}^3")
             write_synthetic_task(task_dir, synth)
@@ -212,7 +182,7 @@ def prepare_data(
             "num_test": len(task.test),
             "fingerprint": dataset_fingerprint(task_dir, config.fingerprint),
             "validation": {"errors": [], "warnings": warnings},
-            "settings": asdict(config),
+            "settings": config.to_dict(),
         }
         write_json(tmp / TASK_POINTER, record)
     return record

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 
 from visionpipes.core.errors import UserError
-from visionpipes.medical.msd import (
+from visionpipes.medical.msd.dataset_json import (
     DATASET_KEYS,
     STRUCTURAL_KEYS,
     TEST_IMAGE_DIR,
@@ -25,9 +25,9 @@ from visionpipes.medical.msd import (
     MSDTask,
     load_task,
     read_dataset_json,
-    read_nifti,
     structural_errors,
 )
+from visionpipes.medical.msd.volumes import read_nifti
 
 Severity = Literal["error", "warning"]
 #: Affine entries (mm) may differ by this much between an image and its label.

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from visionpipes.medical.msd import Region
+from visionpipes.medical.msd.regions import Region
 
 
 def case_metrics(

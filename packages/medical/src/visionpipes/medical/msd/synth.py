@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from visionpipes.core.config import ConfigModel, Field
 from visionpipes.core.errors import UserError
 from visionpipes.core.io import atomic_path, write_json
 
@@ -39,9 +39,8 @@ _TISSUE = {
 }
 
 
-@dataclass(frozen=True)
-class SynthConfig:
-    """What `write_synthetic_task` generates.
+class SynthConfig(ConfigModel):
+    """What `write_synthetic_task` generates (`vp-medical synth`'s options, the data stage's sample).
 
     Attributes:
         cases: training cases (image + label).
@@ -51,22 +50,11 @@ class SynthConfig:
         spacing: voxel size in mm.
     """
 
-    cases: int = 12
-    size: int = 48
+    cases: int = Field(12, ge=1)
+    size: int = Field(48, ge=24, le=256)
     seed: int = 0
-    test_cases: int = 2
-    spacing: float = 1.0
-
-    def check(self) -> None:
-        """Raises `UserError` for a configuration that cannot give a usable sample."""
-        if self.cases < 1:
-            raise UserError(f"--cases must be at least 1, not {self.cases}.")
-        if self.test_cases < 0:
-            raise UserError(f"--test-cases must be 0 or more, not {self.test_cases}.")
-        if not 24 <= self.size <= 256:
-            raise UserError(f"--size must be between 24 and 256 voxels, not {self.size}.")
-        if not self.spacing > 0:
-            raise UserError(f"--spacing must be positive, not {self.spacing}.")
+    test_cases: int = Field(2, ge=0)
+    spacing: float = Field(1.0, gt=0)
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], cells: int = 6) -> np.ndarray:
@@ -208,15 +196,13 @@ def write_synthetic_task(
         `out_dir`.
 
     Raises:
-        UserError: if the configuration is unusable, or `out_dir` exists, is not empty and `overwrite`
-            is False.
+        UserError: if `out_dir` exists, is not empty and `overwrite` is False.
 
     Example:
-        >>> from visionpipes.medical.msd import load_task
+        >>> from visionpipes.medical.msd.dataset_json import load_task
         >>> task = load_task(write_synthetic_task(tmp / "Task01_BrainTumour", SynthConfig(cases=2, size=32)))  # doctest: +SKIP
     """
     config = config or SynthConfig()
-    config.check()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is not a folder.")

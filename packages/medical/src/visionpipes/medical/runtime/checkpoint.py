@@ -1,0 +1,59 @@
+"""A `vp-medical train` checkpoint as an eager network plus its model description (regions, modalities,
+window, spacing), read through the core checkpoint loader.
+
+It reads what training saved; it never imports Lightning or the training modules.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from visionpipes.core.checkpoint import load_checkpoint, state_dict_of
+from visionpipes.core.config import parse_config
+from visionpipes.core.errors import UserError
+from visionpipes.medical.runtime.networks import ModelConfig, build_model
+
+#: What inference needs besides the weights (saved as the training module's hyper-parameters).
+DESCRIPTION_KEYS: tuple[str, ...] = ("model", "regions", "modality", "labels", "roi_size", "pixdim")
+
+
+def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a training checkpoint (`best.ckpt` / `last.ckpt`) as a dict, on the CPU.
+
+    Raises:
+        UserError: if the file is missing or not a visionpipes medical checkpoint.
+    """
+    ckpt = load_checkpoint(path, what="model checkpoint")
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hp, dict) or not {"model", "regions", "modality", "roi_size"} <= set(hp):
+        raise UserError(
+            f"model checkpoint {path} was not written by `vp-medical train` (no model description)."
+        )
+    return ckpt
+
+
+def model_description(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """What inference needs besides the weights, from a checkpoint's hyper-parameters: the network
+    (`model`), `regions`, `modality`, `labels`, `roi_size` and `pixdim`."""
+    out = {k: hparams.get(k) for k in DESCRIPTION_KEYS}
+    out["labels"] = {str(k): v for k, v in (out["labels"] or {}).items()}
+    return out
+
+
+def network_from_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The eager network of a `vp-medical train` checkpoint and its `model_description`.
+
+    Raises:
+        UserError: if the checkpoint is missing or not one of ours.
+    """
+    ckpt = load_training_checkpoint(path)
+    description = model_description(ckpt["hyper_parameters"])
+    config = parse_config(ModelConfig, description["model"], source=f"model checkpoint {path}")
+    net = build_model(config, len(description["modality"]), len(description["regions"]))
+    weights = state_dict_of(ckpt, path=path, what="model checkpoint")
+    net.load_state_dict({k.removeprefix("net."): v for k, v in weights.items() if k.startswith("net.")})
+    return net.eval(), description

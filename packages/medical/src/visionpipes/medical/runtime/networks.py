@@ -1,0 +1,117 @@
+"""The 3-D segmentation networks selectable by name in `params.yaml`: MONAI's `UNet` and `SegResNet`, and the
+core-block U-Net (`visionpipes.core.heads.unet.AttentionResUNet`: residual units with SE or CBAM attention,
+ASPP at the bottleneck).
+
+The mapping from the medical model config to networks only: no loss, data or training logic. Every model
+maps `(B, C_in, X, Y, Z)` to region logits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import ValidationInfo, field_validator
+from torch import nn
+
+from visionpipes.core.config import ConfigModel, Field
+
+MODEL_NAMES: tuple[str, ...] = ("unet", "segresnet", "attention_resunet")
+ModelName = Literal["unet", "segresnet", "attention_resunet"]
+
+
+class ModelConfig(ConfigModel):
+    """Which network and how wide (`params.yaml`'s `train.model:`).
+
+    Attributes:
+        name: `unet` (MONAI UNet), `segresnet` (MONAI SegResNet) or `attention_resunet` (core blocks).
+        channels: feature channels per resolution level (UNet, attention_resunet; SegResNet uses the
+            first as `init_filters`).
+        strides: down-sampling per level after the first (UNet; the others halve at each level).
+        num_res_units: residual units per UNet block.
+        attn: attention of attention_resunet's residual blocks: `se`, `cbam` or `none`.
+        aspp_rates: dilation rates of attention_resunet's ASPP bottleneck.
+        dropout: dropout probability.
+    """
+
+    name: ModelName = "unet"
+    channels: tuple[int, ...] = Field((16, 32, 64, 128), min_length=2)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = Field(2, ge=0)
+    attn: Literal["se", "cbam", "none"] = "se"
+    aspp_rates: tuple[int, ...] = Field((1, 2, 4), min_length=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("channels", "strides", "aspp_rates")
+    @classmethod
+    def _positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(v < 1 for v in value):
+            raise ValueError(f"every entry must be at least 1, not {list(value)}")
+        return value
+
+    @field_validator("strides")
+    @classmethod
+    def _one_stride_per_level(cls, value: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
+        channels = info.data.get("channels")
+        if info.data.get("name") == "unet" and channels is not None and len(value) != len(channels) - 1:
+            raise ValueError(
+                f"unet needs one stride per level after the first: {len(channels)} channels "
+                f"but {len(value)} strides"
+            )
+        return value
+
+    @property
+    def divisor(self) -> int:
+        """Spatial sizes the network needs to be divisible by."""
+        if self.name == "unet":
+            return math.prod(self.strides)
+        return 2 ** (len(self.channels) - 1)
+
+
+def build_model(config: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
+    """The 3-D network `config` names, mapping `in_channels` modalities to `out_channels` region logits.
+
+    Example:
+        >>> net = build_model(ModelConfig(channels=(8, 16, 32), strides=(2, 2)), 4, 3)
+        >>> net(torch.randn(1, 4, 16, 16, 16)).shape
+        torch.Size([1, 3, 16, 16, 16])
+    """
+    if config.name == "unet":
+        from monai.networks.nets import UNet
+
+        return UNet(
+            spatial_dims=3,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            channels=tuple(config.channels),
+            strides=tuple(config.strides),
+            num_res_units=config.num_res_units,
+            norm="INSTANCE",
+            dropout=config.dropout,
+        )
+    if config.name == "segresnet":
+        from monai.networks.nets import SegResNet
+
+        return SegResNet(
+            spatial_dims=3,
+            init_filters=int(config.channels[0]),
+            in_channels=in_channels,
+            out_channels=out_channels,
+            dropout_prob=config.dropout or None,
+            blocks_down=(1, 2, 2, 4)[: len(config.channels)],
+            blocks_up=(1, 1, 1)[: len(config.channels) - 1],
+            num_groups=min(8, int(config.channels[0])),
+        )
+    if config.name == "attention_resunet":
+        from visionpipes.core.heads.unet import AttentionResUNet
+
+        return AttentionResUNet(
+            3,
+            in_channels,
+            out_channels,
+            channels=tuple(config.channels),
+            attn=config.attn,
+            aspp_rates=tuple(config.aspp_rates),
+            dropout=config.dropout,
+        )
+    raise ValueError(f"unknown model {config.name!r}; choose one of {', '.join(MODEL_NAMES)}.")

@@ -1,0 +1,146 @@
+"""The training driver: read the MSD task, split it, build the data loaders and the LightningModule, and
+run them through the core Lightning + DVCLive glue; writes checkpoints, `split.json` and `train.json`.
+
+It trains and checkpoints; it writes no predictions or reports (see `runtime.predictor`, `evaluate`). The
+checkpoint is self-describing (model, regions, modalities, preprocessing), so inference needs nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from visionpipes.core.checkpoint import load_checkpoint
+from visionpipes.core.errors import UserError
+from visionpipes.core.io import write_json
+from visionpipes.core.training import FitResult, fit, seed_everything
+from visionpipes.medical.msd.dataset_json import MSDCase, load_task
+from visionpipes.medical.training.config import SegmentationConfig
+from visionpipes.medical.training.data import (
+    build_transforms,
+    check_volume_headers,
+    make_dataset,
+    split_cases,
+)
+from visionpipes.medical.training.module import MSDSegmentationModule
+
+
+@dataclass
+class TrainResult:
+    """What `train` produced.
+
+    Attributes:
+        fit: the core `FitResult` (checkpoints, final metrics, epochs, seconds).
+        split: `{"train": [case ids], "val": [case ids]}` as written to `split.json`.
+        seconds_per_epoch: wall-clock seconds per epoch run in this call (validation included).
+    """
+
+    fit: FitResult
+    split: dict[str, list[str]]
+    seconds_per_epoch: float
+
+
+def train(
+    task_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: SegmentationConfig | None = None,
+    *,
+    resume: bool = True,
+) -> TrainResult:
+    """Train a region segmentation model on an MSD task folder.
+
+    Writes `<out_dir>/checkpoints/{best,last}.ckpt`, DVCLive logs in `<out_dir>/dvclive`, the hold-out
+    split in `<out_dir>/split.json` and a summary in `<out_dir>/train.json`.
+
+    Args:
+        task_dir: the `TaskXX_Name` folder.
+        out_dir: where training writes.
+        config: the settings; default `SegmentationConfig()`.
+        resume: continue from `<out_dir>/checkpoints/last.ckpt` when present.
+
+    Returns:
+        The result, with checkpoints and the seconds per epoch.
+
+    Raises:
+        UserError: on an unreadable task, unmappable labels, volumes that do not match the task, or
+            an unusable configuration.
+    """
+    config = config or SegmentationConfig()
+    task = load_task(task_dir)
+    regions = task.regions(config.region_scheme)  # type: ignore[arg-type]
+    if not task.training:
+        raise UserError(f"{task.root / 'dataset.json'} lists no training cases.")
+    check_volume_headers(task, task.training)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    seed = config.trainer.seed
+    # Seeded before the network is built: its initial weights, not only the data order, follow the seed.
+    seed_everything(seed)
+    train_cases, val_cases = split_cases(task.training, config.data.val_fraction, seed)
+    split = {"train": [c.case_id for c in train_cases], "val": [c.case_id for c in val_cases]}
+    write_json(out / "split.json", split)
+
+    def items(cases: Sequence[MSDCase]) -> list[dict]:
+        return [{"image": str(c.image), "label": str(c.label)} for c in cases]
+
+    from monai.data import DataLoader
+
+    train_ds = make_dataset(
+        items(train_cases),
+        build_transforms(regions, config.data, train=True, seed=seed),
+        config.data,
+        out,
+        "train",
+    )
+    train_loader = DataLoader(
+        train_ds, batch_size=config.data.batch_size, shuffle=True, num_workers=config.data.num_workers
+    )
+    val_loader = None
+    trainer_config = config.trainer
+    if val_cases:
+        val_ds = make_dataset(
+            items(val_cases), build_transforms(regions, config.data, train=False), config.data, out, "val"
+        )
+        val_loader = DataLoader(val_ds, batch_size=1, shuffle=False, num_workers=config.data.num_workers)
+    else:
+        trainer_config = trainer_config.model_copy(update={"monitor": None})
+
+    module = MSDSegmentationModule(
+        model=config.model.to_dict(),
+        regions=[[r.name, sorted(r.labels)] for r in regions],
+        modality=task.modality_names,
+        labels={int(k): v for k, v in task.labels.items()},
+        roi_size=[int(s) for s in config.data.roi_size],
+        pixdim=None if config.data.pixdim is None else [float(p) for p in config.data.pixdim],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        loss=config.loss,
+        sw_overlap=config.sw_overlap,
+        sw_batch_size=config.sw_batch_size,
+        max_epochs=config.trainer.max_epochs,
+    )
+    last = out / "checkpoints" / "last.ckpt"
+    start_epoch = 0
+    if resume and last.is_file():
+        start_epoch = int(load_checkpoint(last, what="last checkpoint").get("epoch", -1)) + 1
+    result = fit(module, train_loader, val_loader, config=trainer_config, out_dir=out, resume=resume)
+    epochs_run = max(1, result.epochs - start_epoch)
+    seconds_per_epoch = result.seconds / epochs_run
+    write_json(
+        out / "train.json",
+        {
+            "epochs": result.epochs,
+            "epochs_this_run": result.epochs - start_epoch,
+            "seconds": round(result.seconds, 3),
+            "seconds_per_epoch": round(seconds_per_epoch, 3),
+            "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+            "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
+            "metrics": result.metrics,
+            "split": split,
+            "config": config.to_dict(),
+        },
+    )
+    return TrainResult(fit=result, split=split, seconds_per_epoch=seconds_per_epoch)
