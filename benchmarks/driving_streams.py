@@ -41,7 +41,7 @@ def baseline_threads(weights: str, videos: list[str], imgsz: int, frames: int, c
 
     from ultralytics.utils import torch_utils
 
-    from visionpipes.driving.detect import load_detector
+    from visionpipes.driving.detection.predict import load_detector
 
     counts = [0] * len(videos)
     models = [load_detector(weights) for _ in videos]
@@ -83,8 +83,10 @@ def latencies(weights: str, lane_model: str | None, work: Path, repeats: int, vi
     import torch
 
     from visionpipes.core.export import OnnxRunner
-    from visionpipes.driving.detect import export_detector_onnx, load_detector, rect_input_height
-    from visionpipes.driving.lanes import export_lane_onnx, load_lane_model
+    from visionpipes.driving.detection.export import export_detector_onnx, rect_input_height
+    from visionpipes.driving.detection.predict import load_detector
+    from visionpipes.driving.lanes.model import load_lane_model
+    from visionpipes.driving.lanes.runtime import export_lane_onnx
 
     out: dict[str, Any] = {}
     yolo = load_detector(weights)
@@ -121,7 +123,8 @@ def lane_decoding_cost(net: Any, video: str, repeats: int) -> dict[str, Any]:
     (`LaneModelConfig.join_gaps`, `min_area`, `vote`), at the camera's size and at 1280x720."""
     import cv2
 
-    from visionpipes.driving.lanes import lane_mask_from_logits, predict_lane_logits
+    from visionpipes.driving.lanes.decode import lane_mask_from_logits
+    from visionpipes.driving.lanes.runtime import predict_lane_logits
 
     capture = cv2.VideoCapture(video)
     ok, frame = capture.read()

@@ -29,7 +29,7 @@ def argmax_mask(logits: np.ndarray, size: tuple[int, int], roi_top: float) -> np
     import cv2
 
     from visionpipes.driving.bdd100k.categories import LANE_BACKGROUND, LANE_DIRECTION_BIT, LANE_STYLE_BIT
-    from visionpipes.driving.lanes import BACKGROUND_CLASS, CATEGORY_CHANNELS, roi_top_rows
+    from visionpipes.driving.lanes.decode import BACKGROUND_CLASS, CATEGORY_CHANNELS, roi_top_rows
 
     top = roi_top_rows(size[1], roi_top)
     hwc = cv2.resize(np.ascontiguousarray(logits.transpose(1, 2, 0)), (size[0], size[1] - top))
@@ -54,7 +54,9 @@ def main() -> None:
 
     from visionpipes.core.settings import apply_runtime_settings
     from visionpipes.driving.bdd100k.masks import write_mask
-    from visionpipes.driving.lanes import lane_mask_from_logits, load_lane_model, predict_lane_logits
+    from visionpipes.driving.lanes.decode import lane_mask_from_logits
+    from visionpipes.driving.lanes.model import load_lane_model
+    from visionpipes.driving.lanes.runtime import predict_lane_logits
     from visionpipes.driving.metrics import evaluate_lanes
 
     apply_runtime_settings()

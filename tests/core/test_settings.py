@@ -1,4 +1,5 @@
-"""Run-time settings: the font ultralytics' plotting needs lands where ultralytics itself looks."""
+"""Run-time settings: every CLI's offline environment comes from core; ultralytics' settings folder
+and plot font are the driving package's (`tests/driving/test_ultralytics_side_effects.py`)."""
 
 from __future__ import annotations
 
@@ -8,36 +9,31 @@ import subprocess
 import sys
 from pathlib import Path
 
-from visionpipes.core.settings import place_plot_font
+from visionpipes.core.settings import OFFLINE_ENV
 
-# A fresh interpreter: ultralytics reads YOLO_CONFIG_DIR once, when it is first imported.
+# A fresh interpreter, without the variables the test session already set.
 _PROBE = """
-import json
+import json, os, sys
 from visionpipes.core.settings import apply_runtime_settings
-apply_runtime_settings(threads=1)
-from ultralytics.utils import USER_CONFIG_DIR
-from ultralytics.utils.checks import check_font
-print(json.dumps({"user_config_dir": str(USER_CONFIG_DIR), "check_font": str(check_font("Arial.ttf"))}))
+s = apply_runtime_settings(threads=1)
+print(json.dumps({"env": {k: os.environ.get(k) for k in %r}, "threads": s.threads,
+                  "yolo_config_dir": os.environ.get("YOLO_CONFIG_DIR"),
+                  "imported": [m for m in ("ultralytics", "torch", "matplotlib") if m in sys.modules]}))
 """
 
 
-def test_font_lands_in_ultralytics_user_config_dir(tmp_path: Path) -> None:
-    env = {**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "yolo")}
+def test_offline_env_for_every_cli_and_no_ultralytics_side_effects(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in OFFLINE_ENV and k != "YOLO_CONFIG_DIR"}
+    env["VISIONPIPES_CACHE_DIR"] = str(tmp_path / "cache")
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", _PROBE % (list(OFFLINE_ENV),)],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
     )
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    user_config_dir = Path(found["user_config_dir"])
-    assert user_config_dir == tmp_path / "yolo" / "Ultralytics"
-    font = user_config_dir / "Arial.ttf"
-    assert font.is_file() and font.read_bytes()[:4] == b"\x00\x01\x00\x00"  # a TrueType file
-    assert Path(found["check_font"]) == font  # ultralytics takes it and would fetch nothing
-
-
-def test_place_plot_font_is_idempotent_and_leaves_no_temporary(tmp_path: Path) -> None:
-    first = place_plot_font(tmp_path / "Ultralytics")
-    assert first == tmp_path / "Ultralytics" / "Arial.ttf" and first.is_file()
-    size = first.stat().st_size
-    assert place_plot_font(tmp_path / "Ultralytics") == first and first.stat().st_size == size
-    assert [p.name for p in (tmp_path / "Ultralytics").iterdir()] == ["Arial.ttf"]
+    assert found["env"] == OFFLINE_ENV  # YOLO_OFFLINE, YOLO_AUTOINSTALL, HF_HUB_OFFLINE, ... set for every CLI
+    assert found["env"]["YOLO_OFFLINE"] == "1" and found["env"]["YOLO_AUTOINSTALL"] == "0"
+    assert found["threads"] == 1
+    # ultralytics' settings folder and font are left to the driving package; nothing heavy imported
+    assert found["yolo_config_dir"] is None and not (tmp_path / "cache" / "ultralytics").exists()
+    assert found["imported"] == []

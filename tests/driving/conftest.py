@@ -6,6 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from visionpipes.driving.ultralytics_env import apply_ultralytics_env
+
+# ultralytics reads YOLO_CONFIG_DIR once, at import: point it at the project cache first, as the
+# driving CLI and modules do.
+apply_ultralytics_env()
+
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "bdd100k"
 
 

@@ -250,8 +250,10 @@ def test_det_to_yolo_layout(tmp_path: Path) -> None:
     assert data["train"] == data["val"] == "images/train" and data["names"][9] == "traffic sign"
     # ultralytics itself finds the labels of these images
     from visionpipes.core.settings import apply_runtime_settings
+    from visionpipes.driving.ultralytics_env import apply_ultralytics_env
 
     apply_runtime_settings(threads=1)
+    apply_ultralytics_env()
     from ultralytics.data.utils import img2label_paths
 
     assert img2label_paths([str(out / "images" / "train" / "a.jpg")]) == [

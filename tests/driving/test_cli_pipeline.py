@@ -25,11 +25,11 @@ def test_help_of_pipeline_verbs(verb: str, capsys: pytest.CaptureFixture[str]) -
     ("argv", "message"),
     [
         (["data", "--out", "{tmp}/raw", "--path", "{tmp}/nope"], "is not a folder"),
-        (["data", "--out", "{tmp}/raw", "--params", "{tmp}/params.yaml"], "unknown keys colour"),
+        (["data", "--out", "{tmp}/raw", "--params", "{tmp}/params.yaml"], "params.yaml:data: unknown key 'colour'"),
         (["prepare", "--raw", "{tmp}/raw", "--out", "{tmp}/p"], "run `vp-driving data` first"),
         (["train-det", "--dataset", "{tmp}/d.json", "--out", "{tmp}/m"], "run `vp-driving prepare` first"),
         (["train-det", "--dataset", "{tmp}/d.json", "--out", "{tmp}/m", "--imgsz", "100"], "multiple of 32"),
-        (["train-lanes", "--dataset", "{tmp}/d.json", "--out", "{tmp}/m", "--params", "{tmp}/params.yaml"], "lanes.model"),
+        (["train-lanes", "--dataset", "{tmp}/d.json", "--out", "{tmp}/m", "--params", "{tmp}/params.yaml"], "params.yaml:lanes: key 'model.arch' = 'Nope'"),
         (["predict", "{tmp}", "--out", "{tmp}/o"], "needs a detector"),
         (["predict", "{tmp}/none.jpg", "--out", "{tmp}/o", "--lanes", "x.pt"], "does not exist"),
         (["predict", "{tmp}", "--out", "{tmp}/o", "--det", "{tmp}/w.pt"], "never downloaded"),

@@ -12,37 +12,34 @@ import pytest
 from visionpipes.core.errors import UserError
 from visionpipes.driving.bdd100k.categories import DET_CATEGORIES
 from visionpipes.driving.bdd100k.yolo import YoloSplit, det_to_yolo
-from visionpipes.driving.detect import (
-    DetectorConfig,
+from visionpipes.driving.detection.export import export_detector_onnx, rect_input_height
+from visionpipes.driving.detection.predict import _class_names, predict_detections
+from visionpipes.driving.detection.quantize import quantize_detector_int8
+from visionpipes.driving.detection.runtime import (
     Letterbox,
     OnnxDetector,
-    _class_names,
-    build_detector,
-    dataset_view,
     decode_predictions,
-    export_detector_onnx,
     letterbox,
-    predict_detections,
     predict_detections_onnx,
-    prepare_ultralytics,
-    quantize_detector_int8,
-    rect_input_height,
 )
+from visionpipes.driving.detection.train import DetectorConfig, build_detector, dataset_view
 from visionpipes.driving.synth import SynthConfig, write_sample
+from visionpipes.driving.ultralytics_env import prepare_ultralytics
 
 
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"imgsz": 300}, "multiple of 32"),
-        ({"epochs": 0}, "at least 1"),
-        ({"time_minutes": -1}, "positive"),
-        ({"lr": 0.1}, "unknown keys lr"),
+        ({"imgsz": 300}, "params.yaml:det: key 'imgsz' = 300: input should be a multiple of 32"),
+        ({"epochs": 0}, "key 'epochs' = 0: input should be greater than or equal to 1"),
+        ({"time_minutes": -1}, "key 'time_minutes' = -1: input should be greater than 0"),
+        ({"lr": 0.1}, "params.yaml:det: unknown key 'lr'; did you mean 'lr0'?"),
+        ({"cache": "gpu"}, "key 'cache' = 'gpu': input should be 'ram', 'disk', True or False"),
     ],
 )
 def test_bad_config_names_the_field(config: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
-        DetectorConfig.from_dict(config)
+        DetectorConfig.from_params(config, source="params.yaml:det")
 
 
 def test_train_args_use_batch_as_nominal_batch_and_minutes_as_hours() -> None:

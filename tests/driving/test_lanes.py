@@ -3,6 +3,7 @@ training writes a loadable model whose masks come out at the image size, and the
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,27 +14,24 @@ from visionpipes.core.errors import UserError
 from visionpipes.core.training import TrainConfig
 from visionpipes.driving.bdd100k.categories import LANE_BACKGROUND
 from visionpipes.driving.bdd100k.masks import encode_lane_value, read_mask, write_mask
-from visionpipes.driving.lanes import (
+from visionpipes.driving.lanes.data import IGNORE_INDEX, lane_samples, lane_targets
+from visionpipes.driving.lanes.decode import (
     BACKGROUND_CLASS,
     CATEGORY_CHANNELS,
-    IGNORE_INDEX,
     LANE_CHANNELS,
-    LaneModelConfig,
-    LaneTrainConfig,
-    OnnxLaneModel,
-    build_lane_model,
     drop_small_pieces,
-    export_lane_onnx,
     join_lane_gaps,
     lane_mask_from_logits,
-    lane_samples,
-    lane_targets,
-    load_lane_model,
-    predict_lane_logits,
-    predict_lane_masks,
-    train_lanes,
     vote_lane_style,
 )
+from visionpipes.driving.lanes.model import LaneModelConfig, build_lane_model, load_lane_model
+from visionpipes.driving.lanes.runtime import (
+    OnnxLaneModel,
+    export_lane_onnx,
+    predict_lane_logits,
+    predict_lane_masks,
+)
+from visionpipes.driving.lanes.train import LaneTrainConfig, train_lanes
 from visionpipes.driving.synth import SynthConfig, write_sample
 
 
@@ -150,28 +148,33 @@ def test_lane_level_decoding_keeps_real_ground_truth(bdd_fixtures: Path, tmp_pat
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"arch": "PSPNetX"}, "arch must be one of"),
-        ({"width": 100}, "multiples of 32"),
+        ({"arch": "PSPNetX"}, "key 'arch' = 'PSPNetX': input should be 'Unet', 'FPN' or 'DeepLabV3Plus'"),
+        ({"width": 100}, "key 'width' = 100: input should be a multiple of 32"),
         ({"decoder_channels": [16, 8]}, "decoder_channels needs 5"),
-        ({"colour": 1}, "unknown keys colour"),
-        ({"roi_top": 1.0}, "roi_top must lie in"),
-        ({"join_gaps": -1}, "join_gaps must lie in"),
-        ({"min_area": 0.5}, "min_area must lie in"),
-        ({"arch": "DeepLabV3Plus", "encoder": "core:resnet18", "decoder_channels": None}, "no dilated"),
+        ({"colour": 1}, "unknown key 'colour'"),
+        ({"encodr": "resnet18"}, "unknown key 'encodr'; did you mean 'encoder'?"),
+        ({"roi_top": 1.0}, "key 'roi_top' = 1.0: input should be less than 1"),
+        ({"join_gaps": -1}, "key 'join_gaps' = -1: input should be greater than or equal to 0"),
+        ({"min_area": 0.5}, "key 'min_area' = 0.5: input should be less than 0.1"),
+        ({"arch": "DeepLabV3Plus", "encoder": "core:resnet18", "decoder_channels": None}, "core backbones have no dilated"),
     ],
 )
 def test_bad_model_config_names_the_field(config: dict, message: str) -> None:
-    with pytest.raises(UserError, match=message):
-        LaneModelConfig.from_dict(config)
+    with pytest.raises(UserError, match=re.escape(f"params.yaml:lanes.model: {message}")):
+        LaneModelConfig.from_params(config, source="params.yaml:lanes.model")
 
 
 @pytest.mark.parametrize(
     ("config", "message"),
-    [({"dice_weight": -1}, "dice_weight must be >= 0"), ({"lr": 0}, "lr > 0"), ({"gamma": 2}, "unknown keys gamma")],
+    [
+        ({"dice_weight": -1}, "key 'dice_weight' = -1: input should be greater than or equal to 0"),
+        ({"lr": 0}, "key 'lr' = 0: input should be greater than 0"),
+        ({"gamma": 2}, "unknown key 'gamma'"),
+    ],
 )
 def test_bad_train_config_names_the_field(config: dict, message: str) -> None:
-    with pytest.raises(UserError, match=message):
-        LaneTrainConfig.from_dict(config)
+    with pytest.raises(UserError, match=re.escape(f"params.yaml:lanes.train: {message}")):
+        LaneTrainConfig.from_params(config, source="params.yaml:lanes.train")
 
 
 def test_unknown_encoder_is_a_user_error() -> None:
@@ -259,7 +262,7 @@ def test_a_searched_core_spec_file_is_an_encoder_and_is_saved_inline(tmp_path: P
     import yaml
 
     from visionpipes.core.backbones import get_spec
-    from visionpipes.driving.lanes import save_lane_model
+    from visionpipes.driving.lanes.model import save_lane_model
 
     spec = get_spec("resnet18").to_dict()
     spec.update(name="searched", stem_width=16)
@@ -267,7 +270,7 @@ def test_a_searched_core_spec_file_is_an_encoder_and_is_saved_inline(tmp_path: P
         stage.update(width=width, depth=1)
     spec_file = tmp_path / "best_spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
-    config = LaneModelConfig.from_dict({"encoder": f"core:{spec_file}", "width": 64, "height": 64})
+    config = LaneModelConfig.from_params({"encoder": f"core:{spec_file}", "width": 64, "height": 64}, source="lanes.model")
     assert config.encoder_spec is not None and config.encoder_spec["name"] == "searched"
     net = build_lane_model(config).eval()
     save_lane_model(tmp_path / "lane_model.pt", net)
@@ -277,4 +280,4 @@ def test_a_searched_core_spec_file_is_an_encoder_and_is_saved_inline(tmp_path: P
     with torch.no_grad():
         torch.testing.assert_close(again(x), net(x))
     with pytest.raises(UserError, match="does not exist"):
-        LaneModelConfig.from_dict({"encoder": f"core:{spec_file}"})
+        LaneModelConfig.from_params({"encoder": f"core:{spec_file}"}, source="lanes.model")

@@ -4,6 +4,7 @@ dataset (YOLO layout, lane masks drawn from polygons when a copy has none, subse
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -72,15 +73,15 @@ def test_real_copy_is_pointed_at_and_masks_drawn_from_polygons(raw: Path, tmp_pa
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        (DataConfig(path="nowhere"), "is not a folder"),
-        (DataConfig(path="."), "is not a BDD100K root: it lacks images/100k/train/"),
-        (DataConfig(synth={"pictures": 3}), "unknown keys pictures"),
-        (DataConfig(synth={"images": 0}), "at least 1 image"),
+        ({"path": "nowhere"}, "is not a folder"),
+        ({"path": "."}, "is not a BDD100K root: it lacks images/100k/train/"),
+        ({"synth": {"pictures": 3}}, "params.yaml:data: unknown key 'synth.pictures' (valid: images, seed"),
+        ({"synth": {"images": 0}}, "params.yaml:data: key 'synth.images' = 0: input should be greater than or equal to 1"),
     ],
 )
-def test_bad_data_config_names_the_field(config: DataConfig, message: str, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=message):
-        obtain_data(config, tmp_path / "raw", base_dir=tmp_path)
+def test_bad_data_config_names_the_field(config: dict, message: str, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=re.escape(message)):
+        obtain_data(DataConfig.from_params(config, source="params.yaml:data"), tmp_path / "raw", base_dir=tmp_path)
     assert not (tmp_path / "raw").exists()
 
 
@@ -96,6 +97,6 @@ def test_bad_raw_folders_and_manifests(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(UserError, match="not a dataset manifest"):
         load_manifest(tmp_path / "bad.json")
-    with pytest.raises(UserError, match="unknown keys size"):
-        PrepareConfig.from_dict({"size": 3})
+    with pytest.raises(UserError, match=r"params\.yaml:prepare: unknown key 'size'"):
+        PrepareConfig.from_params({"size": 3}, source="params.yaml:prepare")
     assert not (tmp_path / "out").exists()

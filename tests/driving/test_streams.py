@@ -27,8 +27,10 @@ from visionpipes.driving.synth import SynthConfig, write_sample
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from ultralytics.utils import ROOT
 
-    from visionpipes.driving.detect import DetectorConfig, build_detector, export_detector_onnx
-    from visionpipes.driving.lanes import LaneModelConfig, build_lane_model, export_lane_onnx
+    from visionpipes.driving.detection.export import export_detector_onnx
+    from visionpipes.driving.detection.train import DetectorConfig, build_detector
+    from visionpipes.driving.lanes.model import LaneModelConfig, build_lane_model
+    from visionpipes.driving.lanes.runtime import export_lane_onnx
 
     folder = tmp_path_factory.mktemp("streams")
     yaml_text = (ROOT / "cfg" / "models" / "v8" / "yolov8.yaml").read_text().replace("nc: 80", "nc: 10")

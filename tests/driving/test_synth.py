@@ -137,7 +137,7 @@ def test_bad_synth_requests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     with pytest.raises(SystemExit) as exc:
         cli.main(["synth", str(tmp_path / "x"), "--images", "0"])
-    assert exc.value.code == 2 and "at least 1 image" in capsys.readouterr().err
+    assert exc.value.code == 2 and "vp-driving synth: key 'images' = 0" in capsys.readouterr().err
 
 
 def test_synth_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,13 +1,13 @@
-"""Run-time settings every visionpipes CLI applies first: offline hubs, ultralytics' config
-directory, and the CPU thread count. One place, so no command can forget one.
+"""Run-time settings every visionpipes CLI applies first: offline hubs (model hubs, ultralytics,
+DVC telemetry) and the CPU thread count. One place, so no command can forget one.
 
 Nothing here downloads anything; it only sets environment variables and torch's thread count.
+Ultralytics' settings folder and plot font are the driving package's (`driving.ultralytics_env`).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,18 +24,12 @@ OFFLINE_ENV: dict[str, str] = {
     "DO_NOT_TRACK": "1",
 }
 
-#: The folder under `YOLO_CONFIG_DIR` where ultralytics keeps its settings and looks for fonts
-#: (`ultralytics.utils.USER_CONFIG_DIR`, made by `get_user_config_dir(sub_dir="Ultralytics")`).
-ULTRALYTICS_SUBDIR = "Ultralytics"
-
-
 @dataclass(frozen=True)
 class RuntimeSettings:
     """What `apply_runtime_settings` applied."""
 
     threads: int
     cache_dir: Path
-    yolo_config_dir: Path
 
 
 def find_project_root(start: Path | None = None) -> Path | None:
@@ -56,39 +50,6 @@ def default_cache_dir() -> Path:
     if root is not None:
         return root / ".cache"
     return Path.home() / ".cache" / "visionpipes"
-
-
-def place_plot_font(folder: Path) -> Path | None:
-    """Put a TrueType font at `<folder>/Arial.ttf`, where ultralytics' `check_font` looks before it
-    would download one; `folder` is ultralytics' `USER_CONFIG_DIR`.
-
-    The font is matplotlib's DejaVuSans, copied once and renamed into place (never half-written).
-
-    Args:
-        folder: the folder to hold `Arial.ttf` (created if missing).
-
-    Returns:
-        The font's path, or None when matplotlib (the font's source) is not installed.
-    """
-    target = folder / "Arial.ttf"
-    if target.exists():
-        return target
-    try:
-        import matplotlib
-
-        font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-    except ImportError:
-        return None
-    if not font.exists():
-        return None
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".Arial.ttf.{os.getpid()}.tmp"
-    try:
-        shutil.copyfile(font, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
 
 
 def default_threads() -> int:
@@ -113,10 +74,7 @@ def apply_runtime_settings(threads: int | None = None) -> RuntimeSettings:
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     cache = default_cache_dir()
-    yolo_dir = Path(os.environ.setdefault("YOLO_CONFIG_DIR", str(cache / "ultralytics"))).expanduser()
-    yolo_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MPLCONFIGDIR", str(cache / "matplotlib"))
-    place_plot_font(yolo_dir / ULTRALYTICS_SUBDIR)
     n = threads or default_threads()
     # torch reads OMP_NUM_THREADS when it is first imported; set it already so that commands
     # which never need torch (metrics, --help) do not pay for importing it here.
@@ -125,4 +83,4 @@ def apply_runtime_settings(threads: int | None = None) -> RuntimeSettings:
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() != n:
         torch.set_num_threads(n)
-    return RuntimeSettings(threads=n, cache_dir=cache, yolo_config_dir=yolo_dir)
+    return RuntimeSettings(threads=n, cache_dir=cache)

@@ -19,6 +19,13 @@ from visionpipes.core.cli_common import params_section, run_main
 from visionpipes.core.errors import UserError
 
 
+def load_config(model: Any, params: str | None, section: str) -> Any:
+    """`core.config.load_config`, imported when a verb runs (pydantic stays out of `--help`)."""
+    from visionpipes.core.config import load_config as load
+
+    return load(model, params, section)
+
+
 def _emit(result: dict[str, Any], out: str | None) -> None:
     """Print `result` as JSON; also write it to `out` when given."""
     if out:
@@ -85,13 +92,14 @@ def _cmd_convert_masks(args: argparse.Namespace) -> None:
 def _cmd_synth(args: argparse.Namespace) -> None:
     from visionpipes.driving.synth import SynthConfig, write_sample
 
-    config = SynthConfig(
-        images=args.images,
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-        cameras=args.cameras,
-        video_frames=args.video_frames,
-    )
+    flags = {
+        "images": args.images,
+        "seed": args.seed,
+        "val_fraction": args.val_fraction,
+        "cameras": args.cameras,
+        "video_frames": args.video_frames,
+    }
+    config = SynthConfig.from_params(flags, source="vp-driving synth")
     summary = write_sample(args.out, config)
     _emit(summary, None)
 
@@ -104,8 +112,7 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 def _cmd_data(args: argparse.Namespace) -> None:
     from visionpipes.driving.prepare import DataConfig, obtain_data
 
-    section = params_section(args.params, "data")
-    config = DataConfig.from_dict(section, source=f"{args.params}: data" if args.params else "data")
+    config = load_config(DataConfig, args.params, "data")
     if args.path is not None:
         config.path = args.path
     base = Path(args.params).parent if args.params else Path.cwd()
@@ -116,13 +123,13 @@ def _cmd_data(args: argparse.Namespace) -> None:
 def _cmd_prepare(args: argparse.Namespace) -> None:
     from visionpipes.driving.prepare import PrepareConfig, manifest_summary, prepare_dataset
 
-    config = PrepareConfig.from_dict(params_section(args.params, "prepare"), source="prepare")
+    config = load_config(PrepareConfig, args.params, "prepare")
     dataset = prepare_dataset(args.raw, args.out, config)
     _emit({**manifest_summary(dataset), "manifest": str(Path(args.out) / "dataset.json")}, None)
 
 
 def _cmd_train_det(args: argparse.Namespace) -> None:
-    from visionpipes.driving.detect import DetectorConfig, train_detector
+    from visionpipes.driving.detection.train import DetectorConfig, train_detector
     from visionpipes.driving.prepare import load_manifest
 
     section = dict(params_section(args.params, "det"))
@@ -130,7 +137,7 @@ def _cmd_train_det(args: argparse.Namespace) -> None:
         value = getattr(args, key)
         if value is not None:
             section[key] = value
-    config = DetectorConfig.from_dict(section, source="det")
+    config = DetectorConfig.from_params(section, source=f"{args.params or 'params'}:det")
     dataset = load_manifest(args.dataset)
     print(f"train-det: {config.model} at {config.imgsz} px on {len(dataset.names['train'])} images", flush=True)
     run = train_detector(dataset.data_yaml, args.out, config)
@@ -138,23 +145,24 @@ def _cmd_train_det(args: argparse.Namespace) -> None:
 
 
 def _cmd_train_lanes(args: argparse.Namespace) -> None:
-    from visionpipes.core.io import check_known_keys
     from visionpipes.core.training import TrainConfig
-    from visionpipes.driving.lanes import LaneModelConfig, LaneSample, LaneTrainConfig, train_lanes
+    from visionpipes.driving.lanes.data import LaneSample
+    from visionpipes.driving.lanes.model import LaneModelConfig
+    from visionpipes.driving.lanes.train import LanesSection, train_lanes
     from visionpipes.driving.prepare import load_manifest
 
-    section = params_section(args.params, "lanes")
-    check_known_keys(section, {"model", "train", "trainer"}, source="lanes")
-    model_config = LaneModelConfig.from_dict(section.get("model") or {}, source="lanes.model")
-    train_config = LaneTrainConfig.from_dict(section.get("train") or {}, source="lanes.train")
-    trainer = dict(section.get("trainer") or {})
+    section = load_config(LanesSection, args.params, "lanes")
+    source = f"{args.params or 'params'}:lanes"
+    model_config = LaneModelConfig.from_params(section.model.to_dict(), source=f"{source}.model")
+    train_config = section.train
+    trainer = dict(section.trainer)
     if args.epochs is not None:
         trainer["max_epochs"] = args.epochs
     if args.max_time is not None:
         trainer["max_time"] = args.max_time
     if args.device is not None:
         trainer["accelerator"] = args.device
-    trainer_config = TrainConfig.from_dict(trainer, source="lanes.trainer")
+    trainer_config = TrainConfig.from_params(trainer, source=f"{source}.trainer")
     dataset = load_manifest(args.dataset)
 
     def samples(split: str) -> list[LaneSample]:
@@ -205,14 +213,17 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
     if args.det is None and args.lanes is None:
         raise UserError("predict needs a detector (--det), a lane model (--lanes), or both.")
+    from visionpipes.driving.devices import model_device, ultralytics_device
+
     images = _image_files(args.images)
+    device = model_device(args.device)  # one rule for both models (core.device.select_device)
     model = net = None
     if args.det is not None:
-        from visionpipes.driving.detect import load_detector
+        from visionpipes.driving.detection.predict import load_detector
 
         model = load_detector(args.det)
     if args.lanes is not None:
-        from visionpipes.driving.lanes import load_lane_model
+        from visionpipes.driving.lanes.model import load_lane_model
 
         net = load_lane_model(args.lanes)
     out = Path(args.out)
@@ -220,17 +231,16 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     result: dict[str, Any] = {"images": len(images)}
     if model is not None:
         from visionpipes.driving.bdd100k.labels import save_frames
-        from visionpipes.driving.detect import predict_detections
+        from visionpipes.driving.detection.predict import predict_detections
 
         imgsz = args.imgsz or int((getattr(model, "ckpt", None) or {}).get("train_args", {}).get("imgsz", 320))
-        frames = predict_detections(model, images, imgsz=imgsz, conf=args.conf, device=args.device)
+        frames = predict_detections(model, images, imgsz=imgsz, conf=args.conf, device=ultralytics_device(device))
         save_frames(out / "det.json", frames)
         result["det"] = str(out / "det.json")
         result["boxes"] = sum(len(f.labels or []) for f in frames)
     if net is not None:
-        from visionpipes.driving.lanes import predict_lane_masks
+        from visionpipes.driving.lanes.runtime import predict_lane_masks
 
-        device = "cpu" if args.device in ("auto", "cpu") else f"cuda:{args.device}".replace("cuda:cuda", "cuda")
         with atomic_path(out / "lanes", is_dir=True) as tmp:
             predict_lane_masks(net, images, tmp, device=device)
         result["lanes"] = str(out / "lanes")
@@ -241,7 +251,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from visionpipes.driving.evaluation import EvalConfig, evaluate_models
     from visionpipes.driving.prepare import load_manifest
 
-    config = EvalConfig.from_dict(params_section(args.params, "eval"), source="eval")
+    config = load_config(EvalConfig, args.params, "eval")
     if args.device is not None:
         config.device = args.device
     dataset = load_manifest(args.dataset)
@@ -266,14 +276,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     from visionpipes.driving.deploy import DeployConfig, export_models
 
-    config = DeployConfig.from_dict(params_section(args.params, "deploy"), source="deploy")
+    config = load_config(DeployConfig, args.params, "deploy")
     _emit(export_models(args.out, det_weights=args.det, lane_model=args.lanes, config=config), None)
 
 
 def _cmd_deploy(args: argparse.Namespace) -> None:
     from visionpipes.driving.deploy import DeployConfig, deploy
 
-    config = DeployConfig.from_dict(params_section(args.params, "deploy"), source="deploy")
+    config = load_config(DeployConfig, args.params, "deploy")
     params = None
     if args.params:
         params = {k: params_section(args.params, k) for k in ("data", "prepare", "det", "lanes")}
@@ -474,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse `argv` and run the verb; `UserError` propagates (see `main`). Warnings go to stderr."""
     args = build_parser().parse_args(argv)
+    from visionpipes.driving.ultralytics_env import apply_ultralytics_env
+
+    apply_ultralytics_env()  # before any verb imports ultralytics (it reads YOLO_CONFIG_DIR once)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from visionpipes.core.config import ConfigModel, Field
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import atomic_path, dataclass_from_params, write_json
+from visionpipes.core.io import atomic_path, write_json
 
 DET_ONNX = "detector.onnx"
 DET_INT8_ONNX = "detector_int8.onnx"
@@ -25,8 +26,7 @@ MODEL_CARD = "MODEL_CARD.md"
 SUMMARY = "deploy.json"
 
 
-@dataclass
-class DeployConfig:
+class DeployConfig(ConfigModel):
     """The `deploy` section of params.yaml.
 
     Attributes:
@@ -42,20 +42,12 @@ class DeployConfig:
         calibration_images: training images the int8 calibration sees.
     """
 
-    atol: float = 1e-4
-    rtol: float = 1e-4
-    latency_runs: int = 5
-    det_aspect: float | None = 0.5625
+    atol: float = Field(1e-4, ge=0)
+    rtol: float = Field(1e-4, ge=0)
+    latency_runs: int = Field(5, ge=0)
+    det_aspect: float | None = Field(0.5625, gt=0, le=1)
     det_int8: bool = False
-    calibration_images: int = 32
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "deploy config") -> DeployConfig:
-        """Raises: UserError on unknown keys or a det_aspect outside (0, 1]."""
-        config = dataclass_from_params(cls, data, source=source)
-        if config.det_aspect is not None and not 0 < config.det_aspect <= 1:
-            raise UserError(f"{source}: det_aspect must lie in (0, 1] (height / width) or be null.")
-        return config
+    calibration_images: int = Field(32, ge=1)
 
 
 def _latency_ms(runner: Any, example: Any, runs: int) -> float | None:
@@ -77,7 +69,8 @@ def _int8_detector(out: Path, dataset: str | os.PathLike | None, config: DeployC
     evaluation split with the official metrics."""
     from visionpipes.core.export import OnnxRunner
     from visionpipes.driving.bdd100k.labels import load_frames
-    from visionpipes.driving.detect import OnnxDetector, predict_detections_onnx, quantize_detector_int8
+    from visionpipes.driving.detection.quantize import quantize_detector_int8
+    from visionpipes.driving.detection.runtime import OnnxDetector, predict_detections_onnx
     from visionpipes.driving.metrics import evaluate_detection
     from visionpipes.driving.prepare import load_manifest
 
@@ -135,7 +128,8 @@ def export_models(
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {}
     if det_weights is not None:
-        from visionpipes.driving.detect import export_detector_onnx, load_detector, rect_input_height
+        from visionpipes.driving.detection.export import export_detector_onnx, rect_input_height
+        from visionpipes.driving.detection.predict import load_detector
 
         model = load_detector(det_weights)
         train_args = (getattr(model, "ckpt", None) or {}).get("train_args", {})
@@ -159,7 +153,8 @@ def export_models(
         if config.det_int8:
             report["detector_int8"] = _int8_detector(out, dataset, config, example)
     if lane_model is not None:
-        from visionpipes.driving.lanes import export_lane_onnx, load_lane_model
+        from visionpipes.driving.lanes.model import load_lane_model
+        from visionpipes.driving.lanes.runtime import export_lane_onnx
 
         net = load_lane_model(lane_model)
         cfg = net.config

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import field_validator
 
+from visionpipes.core.config import ConfigModel, Field
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import atomic_path, dataclass_from_params, write_json
+from visionpipes.core.io import atomic_path, write_json
 from visionpipes.driving.bdd100k.categories import LANE_BACKGROUND
 from visionpipes.driving.bdd100k.labels import load_frames, save_frames
 from visionpipes.driving.bdd100k.masks import mask_name, read_mask
@@ -35,8 +37,7 @@ LANE_COLORS: tuple[tuple[int, int, int], ...] = (
 )
 
 
-@dataclass
-class EvalConfig:
+class EvalConfig(ConfigModel):
     """The `eval` section of params.yaml.
 
     Attributes:
@@ -49,21 +50,18 @@ class EvalConfig:
         device: `auto`, `cpu` or a CUDA index.
     """
 
-    conf: float = 0.001
-    iou: float = 0.6
-    max_det: int = 100
-    batch: int = 8
-    overlays: int = 4
+    conf: float = Field(0.001, ge=0, lt=1)
+    iou: float = Field(0.6, gt=0, le=1)
+    max_det: int = Field(100, ge=1)
+    batch: int = Field(8, ge=1)
+    overlays: int = Field(4, ge=0)
     ultralytics_plots: bool = True
     device: str = "auto"
 
+    @field_validator("device", mode="before")
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "eval config") -> EvalConfig:
-        """Raises: UserError on unknown keys or values out of range."""
-        config = dataclass_from_params(cls, data, source=source)
-        if not 0 <= config.conf < 1 or not 0 < config.iou <= 1 or config.max_det < 1:
-            raise UserError(f"{source}: conf must lie in [0, 1), iou in (0, 1] and max_det >= 1.")
-        return config
+    def _device_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def lane_overlay(image_bgr: np.ndarray, mask: np.ndarray, alpha: float = 0.7) -> np.ndarray:
@@ -194,7 +192,8 @@ def evaluate_models(
     with atomic_path(plots_out, is_dir=True) as plots_tmp, atomic_path(preds_out, is_dir=True) as preds_tmp:
         plots: list[Path] = []
         if det_weights is not None:
-            from visionpipes.driving.detect import load_detector, predict_detections, validate_detector
+            from visionpipes.driving.detection.predict import load_detector, predict_detections
+            from visionpipes.driving.detection.train import validate_detector
 
             model = load_detector(det_weights)
             imgsz = int(model.ckpt.get("train_args", {}).get("imgsz", 320)) if getattr(model, "ckpt", None) else 320
@@ -222,7 +221,8 @@ def evaluate_models(
                 plots.extend(val["plots"])
                 metrics["det"]["ultralytics"] = val["metrics"]
         if lane_model is not None:
-            from visionpipes.driving.lanes import load_lane_model, predict_lane_masks
+            from visionpipes.driving.lanes.model import load_lane_model
+            from visionpipes.driving.lanes.runtime import predict_lane_masks
 
             net = load_lane_model(lane_model)
             device = "cuda" if config.device not in ("cpu",) and _cuda() else "cpu"

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from visionpipes.core.config import ConfigModel, Field
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import atomic_path, check_known_keys, dataclass_from_params, write_json
+from visionpipes.core.io import atomic_path, write_json
 from visionpipes.driving.bdd100k.labels import IMAGE_SIZE, frames_to_json, load_frames
 from visionpipes.driving.bdd100k.masks import lane_polygons_to_masks
 from visionpipes.driving.bdd100k.yolo import YoloSplit, det_to_yolo
+from visionpipes.driving.synth import SynthConfig
 
 #: The file in a raw folder that points at a real BDD100K copy instead of holding one.
 SOURCE_FILE = "source.json"
@@ -27,8 +28,7 @@ MANIFEST = "dataset.json"
 SPLITS: tuple[str, ...] = ("train", "val")
 
 
-@dataclass
-class DataConfig:
+class DataConfig(ConfigModel):
     """The `data` section of params.yaml.
 
     Attributes:
@@ -38,12 +38,7 @@ class DataConfig:
     """
 
     path: str | None = None
-    synth: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "data config") -> DataConfig:
-        """Raises: UserError on unknown keys."""
-        return dataclass_from_params(cls, data, source=source)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
 
 
 def _layout_problems(root: Path) -> list[str]:
@@ -103,14 +98,9 @@ def obtain_data(config: DataConfig, out_dir: str | os.PathLike, *, base_dir: str
         with atomic_path(out, is_dir=True) as tmp:
             write_json(tmp / SOURCE_FILE, summary)
         return summary
-    from visionpipes.driving.synth import SynthConfig, write_sample
+    from visionpipes.driving.synth import write_sample
 
-    check_known_keys(config.synth, {f.name for f in fields(SynthConfig)}, source="data.synth")
-    synth = dict(config.synth)
-    for key in ("video_size", "image_size"):
-        if key in synth:
-            synth[key] = tuple(synth[key])
-    summary = write_sample(out, SynthConfig(**synth))
+    summary = write_sample(out, config.synth)
     return {"source": "synthetic", **summary}
 
 
@@ -138,8 +128,7 @@ def resolve_root(raw_dir: str | os.PathLike) -> tuple[Path, str]:
     return raw.resolve(), "synthetic"
 
 
-@dataclass
-class PrepareConfig:
+class PrepareConfig(ConfigModel):
     """The `prepare` section of params.yaml.
 
     Attributes:
@@ -148,17 +137,9 @@ class PrepareConfig:
         lane_thickness: line width when lane masks must be drawn from polygons (pixels at 1280x720).
     """
 
-    limit_train: int = 0
-    limit_val: int = 0
-    lane_thickness: int = 8
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "prepare config") -> PrepareConfig:
-        """Raises: UserError on unknown keys or negative limits."""
-        config = dataclass_from_params(cls, data, source=source)
-        if config.limit_train < 0 or config.limit_val < 0 or config.lane_thickness < 1:
-            raise UserError(f"{source}: limits must be >= 0 and lane_thickness >= 1.")
-        return config
+    limit_train: int = Field(0, ge=0)
+    limit_val: int = Field(0, ge=0)
+    lane_thickness: int = Field(8, ge=1)
 
 
 @dataclass

@@ -210,6 +210,10 @@ def make_tracker(kind: str = "bytetrack", frame_rate: int = 30) -> Any:
         UserError: for another tracker name.
     """
     import yaml
+
+    from visionpipes.driving.ultralytics_env import apply_ultralytics_env
+
+    apply_ultralytics_env()
     from ultralytics.trackers.bot_sort import BOTSORT
     from ultralytics.trackers.byte_tracker import BYTETracker
     from ultralytics.utils import ROOT
@@ -335,7 +339,7 @@ def run_streams(
     """
     import cv2
 
-    from visionpipes.driving.detect import OnnxDetector
+    from visionpipes.driving.detection.runtime import OnnxDetector
 
     if not sources:
         raise UserError("stream needs at least one source (video file, camera index or URL).")
@@ -345,7 +349,7 @@ def run_streams(
     detector = OnnxDetector(detector_path, threads=config.threads)
     lanes = None
     if lanes_path is not None and config.lanes_every:
-        from visionpipes.driving.lanes import OnnxLaneModel
+        from visionpipes.driving.lanes.runtime import OnnxLaneModel
 
         lanes = OnnxLaneModel(lanes_path, threads=config.threads)
     names = [f"cam{i}" for i in range(len(sources))]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import model_validator
 
+from visionpipes.core.config import ConfigModel, Field
 from visionpipes.core.errors import UserError
 from visionpipes.core.io import atomic_path
 from visionpipes.driving.bdd100k.categories import LANE_CATEGORIES
@@ -33,8 +35,7 @@ from visionpipes.driving.bdd100k.masks import (
 MARKER = "synth.json"
 
 
-@dataclass
-class SynthConfig:
+class SynthConfig(ConfigModel):
     """What `write_sample` writes.
 
     Attributes:
@@ -50,27 +51,22 @@ class SynthConfig:
         jpeg_quality: JPEG quality of the images.
     """
 
-    images: int = 40
+    images: int = Field(40, ge=1)
     seed: int = 0
-    val_fraction: float = 0.25
-    cameras: int = 4
-    video_frames: int = 48
+    val_fraction: float = Field(0.25, ge=0.0, lt=1.0)
+    cameras: int = Field(4, ge=0)
+    video_frames: int = Field(48, ge=1)
     video_size: tuple[int, int] = (640, 360)
-    fps: int = 10
+    fps: int = Field(10, ge=1)
     image_size: tuple[int, int] = IMAGE_SIZE
-    lane_thickness: int = 8
-    jpeg_quality: int = 90
+    lane_thickness: int = Field(8, ge=1)
+    jpeg_quality: int = Field(90, ge=1, le=100)
 
-    def check(self) -> None:
-        """Raises: UserError when a value is out of range."""
-        if self.images < 1:
-            raise UserError(f"synth needs at least 1 image, got --images {self.images}.")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise UserError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}.")
-        if self.cameras < 0 or self.video_frames < 1:
-            raise UserError("--cameras must be >= 0 and --video-frames >= 1.")
+    @model_validator(mode="after")
+    def _sizes(self) -> SynthConfig:
         if min(*self.image_size, *self.video_size) < 64:
-            raise UserError("image and video sizes must be at least 64 pixels.")
+            raise ValueError("image and video sizes must be at least 64 pixels")
+        return self
 
 
 # Lane dividers: (category, style, probability)
@@ -622,7 +618,6 @@ def write_sample(out_dir: str | os.PathLike, config: SynthConfig | None = None) 
     import cv2
 
     config = config or SynthConfig()
-    config.check()
     out = Path(out_dir).resolve()
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
         raise UserError(
@@ -682,6 +677,6 @@ def write_sample(out_dir: str | os.PathLike, config: SynthConfig | None = None) 
             video = tmp / "videos" / f"cam{cam}.mp4"
             _write_video(video, _make_scene(rng), config, rng)
             summary["videos"].append(f"videos/{video.name}")
-        (tmp / MARKER).write_text(json.dumps({"config": asdict(config), **summary}, indent=2) + "\n")
+        (tmp / MARKER).write_text(json.dumps({"config": config.to_dict(), **summary}, indent=2) + "\n")
     summary["out"] = str(out)
     return summary
