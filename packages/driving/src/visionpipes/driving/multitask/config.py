@@ -1,0 +1,143 @@
+"""The multi-task network's typed config (size, widths, ASPP rates, loss weights) and its output
+layout: detection classes, the lane channel groups and the drivable classes of BDD100K.
+
+Pure pydantic and constants: no torch, no ultralytics, so `params.yaml` checks stay fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import field_validator, model_validator
+
+from visionpipes.core.config import ConfigModel, Field, parse_config
+from visionpipes.core.errors import UserError
+from visionpipes.driving.bdd100k.categories import DET_CATEGORIES, DRIVABLE_CATEGORIES, LANE_CATEGORIES
+
+#: Detection classes: index i is the official BDD100K id i + 1 (`DET_CATEGORIES`).
+DETECTION_CLASSES: int = len(DET_CATEGORIES)
+#: Lane logits, as the dedicated lane model's (`lanes.decode`): 8 lane types then background,
+#: 2 styles (solid, dashed), 2 directions (parallel, vertical).
+LANE_CATEGORY_CHANNELS: int = len(LANE_CATEGORIES) + 1
+LANE_STYLE_CHANNELS: int = 2
+LANE_DIRECTION_CHANNELS: int = 2
+LANE_CHANNELS: int = LANE_CATEGORY_CHANNELS + LANE_STYLE_CHANNELS + LANE_DIRECTION_CHANNELS
+#: The lane category index of "no lane".
+LANE_BACKGROUND_CLASS: int = len(LANE_CATEGORIES)
+#: Drivable logits: channel k is the drivable-mask value k (0 direct, 1 alternative, 2 background),
+#: so the arg-max is the official drivable mask.
+DRIVABLE_CHANNELS: int = len(DRIVABLE_CATEGORIES)
+#: Target value ignored by every segmentation loss (as `lanes.data.IGNORE_INDEX`).
+IGNORE_INDEX: int = -100
+
+
+class MultiTaskModelConfig(ConfigModel):
+    """The network's size.
+
+    Attributes:
+        backbone: a `core.backbones` preset name, a spec file (`.yaml`/`.json`, e.g. the
+            `best_spec.yaml` of `vp-core search`; inlined when read with `from_params`) or a spec
+            mapping. It must return features at strides 4, 8, 16 and 32.
+        width: network input width (multiple of 32); the size the model is exported and profiled at.
+        height: network input height (multiple of 32).
+        neck_width: channels of the FPN and PAN levels (strides 8, 16, 32) the detection head reads.
+        seg_width: channels of the segmentation decoder (ASPP output and the stride-8/4 fusions).
+        lane_head_width: channels of the lane head's depthwise separable conv.
+        drivable_head_width: channels of the drivable head's depthwise separable conv.
+        aspp_rates: dilation rates of the ASPP on the stride-16 level (in stride-16 cells).
+        act: activation of the neck and segmentation heads (`core.layers` names).
+        reg_max: DFL bins of the ultralytics `Detect` head.
+    """
+
+    backbone: str | dict[str, Any] = "mobilenet_v2"
+    width: int = Field(640, ge=32, multiple_of=32)
+    height: int = Field(384, ge=32, multiple_of=32)
+    neck_width: int = Field(128, ge=8)
+    seg_width: int = Field(96, ge=8)
+    lane_head_width: int = Field(48, ge=4)
+    drivable_head_width: int = Field(32, ge=4)
+    aspp_rates: list[int] = Field(default_factory=lambda: [2, 4, 6], min_length=1)
+    act: str = "silu"
+    reg_max: int = Field(16, ge=1)
+
+    @field_validator("aspp_rates")
+    @classmethod
+    def _positive_rates(cls, rates: list[int]) -> list[int]:
+        if any(r < 1 for r in rates):
+            raise ValueError(f"ASPP rates must be >= 1, got {rates}")
+        return rates
+
+    @classmethod
+    def from_params(cls, data: Any, *, source: str) -> MultiTaskModelConfig:
+        """Validate `data` and inline a backbone spec file, so a saved model never needs the file.
+
+        Raises:
+            UserError: on an unknown key (with the closest valid key), a bad value, or an
+                unreadable spec file.
+        """
+        config = parse_config(cls, data, source=source)
+        if isinstance(config.backbone, str):
+            from visionpipes.core.backbones import inline_spec_file
+
+            try:
+                config.backbone = inline_spec_file(config.backbone)
+            except ValueError as err:
+                raise UserError(f"{source}: backbone {config.backbone}: {err}") from None
+        return config
+
+
+class MultiTaskLossConfig(ConfigModel):
+    """Weights of the joint loss.
+
+    Attributes:
+        detection: weight of the detection loss (ultralytics' box + cls + DFL, gains below).
+        lanes: weight of the lane loss.
+        drivable: weight of the drivable-area loss.
+        box: ultralytics' box (CIoU) gain (`cfg/default.yaml` box: 7.5).
+        cls: ultralytics' classification BCE gain (cls: 0.5).
+        dfl: ultralytics' distribution focal loss gain (dfl: 1.5).
+        tal_topk: candidates per object of ultralytics' `TaskAlignedAssigner` (10 as in v8).
+        lane_dice: weight of the multi-class Dice added to the lane category cross-entropy
+            (as the lane model's `dice_weight`).
+        lane_background: weight of the background class in the lane category cross-entropy
+            (as the lane model's `background_weight`).
+        lane_attributes: weight of the style and direction cross-entropies on lane pixels
+            (as the lane model's `attribute_weight`).
+        drivable_dice: weight of the multi-class Dice added to the drivable cross-entropy (0: CE only).
+    """
+
+    detection: float = Field(1.0, ge=0)
+    lanes: float = Field(1.0, ge=0)
+    drivable: float = Field(1.0, ge=0)
+    box: float = Field(7.5, ge=0)
+    cls: float = Field(0.5, ge=0)
+    dfl: float = Field(1.5, ge=0)
+    tal_topk: int = Field(10, ge=1)
+    lane_dice: float = Field(1.0, ge=0)
+    lane_background: float = Field(1.0, ge=0)
+    lane_attributes: float = Field(0.5, ge=0)
+    drivable_dice: float = Field(0.5, ge=0)
+
+    @model_validator(mode="after")
+    def _some_task(self) -> MultiTaskLossConfig:
+        if self.detection == 0 and self.lanes == 0 and self.drivable == 0:
+            raise ValueError("at least one of the task weights detection, lanes, drivable must be above 0")
+        return self
+
+
+class MultiTaskConfig(ConfigModel):
+    """The `multitask` section of params.yaml: the network and its joint loss."""
+
+    model: MultiTaskModelConfig = Field(default_factory=MultiTaskModelConfig)
+    loss: MultiTaskLossConfig = Field(default_factory=MultiTaskLossConfig)
+
+    @classmethod
+    def from_params(cls, data: Any, *, source: str) -> MultiTaskConfig:
+        """Validate `data` (see `MultiTaskModelConfig.from_params` for the backbone spec file).
+
+        Raises:
+            UserError: on an unknown key (with the closest valid key) or a bad value.
+        """
+        config = parse_config(cls, data, source=source)
+        config.model = MultiTaskModelConfig.from_params(config.model.to_dict(), source=f"{source}.model")
+        return config
