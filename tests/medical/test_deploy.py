@@ -290,3 +290,63 @@ def test_cli_evaluate_draws_the_overlay(
     assert (out / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(json.loads((out / "metrics.json").read_text())) == {"TC", "WT", "ET", "mean"}
     shutil.rmtree(out)
+
+
+# --- runtime without the training stack ----------------------------------------------------------
+
+#: What a predictor must never load: the training modules and the training stack.
+TRAINING_STACK = ("lightning", "pytorch_lightning", "dvclive", "optuna", "visionpipes.medical.training")
+
+
+def _loaded_training_modules(code: str) -> dict:
+    """Run `code` in a fresh interpreter; return its JSON result plus the training modules it loaded."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import json, sys\n"
+        f"{code}\n"
+        f"stack = {TRAINING_STACK!r}\n"
+        "loaded = sorted(m for m in sys.modules if any(m == s or m.startswith(s + '.') for s in stack))\n"
+        "print(json.dumps({'result': result, 'loaded': loaded}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_runtime_modules_import_no_training() -> None:
+    out = _loaded_training_modules(
+        "import visionpipes.medical.runtime.predictor, visionpipes.medical.runtime.deployed\n"
+        "import visionpipes.medical.cli\n"
+        "result = None"
+    )
+    assert out["loaded"] == []
+
+
+def test_predict_with_a_deployed_model_loads_no_training(
+    deployed: Path, trained: Path, synth_task_readonly: Path, tmp_path: Path
+) -> None:
+    """`vp-medical predict` (deployed folder, then checkpoint) loads no training module, Lightning or DVCLive.
+
+    Optuna is the one exception we do not control: `import monai` itself loads every MONAI subpackage,
+    and `monai.apps.auto3dseg` imports Optuna whenever it is installed (here, through core's `nas`
+    extra). So Optuna may appear only if MONAI alone brings it in this environment.
+    """
+    by_monai = set(_loaded_training_modules("import monai\nresult = None")["loaded"])
+    scan = synth_task_readonly / "imagesTs" / "BRATS_004.nii.gz"
+    for model in (deployed, trained / "checkpoints" / "last.ckpt"):
+        out = tmp_path / f"{model.name}.nii.gz"
+        run = _loaded_training_modules(
+            "from visionpipes.medical import cli\n"
+            "try:\n"
+            f"    cli.main(['predict', '--model', {str(model)!r}, '--input', {str(scan)!r}, '--output', {str(out)!r}])\n"
+            "except SystemExit as exit:\n"
+            "    result = exit.code"
+        )
+        assert run["result"] == 0 and out.is_file()
+        ours = [m for m in run["loaded"] if m not in by_monai]
+        assert ours == [], ours
+        assert not any(m.startswith(("lightning", "pytorch_lightning", "dvclive")) for m in run["loaded"])
