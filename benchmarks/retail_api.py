@@ -29,8 +29,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from visionpipes.retail.index import ProductIndex
-from visionpipes.retail.store import ProductRecord
+from visionpipes.retail.index.product_index import ProductIndex
+from visionpipes.retail.index.records import ProductRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,24 +43,28 @@ def free_port() -> int:
 
 def default_model(work: Path) -> Path:
     """A deploy-style model folder (model.onnx + model.json) of the default architecture, untrained."""
-    from dataclasses import asdict
-
     import torch
 
-    from visionpipes.retail.deploy import export_model
-    from visionpipes.retail.embedding import EmbeddingNet, file_version
-    from visionpipes.retail.train import TrainParams
+    from visionpipes.core.artifact import file_entry, file_version, write_record
+    from visionpipes.retail.embedding.network import EmbeddingNet
+    from visionpipes.retail.training.deploy import export_model
+    from visionpipes.retail.training.params import TrainParams
 
     params = TrainParams()
-    config = params.model_config()
+    config = params.embedding_config()
     torch.manual_seed(0)
     model = EmbeddingNet.from_config(config).eval()
     sample = np.random.default_rng(0).integers(0, 256, (2, config.image_size, config.image_size, 3), dtype=np.uint8)
     folder = work / "model"
     folder.mkdir()
     export_model(model, config, sample, folder / "model.onnx", atol=1e-4)
-    meta = {"config": asdict(config), "version": file_version(folder / "model.onnx")}
-    (folder / "model.json").write_text(json.dumps(meta))
+    write_record(
+        folder,
+        domain="retail",
+        files={"onnx": file_entry(folder, "model.onnx")},
+        config=config.to_dict(),
+        version=file_version(folder / "model.onnx"),
+    )
     return folder
 
 

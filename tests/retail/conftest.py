@@ -16,7 +16,7 @@ import faiss
 import numpy as np
 import pytest
 
-from visionpipes.retail.store import ProductRecord
+from visionpipes.retail.index.records import ProductRecord
 
 
 @dataclass
@@ -84,9 +84,11 @@ def deployed(tmp_path_factory) -> Path:
     with an untrained (random) small embedding model: fast, and a catalog photo still finds itself."""
     import torch
 
-    from visionpipes.retail.deploy import DeployParams, deploy_model
-    from visionpipes.retail.embedding import EmbeddingConfig, EmbeddingNet, save_model
+    from visionpipes.retail.embedding.config import EmbeddingConfig
+    from visionpipes.retail.embedding.model_folder import save_model
+    from visionpipes.retail.embedding.network import EmbeddingNet
     from visionpipes.retail.synth import SynthConfig, write_catalog
+    from visionpipes.retail.training.deploy import DeployParams, deploy_model
 
     root = tmp_path_factory.mktemp("deployed")
     write_catalog(root / "catalog", SynthConfig(products=12, views=2, queries=1, size=64, seed=5))

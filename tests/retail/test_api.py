@@ -12,10 +12,12 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
 from visionpipes.core.errors import UserError
-from visionpipes.retail.api import APIConfig, create_app
-from visionpipes.retail.embedding import EmbeddingNet, ImageEmbedder
-from visionpipes.retail.index import ProductIndex
-from visionpipes.retail.store import ProductRecord
+from visionpipes.retail.embedding.embedders import ImageEmbedder
+from visionpipes.retail.embedding.network import EmbeddingNet
+from visionpipes.retail.index.product_index import ProductIndex
+from visionpipes.retail.index.records import ProductRecord
+from visionpipes.retail.serve.app import create_app
+from visionpipes.retail.serve.settings import APIConfig
 
 COLORS = [(220, 30, 30), (30, 200, 40), (40, 60, 230), (240, 220, 20), (200, 40, 200), (20, 210, 210)]
 
@@ -181,3 +183,38 @@ def test_server_refuses_mismatched_model(index_dir, embedder):
         create_app(index_dir, other)
     with pytest.raises(UserError, match="built with model 'cnn-test-1', not 'cnn-test-2'"):
         create_app(index_dir, embedder, model_version="cnn-test-2")
+
+
+def test_metrics_expose_latency_histograms_per_route_and_apps_do_not_share_them(index_dir, embedder, tmp_path):
+    import shutil
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    shutil.copytree(index_dir, tmp_path / "copy")
+    first, second = create_app(index_dir, embedder), create_app(tmp_path / "copy", embedder)
+    photo = ("q.png", png(product_image(3)), "image/png")
+    with TestClient(first) as a, TestClient(second) as b:
+        for _ in range(3):
+            assert a.post("/search", params={"k": 3}, files={"image": photo}).status_code == 200
+        assert a.get("/health").status_code == 200
+        assert b.post("/search", params={"k": 3}, files={"image": photo}).status_code == 200
+        text_a, text_b = a.get("/metrics").text, b.get("/metrics").text
+
+    def samples(text: str) -> dict[tuple[str, tuple], float]:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    sa, sb = samples(text_a), samples(text_b)
+    inf_search = ("retail_http_request_seconds_bucket", (("le", "+Inf"), ("route", "/search")))
+    assert sa[inf_search] == 3 and sb[inf_search] == 1  # one registry per app
+    assert sa[("retail_http_request_seconds_bucket", (("le", "+Inf"), ("route", "/health")))] == 1
+    buckets = [v for (name, labels), v in sa.items() if name.endswith("_bucket") and ("route", "/search") in labels]
+    assert len(buckets) >= 10 and buckets == sorted(buckets)  # cumulative: p50/p99 come from these
+    assert sa[("retail_http_request_seconds_count", (("route", "/search"),))] == 3
+    assert sa[("retail_http_request_seconds_sum", (("route", "/search"),))] > 0
+    key = ("retail_http_requests_total", (("method", "POST"), ("route", "/search"), ("status", "200")))
+    assert sa[key] == 3 and sb[key] == 1
+    assert sa[("retail_index_products", ())] == 18

@@ -13,9 +13,11 @@ import pytest
 import torch
 
 from visionpipes.retail.cli import main
-from visionpipes.retail.deploy import DeployParams, deploy_model
-from visionpipes.retail.embedding import EmbeddingConfig, EmbeddingNet, save_model
-from visionpipes.retail.index import ProductIndex
+from visionpipes.retail.embedding.config import EmbeddingConfig
+from visionpipes.retail.embedding.model_folder import save_model
+from visionpipes.retail.embedding.network import EmbeddingNet
+from visionpipes.retail.index.product_index import ProductIndex
+from visionpipes.retail.training.deploy import DeployParams, deploy_model
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -111,7 +113,7 @@ def test_cli_bad_input_is_one_sentence(deployed, tmp_path, capsys):
         (["train", "--catalog", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m")], "catalog"),
         (
             ["train", "--catalog", str(deployed / "catalog"), "--out", str(tmp_path / "m"), "--params", str(tmp_path / "params.yaml")],
-            "unknown keys learning_rate",
+            "params.yaml:train: unknown key 'learning_rate'",
         ),
         (["train", "--catalog", str(deployed / "catalog"), "--out", str(tmp_path / "m"), "--backbone", "vgg99"], "unknown backbone"),
         (["evaluate", "--model", str(tmp_path), "--catalog", str(deployed / "catalog"), "--out", str(tmp_path / "e")], "neither an .onnx"),

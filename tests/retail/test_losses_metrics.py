@@ -1,5 +1,6 @@
-"""Metric-learning losses against hand computation and their defining behaviour, batch augmentation,
-P x K batches, and the retrieval metrics (product-level Recall@K, image-level mAP) on known rankings."""
+"""Metric-learning losses (pytorch-metric-learning, with our option names and defaults) against hand
+computation and their defining behaviour, batch augmentation, P x K batches, and the retrieval
+metrics (product-level Recall@K, image-level mAP) on known rankings."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from visionpipes.retail.evaluate import score_retrieval
-from visionpipes.retail.losses import ArcFaceLoss, MultiSimilarityLoss, ProxyAnchorLoss, build_loss
-from visionpipes.retail.train import BatchAugment, PKBatchSampler
+from visionpipes.core.errors import UserError
+from visionpipes.retail.training.augment import BatchAugment
+from visionpipes.retail.training.data import pk_sampler
+from visionpipes.retail.training.evaluate import score_retrieval
+from visionpipes.retail.training.losses import build_loss
 
 
 def test_proxy_anchor_matches_its_formula():
-    loss = ProxyAnchorLoss(3, 2, margin=0.1, alpha=32)
+    loss = build_loss("proxy_anchor", 3, 2, margin=0.1, alpha=32)
     with torch.no_grad():
         loss.proxies.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
     x = F.normalize(torch.tensor([[1.0, 0.2], [0.3, 1.0], [0.9, -0.1]]), dim=1)
@@ -32,7 +35,7 @@ def test_proxy_anchor_matches_its_formula():
 
 
 def test_multi_similarity_mines_and_prefers_separated_embeddings():
-    loss = MultiSimilarityLoss()
+    loss = build_loss("multi_similarity", 2, 2)
     y = torch.tensor([0, 0, 1, 1])
     separated = F.normalize(torch.tensor([[1.0, 0.05], [1.0, -0.05], [0.05, 1.0], [-0.05, 1.0]]), dim=1)
     mixed = F.normalize(torch.tensor([[1.0, 0.05], [0.05, 1.0], [1.0, -0.05], [-0.05, 1.0]]), dim=1)
@@ -44,12 +47,19 @@ def test_multi_similarity_mines_and_prefers_separated_embeddings():
 def test_arcface_is_softmax_with_an_angular_margin():
     torch.manual_seed(0)
     x, y = F.normalize(torch.randn(8, 4), dim=1), torch.randint(0, 5, (8,))
-    plain = ArcFaceLoss(5, 4, margin=0.0, scale=10.0)
-    logits = 10.0 * x @ F.normalize(plain.weight, dim=1).T
-    assert float(plain(x, y).detach()) == pytest.approx(float(F.cross_entropy(logits, y).detach()), rel=1e-5)
-    margin = ArcFaceLoss(5, 4, margin=0.3, scale=10.0)
-    margin.weight = plain.weight
+    plain = build_loss("arcface", 5, 4, margin=0.0, scale=10.0)
+    (weight,) = plain.parameters()  # (dimension, classes) in pytorch-metric-learning
+    logits = 10.0 * x @ F.normalize(weight, dim=0)
+    assert float(plain(x, y).detach()) == pytest.approx(float(F.cross_entropy(logits, y).detach()), rel=1e-4)
+    margin = build_loss("arcface", 5, 4, margin=0.3, scale=10.0)  # our margin is in radians
+    with torch.no_grad():
+        next(iter(margin.parameters())).copy_(weight)
     assert float(margin(x, y).detach()) > float(plain(x, y).detach())
+
+
+def test_build_loss_refuses_an_unknown_option():
+    with pytest.raises(UserError, match="arcface has no option 'marginn'"):
+        build_loss("arcface", 5, 4, marginn=0.3)
 
 
 @pytest.mark.parametrize("name", ["proxy_anchor", "multi_similarity", "arcface"])
@@ -80,9 +90,11 @@ def test_batch_augment_and_pk_batches():
     out = BatchAugment("strong")(x)
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1 and not torch.allclose(out, x)
     assert torch.equal(BatchAugment("none")(x), x)
-    sampler = PKBatchSampler([0, 0, 0, 1, 1, 2, 2, 2, 2, 3], p=2, k=3, seed=1)
-    batches = list(sampler)
+    np.random.seed(1)  # noqa: NPY002 - MPerClassSampler draws from numpy's global generator
+    sampler = pk_sampler([0, 0, 0, 1, 1, 2, 2, 2, 2, 3], p=2, k=3)
+    batches = list(torch.utils.data.DataLoader(range(10), batch_size=sampler.batch_size, sampler=sampler))
     assert len(batches) == 1 and len(batches[0]) == 6
+    batches = [b.tolist() for b in batches]
     labels = [[0, 0, 0, 1, 1, 2, 2, 2, 2, 3][i] for i in batches[0]]
     assert sorted({labels.count(v) for v in set(labels)}) == [3] and len(set(labels)) == 2
 
@@ -107,15 +119,16 @@ def test_a_searched_backbone_spec_file_is_recorded_inline(tmp_path):
     import yaml
 
     from visionpipes.core.backbones import get_spec
-    from visionpipes.core.errors import UserError
-    from visionpipes.retail.embedding import EmbeddingConfig, EmbeddingNet
+    from visionpipes.core.config import parse_config
+    from visionpipes.retail.embedding.config import EmbeddingConfig
+    from visionpipes.retail.embedding.network import EmbeddingNet
 
     spec = get_spec("resnet18").to_dict()
     spec["name"] = "searched"
     (tmp_path / "best_spec.yaml").write_text(yaml.safe_dump(spec))
-    config = EmbeddingConfig.from_dict({"backbone": str(tmp_path / "best_spec.yaml"), "dimension": 16}, source="t")
+    config = parse_config(EmbeddingConfig, {"backbone": str(tmp_path / "best_spec.yaml"), "dimension": 16}, source="t")
     assert config.backbone == spec  # what model.json records: no file needed later
     net = EmbeddingNet.from_config(config).eval()
     assert tuple(net(torch.zeros(1, 3, 64, 64)).shape) == (1, 16)
     with pytest.raises(UserError, match="does not exist"):
-        EmbeddingConfig.from_dict({"backbone": str(tmp_path / "none.yaml")}, source="t")
+        parse_config(EmbeddingConfig, {"backbone": str(tmp_path / "none.yaml")}, source="t")

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from visionpipes.core.errors import UserError
-from visionpipes.retail.index import ProductIndex, SearchSettings
-from visionpipes.retail.manifest import read_manifest
-from visionpipes.retail.store import ProductRecord
+from visionpipes.retail.index.faiss_index import SearchSettings
+from visionpipes.retail.index.manifest import read_manifest
+from visionpipes.retail.index.product_index import ProductIndex
+from visionpipes.retail.index.records import ProductRecord
 
 
 def _results(idx: ProductIndex, queries: np.ndarray, **kw) -> list[list[tuple[str, float]]]:
@@ -158,8 +159,8 @@ CHILD = textwrap.dedent(
     import sys
     import numpy as np
     from pathlib import Path
-    from visionpipes.retail.index import ProductIndex
-    from visionpipes.retail.store import ProductRecord
+    from visionpipes.retail.index.product_index import ProductIndex
+    from visionpipes.retail.index.records import ProductRecord
 
     path = Path(sys.argv[1])
     idx = ProductIndex.create(path, dimension=8, factory=sys.argv[2], model_version="m")

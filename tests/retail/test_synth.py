@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from visionpipes.core.config import parse_config
 from visionpipes.core.errors import UserError
 from visionpipes.core.image import read_image
 from visionpipes.retail.catalog import load_catalog, read_queries
@@ -60,8 +61,8 @@ def test_designs_are_distinct():
 
 
 def test_synth_bad_input(tmp_path):
-    with pytest.raises(UserError, match="--products must be at least 2"):
-        write_catalog(tmp_path / "x", SynthConfig(products=1))
+    with pytest.raises(UserError, match=r"data\.synth: key 'products' = 1: input should be greater than or equal to 2"):
+        write_catalog(tmp_path / "x", parse_config(SynthConfig, {"products": 1}, source="params.yaml:data.synth"))
     with pytest.raises(UserError, match=r"output folder .* does not exist"):
         write_catalog(tmp_path / "missing" / "x", SynthConfig(products=2, views=1, size=32))
     (tmp_path / "full").mkdir()

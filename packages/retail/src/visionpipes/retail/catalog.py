@@ -2,7 +2,7 @@
 product-retrieval benchmarks (one folder per product id), and `queries.csv` (query image -> product id).
 
 It reads and writes these formats and reports unusable rows; it never decodes pixels for training
-or computes embeddings (see `visionpipes.retail.train` and `visionpipes.retail.embedding`).
+or computes embeddings (see `visionpipes.retail.training` and `visionpipes.retail.embedding`).
 
 `catalog.csv` columns: `product_id` and `image` (a path relative to the CSV's folder) are required;
 `title` and `category` are optional; every other column is kept, per product, as metadata. A product

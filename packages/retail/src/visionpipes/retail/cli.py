@@ -13,7 +13,6 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +21,15 @@ from visionpipes.core.errors import UserError
 
 
 def _merge(config_cls: type, section: Mapping[str, Any], overrides: Mapping[str, Any], *, source: str) -> Any:
-    """`config_cls(**section)` with the non-None `overrides` on top; unknown section keys are refused."""
-    from visionpipes.core.io import check_known_keys, dataclass_from_params
+    """`config_cls` (a `ConfigModel`) from `section` with the non-None `overrides` on top.
 
-    known = {f.name for f in fields(config_cls)}
-    values = dict(check_known_keys(section, known, source=source))
-    values.update({k: v for k, v in overrides.items() if v is not None and k in known})
-    try:
-        return dataclass_from_params(config_cls, values, source=source)
-    except TypeError as err:
-        raise UserError(f"{source}: {err}.") from None
+    Raises:
+        UserError: naming `source` and the key, on an unknown key (with the closest valid one) or a bad value.
+    """
+    from visionpipes.core.config import parse_config
+
+    values = {**section, **{k: v for k, v in overrides.items() if v is not None}}
+    return parse_config(config_cls, values, source=source)
 
 
 def _print(result: Mapping[str, Any]) -> None:
@@ -54,7 +52,7 @@ def _cmd_synth(args: argparse.Namespace) -> None:
         SynthConfig,
         _synth_section(args),
         {"products": args.products, "views": args.views, "queries": args.queries, "size": args.size, "seed": args.seed},
-        source=f"{args.params} section data.synth",
+        source=f"{args.params}:data.synth",
     )
     summary = replace_catalog(args.out, config, overwrite=args.overwrite)
     _print({k: v for k, v in summary.items() if k != "config"} | {"out": str(args.out)})
@@ -73,13 +71,14 @@ def _cmd_data(args: argparse.Namespace) -> None:
             print(f"skipped {line}", file=sys.stderr)
         _print({k: v for k, v in summary.items() if k != "skipped_rows"} | {"skipped_rows": len(summary["skipped_rows"])})
         return
-    config = _merge(SynthConfig, _synth_section(args), {}, source=f"{args.params} section data.synth")
+    config = _merge(SynthConfig, _synth_section(args), {}, source=f"{args.params}:data.synth")
     summary = write_catalog(args.out, config)
     _print({k: v for k, v in summary.items() if k != "config"} | {"out": str(args.out), "source": "synthetic"})
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from visionpipes.retail.train import TrainParams, train_embedding
+    from visionpipes.retail.training.params import TrainParams
+    from visionpipes.retail.training.train import train_embedding
 
     section = params_section(args.params, "train", required=True)
     overrides = {
@@ -94,14 +93,13 @@ def _cmd_train(args: argparse.Namespace) -> None:
     }
     if args.no_progress:
         overrides["progress"] = False
-    values = {**section, **{k: v for k, v in overrides.items() if v is not None}}
-    params = TrainParams.from_dict(values, source=f"{args.params or 'options'} (train)")
+    params = _merge(TrainParams, section, overrides, source=f"{args.params or 'options'}:train")
     summary = train_embedding(args.catalog, args.out, params)
     _print({k: summary[k] for k in ("products", "train_views", "val_views", "epochs", "seconds", "metrics")})
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from visionpipes.retail.evaluate import evaluate_model
+    from visionpipes.retail.training.evaluate import evaluate_model
 
     queries = args.queries or args.catalog
     metrics = evaluate_model(args.model, args.catalog, queries, args.out, progress=not args.no_progress)
@@ -113,7 +111,8 @@ def _cmd_embed(args: argparse.Namespace) -> None:
 
     from visionpipes.core.io import atomic_path
     from visionpipes.retail.catalog import load_catalog
-    from visionpipes.retail.evaluate import embed_catalog, load_embedder
+    from visionpipes.retail.embedding.batch import embed_catalog
+    from visionpipes.retail.embedding.embedders import load_embedder
 
     embedder = load_embedder(args.model)
     catalog = load_catalog(args.catalog)
@@ -144,8 +143,8 @@ def _cmd_index(args: argparse.Namespace) -> None:
     import numpy as np
 
     from visionpipes.retail.catalog import load_catalog
-    from visionpipes.retail.deploy import catalog_records
-    from visionpipes.retail.index import ProductIndex
+    from visionpipes.retail.index.product_index import ProductIndex
+    from visionpipes.retail.index.records import catalog_records
 
     path = Path(args.embeddings)
     if not path.is_file():
@@ -180,11 +179,10 @@ def _cmd_index(args: argparse.Namespace) -> None:
 
 
 def _cmd_deploy(args: argparse.Namespace) -> None:
-    from visionpipes.retail.deploy import DeployParams, deploy_model
+    from visionpipes.retail.training.deploy import DeployParams, deploy_model
 
     section = params_section(args.params, "deploy", required=True)
-    values = {**section, **({"factory": args.factory} if args.factory else {})}
-    params = DeployParams.from_dict(values, source=f"{args.params or 'options'} (deploy)")
+    params = _merge(DeployParams, section, {"factory": args.factory}, source=f"{args.params or 'options'}:deploy")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     summary = deploy_model(
         args.model, args.catalog, args.out, params, eval_metrics=args.eval_metrics, progress=not args.no_progress
@@ -193,15 +191,16 @@ def _cmd_deploy(args: argparse.Namespace) -> None:
 
 
 def _api_config(args: argparse.Namespace) -> Any:
-    from visionpipes.retail.api import APIConfig
+    from visionpipes.retail.serve.settings import APIConfig
 
-    return APIConfig(max_upload_bytes=args.max_upload_bytes, max_k=args.max_k, max_batch=args.max_batch)
+    values = {"max_upload_bytes": args.max_upload_bytes, "max_k": args.max_k, "max_batch": args.max_batch}
+    return _merge(APIConfig, {}, values, source="vp-retail serve options")
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from visionpipes.retail.api import app_for_index
+    from visionpipes.retail.serve.app import app_for_index
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}.")
@@ -227,18 +226,12 @@ def _cmd_query(args: argparse.Namespace) -> None:
     if not args.index:
         raise UserError("query needs --index DIR (or --url of a running server).")
     from visionpipes.core.image import read_image
-    from visionpipes.retail.api import find_index_dir
-    from visionpipes.retail.evaluate import load_embedder
-    from visionpipes.retail.index import ProductIndex
-    from visionpipes.retail.manifest import read_manifest
+    from visionpipes.retail.embedding.embedders import load_embedder
+    from visionpipes.retail.index.product_index import ProductIndex
+    from visionpipes.retail.serve.deployment import find_index_dir, manifest_model
 
     index_dir = find_index_dir(args.index)
-    manifest = read_manifest(index_dir)
-    model = args.model or manifest.extra.get("model")
-    if not model:
-        raise UserError(f"index directory {index_dir} names no model in its manifest; pass --model.")
-    model_path = Path(model) if Path(model).is_absolute() or args.model else index_dir / model
-    embedder = load_embedder(model_path)
+    embedder = load_embedder(manifest_model(index_dir, args.model))
     pixels = read_image(image)
     with ProductIndex.open(
         index_dir, dimension=embedder.dimension, model_version=getattr(embedder, "model_version", None)

@@ -14,13 +14,14 @@ import json
 import math
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from visionpipes.core.config import ConfigModel, Field
 from visionpipes.core.errors import UserError
 from visionpipes.core.io import atomic_path
 from visionpipes.retail.catalog import CATALOG_CSV, QUERIES_CSV, write_catalog_csv, write_queries_csv
@@ -48,9 +49,8 @@ MARKS = (*"ABCDEFGHJKLMNPRSTUVWXYZ23456789", "#", "&", "%", "@", "+", "?")
 ATTRIBUTES = ("shape", "colour", "pattern")
 
 
-@dataclass
-class SynthConfig:
-    """What `write_catalog` generates.
+class SynthConfig(ConfigModel):
+    """What `write_catalog` generates (the `data.synth` section of `params.yaml`).
 
     Attributes:
         products: number of products.
@@ -64,32 +64,15 @@ class SynthConfig:
         clutter: probability that the background holds distractor shapes.
     """
 
-    products: int = 100
-    views: int = 10
-    queries: int = 2
-    size: int = 128
+    products: int = Field(100, ge=2)
+    views: int = Field(10, ge=1)
+    queries: int = Field(2, ge=0)
+    size: int = Field(128, ge=32, le=1024)
     seed: int = 0
-    min_difference: int = 2
-    occlusion: float = 0.3
-    blur: float = 0.4
-    clutter: float = 0.5
-
-    def check(self) -> None:
-        """Raises: UserError on a value outside its range."""
-        if self.products < 2:
-            raise UserError(f"--products must be at least 2, got {self.products}.")
-        if self.views < 1:
-            raise UserError(f"--views must be at least 1, got {self.views}.")
-        if self.queries < 0:
-            raise UserError(f"--queries must be 0 or more, got {self.queries}.")
-        if not 32 <= self.size <= 1024:
-            raise UserError(f"--size must be between 32 and 1024 pixels, got {self.size}.")
-        if not 1 <= self.min_difference <= len(ATTRIBUTES):
-            raise UserError(f"min_difference must be between 1 and {len(ATTRIBUTES)}, got {self.min_difference}.")
-        for name in ("occlusion", "blur", "clutter"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise UserError(f"{name} must be a probability in [0, 1], got {value}.")
+    min_difference: int = Field(2, ge=1, le=len(ATTRIBUTES))
+    occlusion: float = Field(0.3, ge=0.0, le=1.0)
+    blur: float = Field(0.4, ge=0.0, le=1.0)
+    clutter: float = Field(0.5, ge=0.0, le=1.0)
 
 
 @dataclass(frozen=True)
@@ -336,7 +319,6 @@ def write_catalog(out: str | os.PathLike, config: SynthConfig) -> dict[str, Any]
     Raises:
         UserError: on a bad config or if the folder holding `out` does not exist.
     """
-    config.check()
     out = Path(out)
     designs = design_products(config.products, config.seed, config.min_difference)
     canvas = 2 * config.size  # products are drawn at twice the photo size, then scaled down
@@ -377,7 +359,7 @@ def write_catalog(out: str | os.PathLike, config: SynthConfig) -> dict[str, Any]
             "catalog_images": len(rows),
             "query_images": len(query_rows),
             "categories": sorted({d.shape for d in designs}),
-            "config": asdict(config),
+            "config": config.to_dict(),
         }
         (tmp / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -2,7 +2,7 @@
 gallery with their scores. Plain HTML + JavaScript calling `POST /search`, `GET /categories` and the
 product images at `GET /items/{id}/image`; no build step, no external resource (works offline).
 
-It holds markup only; every behaviour it shows lives in `visionpipes.retail.api`.
+It holds markup only; every behaviour it shows lives in `visionpipes.retail.serve.routes`.
 """
 
 from __future__ import annotations

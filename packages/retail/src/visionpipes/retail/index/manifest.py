@@ -6,13 +6,13 @@ It only reads, writes and verifies the manifest and checksums; it opens neither 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from visionpipes.core.artifact import sha256_file
 from visionpipes.core.errors import UserError
 from visionpipes.core.io import atomic_path
 
@@ -60,15 +60,6 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         """The manifest as JSON data."""
         return asdict(self)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fsync_path(path: Path) -> None:

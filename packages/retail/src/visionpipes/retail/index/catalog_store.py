@@ -3,7 +3,7 @@
 A live catalog is an immutable snapshot database (checksummed by the index manifest, opened read-only)
 plus a journal database of the changes made since, in WAL mode with `synchronous=FULL`: a change is on
 disk before `add_products`/`delete_products` return, so an acknowledged add survives `kill -9`. This
-module knows nothing of FAISS; `visionpipes.retail.index` replays the journal into the vector index.
+module knows nothing of FAISS; `visionpipes.retail.index.product_index` replays the journal into the vector index.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 
 from visionpipes.core.errors import UserError
+from visionpipes.retail.index.records import ProductExistsError, ProductRecord, StoredProduct
 
 #: Bumped when the tables change; a catalog of another version is refused.
 SCHEMA_VERSION = 1
@@ -46,41 +45,6 @@ _JOURNAL_ONLY = "CREATE TABLE IF NOT EXISTS removed (product_id TEXT PRIMARY KEY
 _SNAPSHOT_ONLY = "CREATE TABLE IF NOT EXISTS {s}tombstones (vector_id INTEGER PRIMARY KEY);"
 _PRODUCT_COLUMNS = "product_id, title, category, metadata, image_path"
 _VECTOR_COLUMNS = "vector_id, product_id, image_path, vector"
-
-
-class ProductExistsError(UserError):
-    """An add named a product id that is already in the catalog (and `replace` was not asked for)."""
-
-
-@dataclass
-class ProductRecord:
-    """One catalog product as the caller describes it.
-
-    Attributes:
-        product_id: the retailer's product id (any non-empty string).
-        title: display title.
-        category: category used by the query-time filter ('' for none).
-        metadata: any extra fields (JSON-serialisable), e.g. the extra catalog.csv columns.
-        image_paths: one path per view, aligned with the vectors given to the index.
-    """
-
-    product_id: str
-    title: str = ""
-    category: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
-    image_paths: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class StoredProduct:
-    """A product as it is in the catalog, with the ids of its vectors in the index."""
-
-    product_id: str
-    title: str
-    category: str
-    metadata: dict[str, Any]
-    image_path: str
-    vector_ids: tuple[int, ...]
 
 
 def create_tables(conn: sqlite3.Connection, *, schema: str = "main", snapshot: bool = True) -> None:

@@ -5,7 +5,7 @@ a check of the deployed index on the held-out queries, and a model card.
 The deploy folder (written beside its target and renamed into place, so never half-written)::
 
     model.onnx      the embedding model (input `image` (n, 3, S, S), output `embedding` (n, dimension))
-    model.json      its configuration, version (sha256 of model.onnx) and parity-check result
+    model.json      `core.artifact` record: model.onnx with its sha256, the configuration, version and parity
     index/          the `ProductIndex` directory; its manifest names ../model.onnx and the catalog root
     deploy.json     counts, timings and the deployed index's Recall@K on the held-out queries
     MODEL_CARD.md   what the model is, how it was trained and measured, and its limits
@@ -15,37 +15,32 @@ It trains nothing and serves nothing.
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from visionpipes.core.artifact import file_entry, file_version, read_metrics, write_record
+from visionpipes.core.config import ConfigModel, Field
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import atomic_path, dataclass_from_params
-from visionpipes.retail.catalog import Catalog, load_catalog, read_queries
-from visionpipes.retail.embedding import (
-    MODEL_CONFIG,
-    EmbeddingConfig,
-    OnnxEmbedder,
-    file_version,
-    load_model,
-    normalize_batch,
-)
-from visionpipes.retail.evaluate import embed_catalog, embed_queries
-from visionpipes.retail.index import ProductIndex, SearchSettings
-from visionpipes.retail.store import ProductRecord
-
-MODEL_ONNX = "model.onnx"
-INDEX_DIR = "index"
+from visionpipes.core.io import atomic_path, write_json
+from visionpipes.retail.catalog import load_catalog, read_queries
+from visionpipes.retail.embedding.batch import embed_catalog, embed_queries
+from visionpipes.retail.embedding.config import EmbeddingConfig
+from visionpipes.retail.embedding.embedders import MODEL_ONNX, OnnxEmbedder
+from visionpipes.retail.embedding.model_folder import DOMAIN, MODEL_CONFIG, load_model
+from visionpipes.retail.embedding.preprocess import normalize_batch, read_view
+from visionpipes.retail.index.faiss_index import SearchSettings, build_faiss_index, min_training_vectors
+from visionpipes.retail.index.product_index import ProductIndex
+from visionpipes.retail.index.records import catalog_records
+from visionpipes.retail.serve.deployment import INDEX_DIR
+from visionpipes.retail.training.model_card import model_card
 
 
-@dataclass
-class DeployParams:
+class DeployParams(ConfigModel):
     """The `deploy` section of `params.yaml`.
 
     Attributes:
@@ -57,19 +52,15 @@ class DeployParams:
         check_queries: search the deployed index with the catalog's queries.csv, if it has one.
     """
 
-    factory: str = "Flat"
-    nprobe: int = 16
-    ef_search: int = 64
-    parity_atol: float = 1e-4
-    batch_size: int = 64
+    factory: str = Field("Flat", min_length=1)
+    nprobe: int = Field(16, ge=1)
+    ef_search: int = Field(64, ge=1)
+    parity_atol: float = Field(1e-4, gt=0)
+    batch_size: int = Field(64, ge=1)
     check_queries: bool = True
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "deploy params") -> DeployParams:
-        """Raises: UserError on an unknown key."""
-        return dataclass_from_params(cls, data, source=source)
-
     def search_settings(self) -> SearchSettings:
+        """The index's query-time settings."""
         return SearchSettings(nprobe=self.nprobe, ef_search=self.ef_search)
 
 
@@ -98,31 +89,6 @@ def export_model(model: torch.nn.Module, config: EmbeddingConfig, sample: np.nda
         raise UserError(f"ONNX export of the {config.backbone} embedding model failed its parity check: {err}") from None
 
 
-def catalog_records(catalog: Catalog, labels: list[str], relpaths: list[str], vectors: np.ndarray) -> tuple[
-    list[ProductRecord], list[np.ndarray]
-]:
-    """Group embedded views by product (catalog order) into index records and per-product vectors."""
-    rows: dict[str, list[int]] = {}
-    for i, pid in enumerate(labels):
-        rows.setdefault(pid, []).append(i)
-    records, grouped = [], []
-    for pid, product in catalog.products.items():
-        idx = rows.get(pid)
-        if not idx:
-            continue
-        records.append(
-            ProductRecord(
-                pid,
-                title=product.title,
-                category=product.category,
-                metadata=dict(product.metadata),
-                image_paths=[relpaths[i] for i in idx],
-            )
-        )
-        grouped.append(vectors[idx])
-    return records, grouped
-
-
 def deploy_model(
     model_dir: str | os.PathLike,
     catalog_path: str | os.PathLike,
@@ -148,8 +114,6 @@ def deploy_model(
     Raises:
         UserError: on a bad model, catalog, factory string, or a failed parity check.
     """
-    from visionpipes.retail.train import read_view
-
     start = time.perf_counter()
     model, config, meta = load_model(model_dir)
     catalog = load_catalog(catalog_path)
@@ -157,8 +121,6 @@ def deploy_model(
     if out.parent and not out.parent.is_dir():
         raise UserError(f"folder {out.parent} for the deploy output does not exist.")
     # Fail on a bad factory string, or one the catalog is too small to train, before the long work.
-    from visionpipes.retail.index import build_faiss_index, min_training_vectors
-
     need = min_training_vectors(build_faiss_index(params.factory, config.dimension)[0])
     if need > catalog.num_views:
         raise UserError(
@@ -173,19 +135,22 @@ def deploy_model(
         report = export_model(model, config, sample, tmp / MODEL_ONNX, atol=params.parity_atol)
         export_seconds = time.perf_counter() - t0
         version = file_version(tmp / MODEL_ONNX)
-        model_json = {
-            "config": asdict(config),
-            "version": version,
-            "format": "onnx",
-            "input": {"name": "image", "shape": ["batch", 3, config.image_size, config.image_size],
-                      "preprocessing": "RGB, bilinear resize to image_size x image_size, /255, ImageNet mean/std"},
-            "output": {"name": "embedding", "shape": ["batch", config.dimension], "normalised": "L2"},
-            "parity": {"max_abs_diff": report.max_abs_diff, "max_rel_diff": report.max_rel_diff,
-                       "atol": report.atol, "rtol": report.rtol, "exporter": report.exporter, "opset": report.opset},
-            "trained_model_version": meta.get("version"),
-            "training": meta.get("training", {}),
-        }
-        (tmp / MODEL_CONFIG).write_text(json.dumps(model_json, indent=2) + "\n")
+        parity = {"max_abs_diff": report.max_abs_diff, "max_rel_diff": report.max_rel_diff,
+                  "atol": report.atol, "rtol": report.rtol, "exporter": report.exporter, "opset": report.opset}
+        record = write_record(
+            tmp,
+            domain=DOMAIN,
+            files={"onnx": file_entry(tmp, MODEL_ONNX, max_abs_diff=report.max_abs_diff)},
+            config=config.to_dict(),
+            version=version,
+            format="onnx",
+            input={"name": "image", "shape": ["batch", 3, config.image_size, config.image_size],
+                   "preprocessing": "RGB, bilinear resize to image_size x image_size, /255, ImageNet mean/std"},
+            output={"name": "embedding", "shape": ["batch", config.dimension], "normalised": "L2"},
+            parity=parity,
+            trained_model_version=meta.get("version"),
+            training=meta.get("training", {}),
+        )
         embedder = OnnxEmbedder(tmp / MODEL_ONNX, image_size=config.image_size, model_version=version,
                                 batch_size=params.batch_size)
         embedded = embed_catalog(embedder, catalog, progress=progress, batch_size=params.batch_size)
@@ -232,10 +197,10 @@ def deploy_model(
             "deployed_index": check,
             "skipped_rows": skipped,
         }
-        metrics = _read_metrics(eval_metrics)
-        (tmp / "MODEL_CARD.md").write_text(model_card(config, model_json, summary, metrics, params))
+        metrics = read_metrics(eval_metrics, producer="vp-retail evaluate")
+        model_card(config, record, summary, metrics, factory=params.factory, parity_atol=params.parity_atol).write(tmp)
         summary["seconds"] = round(time.perf_counter() - start, 2)
-        (tmp / "deploy.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(tmp / "deploy.json", summary)
     return summary
 
 
@@ -253,86 +218,3 @@ def _check_deployed(index: ProductIndex, embedder: OnnxEmbedder, queries_csv: Pa
     }
     out["queries"] = len(embedded.labels)
     return out
-
-
-def _read_metrics(path: str | os.PathLike | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"evaluation metrics {p} do not exist (run vp-retail evaluate first).")
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"evaluation metrics {p} are not valid JSON ({err}).") from None
-
-
-def model_card(
-    config: EmbeddingConfig,
-    model_json: dict[str, Any],
-    summary: dict[str, Any],
-    metrics: dict[str, Any],
-    params: DeployParams,
-) -> str:
-    """The model card (Markdown): model, training, evaluation, deployment, intended use and limits."""
-    training = model_json.get("training", {})
-    tparams = training.get("params", {})
-
-    def fmt(v: Any) -> str:
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    lines = [
-        "# Model card: visionpipes retail product embedding",
-        "",
-        "## Model",
-        f"- Architecture: core `{config.backbone}` backbone (width x{config.width_multiplier:g}), "
-        f"{config.pooling} pooling, linear projection to {config.dimension}-d, L2-normalised.",
-        f"- Input: RGB {config.image_size}x{config.image_size}, bilinear resize, ImageNet mean/std.",
-        f"- File: `model.onnx` ({model_json['parity']['exporter']}, opset {model_json['parity']['opset']}), "
-        f"version `{model_json['version']}`.",
-        f"- Export parity vs eager PyTorch on catalog images: max abs diff "
-        f"{model_json['parity']['max_abs_diff']:.2e} (tolerance {params.parity_atol:g} + {params.parity_atol:g} x scale).",
-        "",
-        "## Training",
-        f"- Loss: `{tparams.get('loss', '?')}`; {tparams.get('epochs', '?')} epochs, batches of "
-        f"{tparams.get('products_per_batch', '?')} products x {tparams.get('views_per_product', '?')} views, "
-        f"augmentation `{tparams.get('augment', '?')}`, seed {tparams.get('seed', '?')}.",
-        f"- Pretrained backbone: {tparams.get('pretrained') or 'none (random initialisation)'}.",
-        f"- Data: {training.get('products', '?')} products, {training.get('train_views', '?')} training views, "
-        f"{training.get('val_views', '?')} held-out validation views; {training.get('seconds', '?')} s.",
-        f"- Final training metrics: {', '.join(f'{k} {fmt(v)}' for k, v in training.get('metrics', {}).items()) or 'n/a'}.",
-        "",
-        "## Evaluation (held-out query photos, `vp-retail evaluate`)",
-    ]
-    if metrics:
-        for key in ("recall_at_1", "recall_at_5", "recall_at_10", "mAP", "queries", "products"):
-            if key in metrics:
-                lines.append(f"- {key}: {fmt(metrics[key])}")
-    else:
-        lines.append("- not given to this deploy run.")
-    check = summary.get("deployed_index") or {}
-    lines += [
-        "",
-        "## Deployment",
-        f"- Index: FAISS `{params.factory}` (inner product on L2-normalised vectors), {summary['products']} products, "
-        f"{summary['vectors']} view vectors; SQLite catalog; manifest with sha256 checksums.",
-        f"- Catalog embedded with the ONNX model at {summary['embed_images_per_second']} images/s.",
-    ]
-    if check:
-        lines.append(
-            "- Deployed index on the held-out queries: "
-            + ", ".join(f"{k} {fmt(v)}" for k, v in check.items())
-            + "."
-        )
-    lines += [
-        "",
-        "## Intended use and limits",
-        "- Visual search within the catalog it was trained on: a shopper's photo in, similar products out.",
-        "- Trained from scratch on the given catalog only; products unlike the training products (new kinds",
-        "  of object, styles, photo conditions) are embedded less reliably. Retrain, or seed the backbone",
-        "  from a local pretrained checkpoint, when the catalog changes substantially.",
-        "- Scores are cosine similarities, comparable within one model version only.",
-        "- The default data is synthetic (`vp-retail synth`); its numbers say nothing about real photos.",
-        "",
-    ]
-    return "\n".join(lines)

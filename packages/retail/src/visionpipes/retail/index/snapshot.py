@@ -1,0 +1,208 @@
+"""The on-disk folder of a product index: snapshot generations, the manifest that commits them, the
+directory lock, and the checks made when a snapshot is loaded.
+
+Directory format (one index = one folder)::
+
+    manifest.json              binds the snapshot files by sha256 + model version, dimension, factory, counts
+    snapshot-<gen>/index.faiss FAISS index (always written from a CPU copy)
+    snapshot-<gen>/catalog.sqlite  products, views' image paths and every vector (float32 blobs)
+    journal-<gen>.sqlite       changes since that snapshot (SQLite WAL, synchronous=FULL)
+    .lock                      held (flock) by the one process that has the index open
+
+A new snapshot is written into a temporary folder, fsynced, renamed to `snapshot-<gen+1>/`, then
+`manifest.json` is atomically replaced (the commit point); a crash at any step leaves the previous
+manifest and its files intact. This module does not search or mutate an index (see `product_index`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import faiss
+
+from visionpipes.core.errors import UserError
+from visionpipes.core.io import atomic_path
+from visionpipes.retail.index.catalog_store import CatalogStore, write_empty_snapshot
+from visionpipes.retail.index.manifest import Manifest, file_entry, fsync_path, write_manifest
+
+INDEX_FILE = "index.faiss"
+CATALOG_FILE = "catalog.sqlite"
+COUNT_KEYS = ("products", "vectors", "tombstones")
+
+
+def fsync_file(path: Path) -> None:
+    """fsync a file's bytes."""
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+class DirectoryLock:
+    """An exclusive `flock` on `<directory>/.lock`: one process has an index directory open.
+
+    Raises:
+        UserError: if another process holds it.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"index directory {directory} is open in another process.") from None
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Release the lock (idempotent)."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def write_snapshot_files(
+    folder: Path, generation: int, index: faiss.Index, *, writer: Callable[[Path], object]
+) -> Path:
+    """Write `folder/snapshot-<generation>/` (the FAISS index, and the catalog through `writer`),
+    fsynced; return the snapshot folder."""
+    snap = folder / f"snapshot-{generation}"
+    snap.mkdir()
+    faiss.write_index(index, str(snap / INDEX_FILE))
+    writer(snap / CATALOG_FILE)
+    for name in (INDEX_FILE, CATALOG_FILE):
+        fsync_file(snap / name)
+    fsync_path(snap)
+    return snap
+
+
+def make_manifest(
+    directory: Path,
+    generation: int,
+    model_version: str,
+    dimension: int,
+    factory: str,
+    counts: dict[str, int],
+) -> Manifest:
+    """The manifest binding `directory/snapshot-<generation>/` (checksums computed here)."""
+    snap = directory / f"snapshot-{generation}"
+    return Manifest(
+        generation=generation,
+        model_version=str(model_version),
+        dimension=int(dimension),
+        factory=factory,
+        metric="inner_product",
+        counts=counts,
+        files={
+            "index": file_entry(directory, snap / INDEX_FILE),
+            "catalog": file_entry(directory, snap / CATALOG_FILE),
+        },
+        journal=f"journal-{generation}.sqlite",
+    )
+
+
+def create_directory(
+    directory: Path,
+    index: faiss.Index,
+    *,
+    dimension: int,
+    factory: str,
+    model_version: str,
+    extra: dict[str, object] | None,
+) -> None:
+    """Write a new index directory holding an empty generation-1 snapshot, atomically.
+
+    Raises:
+        UserError: if `directory` exists or its parent folder does not.
+    """
+    if directory.exists():
+        raise UserError(f"index directory {directory} already exists; open it or choose a new path.")
+    if directory.parent and not directory.parent.is_dir():
+        raise UserError(f"folder {directory.parent} for the index directory does not exist.")
+    with atomic_path(directory, is_dir=True) as tmp:
+        write_snapshot_files(tmp, 1, index, writer=lambda p: write_empty_snapshot(p, dimension=dimension))
+        counts = {"products": 0, "vectors": 0, "tombstones": 0, "index_ntotal": 0}
+        manifest = make_manifest(tmp, 1, model_version, dimension, factory, counts)
+        manifest.extra = dict(extra or {})
+        write_manifest(tmp, manifest)
+    fsync_path(directory.parent)
+
+
+def commit_snapshot(
+    directory: Path, old: Manifest, index: faiss.Index, write_catalog: Callable[[Path], dict[str, int]]
+) -> Manifest:
+    """Write generation `old.generation + 1` (FAISS `index` and the catalog via `write_catalog`, which
+    returns its counts) and commit it by replacing the manifest; return the new manifest."""
+    gen = old.generation + 1
+    tmp = directory / f".snapshot-{gen}.tmp"
+    final = directory / f"snapshot-{gen}"
+    for stale in (tmp, final):
+        if stale.exists():
+            shutil.rmtree(stale)
+    tmp.mkdir()
+    counts: dict[str, int] = {}
+    built = write_snapshot_files(tmp, gen, index, writer=lambda p: counts.update(write_catalog(p)))
+    os.replace(built, final)
+    shutil.rmtree(tmp)
+    fsync_path(directory)
+    counts["index_ntotal"] = int(index.ntotal)
+    manifest = make_manifest(directory, gen, old.model_version, old.dimension, old.factory, counts)
+    manifest.extra = dict(old.extra)
+    write_manifest(directory, manifest)  # the commit point
+    return manifest
+
+
+def remove_orphans(directory: Path, manifest: Manifest) -> None:
+    """Drop files of other generations (left by a save that crashed, or finished before cleanup)."""
+    keep_snapshot = f"snapshot-{manifest.generation}"
+    for entry in directory.iterdir():
+        name = entry.name
+        if name.startswith(("snapshot-", ".snapshot-")) and name != keep_snapshot:
+            shutil.rmtree(entry, ignore_errors=True)
+        elif name.startswith("journal-") and not name.startswith(manifest.journal):
+            entry.unlink(missing_ok=True)
+
+
+def read_snapshot_index(directory: Path, manifest: Manifest) -> faiss.Index:
+    """The snapshot's FAISS index, checked against the manifest (dimension, metric, count).
+
+    Raises:
+        UserError: if FAISS cannot read it or it disagrees with the manifest.
+    """
+    index_path = directory / manifest.files["index"].path
+    try:
+        index = faiss.read_index(str(index_path))
+    except RuntimeError as err:
+        raise UserError(f"index file {index_path} cannot be read by FAISS ({str(err).splitlines()[0]}).") from None
+    if index.d != manifest.dimension:
+        raise UserError(f"index file {index_path} is {index.d}-d, the manifest says {manifest.dimension}-d.")
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise UserError(f"index file {index_path} does not use inner product.")
+    if index.ntotal != manifest.counts["index_ntotal"]:
+        raise UserError(
+            f"index file {index_path} holds {index.ntotal} vectors, the manifest says {manifest.counts['index_ntotal']}."
+        )
+    return index
+
+
+def open_store(directory: Path, manifest: Manifest) -> CatalogStore:
+    """The snapshot catalog with its journal, its counts checked against the manifest.
+
+    Raises:
+        UserError: if a count disagrees with the manifest.
+    """
+    store = CatalogStore(
+        directory / manifest.files["catalog"].path, directory / manifest.journal, dimension=manifest.dimension
+    )
+    snap = store.snapshot_counts()
+    for key in COUNT_KEYS:
+        if snap[key] != manifest.counts[key]:
+            store.close()
+            raise UserError(
+                f"catalog {manifest.files['catalog'].path} holds {snap[key]} {key}, the manifest says {manifest.counts[key]}."
+            )
+    return store

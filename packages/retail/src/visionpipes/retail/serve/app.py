@@ -1,0 +1,131 @@
+"""HTTP query API over a `ProductIndex`: `create_app(index_dir, embedder)` opens (and verifies) the
+index before it returns, so a bad index or a model of another dimension/version stops the server
+from starting at all; `app_for_index` does the same for a deployed index, finding its ONNX model
+(through its `model.json` record) and catalog images through the index manifest.
+
+It does not train or embed catalogs in bulk, and never imports the training stack; the embedder is
+any callable from images to embeddings. Routes are in `routes`, metrics in `metrics`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from visionpipes.core.errors import UserError
+from visionpipes.retail.embedding.embedders import Embedder, load_embedder
+from visionpipes.retail.index.faiss_index import SearchSettings
+from visionpipes.retail.index.product_index import ProductIndex
+from visionpipes.retail.serve.deployment import find_index_dir, manifest_catalog_root, manifest_model
+from visionpipes.retail.serve.metrics import ServerMetrics
+from visionpipes.retail.serve.routes import add_routes
+from visionpipes.retail.serve.settings import APIConfig
+from visionpipes.retail.serve.uploads import UPLOADS_DIR
+
+
+def create_app(
+    index_dir: str | Path,
+    embedder: Embedder,
+    *,
+    model_version: str | None = None,
+    config: APIConfig | None = None,
+    settings: SearchSettings | None = None,
+    catalog_root: str | Path | None = None,
+) -> FastAPI:
+    """Open the index at `index_dir` and build the FastAPI app serving it.
+
+    Args:
+        index_dir: an index directory (see `visionpipes.retail.index.product_index`).
+        embedder: images (HxWx3 uint8 arrays) → (n, dimension) embeddings.
+        model_version: the embedder's model version (default: `embedder.model_version` if it has one);
+            an index built with another version is refused.
+        config: upload/k/batch limits.
+        settings: FAISS query settings (nprobe, efSearch).
+        catalog_root: the folder catalog image paths are relative to (default: the manifest's
+            `catalog_root`, relative to the index directory), for `GET /items/{id}/image`.
+
+    Returns:
+        The app; the index is closed when the app shuts down.
+
+    Raises:
+        UserError: if the index is missing, corrupted, or its dimension or model version differ from the embedder's.
+    """
+    config = config or APIConfig()
+    version = model_version if model_version is not None else getattr(embedder, "model_version", None)
+    probe = np.asarray(embedder([np.zeros((32, 32, 3), dtype=np.uint8)]))
+    if probe.ndim != 2 or probe.shape[0] != 1:
+        raise UserError(f"the embedder returned shape {probe.shape} for one image, expected (1, dimension).")
+    index = ProductIndex.open(index_dir, dimension=int(probe.shape[1]), model_version=version, settings=settings)
+    index_path = Path(index_dir)
+    if catalog_root is None:
+        catalog_root = manifest_catalog_root(index_path, index.manifest.extra)
+    metrics = ServerMetrics(index.stats)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        index.close()
+
+    app = FastAPI(
+        title="visionpipes retail search",
+        description="Visual product search: upload a photo, get the most similar products.",
+        lifespan=lifespan,
+    )
+    app.state.index = index
+    app.state.config = config
+    app.state.metrics = metrics
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Callable) -> Any:
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.observe(request.method, path, response.status_code, time.perf_counter() - t0)
+        return response
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, err: UserError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": str(err)})
+
+    add_routes(
+        app,
+        index=index,
+        embedder=embedder,
+        config=config,
+        uploads=index_path / UPLOADS_DIR,
+        images_root=Path(catalog_root) if catalog_root is not None else None,
+    )
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        """Prometheus text exposition: index gauges, request counts and per-route latency histograms."""
+        return Response(metrics.exposition(), media_type=metrics.content_type)
+
+    return app
+
+
+def app_for_index(
+    index: str | Path,
+    *,
+    model: str | Path | None = None,
+    config: APIConfig | None = None,
+    settings: SearchSettings | None = None,
+    threads: int | None = None,
+) -> FastAPI:
+    """The app for a deployed index: its ONNX model (from `model`, else the manifest's `model`
+    entry) embeds the queries.
+
+    Raises:
+        UserError: if the index or model is missing, corrupted, or they do not match.
+    """
+    index_dir = find_index_dir(index)
+    embedder = load_embedder(manifest_model(index_dir, model), threads=threads)
+    return create_app(index_dir, embedder, config=config, settings=settings)
