@@ -124,6 +124,9 @@ class MultiTaskLoss(nn.Module):
         device when built). It reads `model.args` (the gains), `model.model[-1]` (the head) and
         `model.parameters()`: that is all a `DetectionModel` gives it, so a namespace does."""
         if self._detection_loss is None or self._detection_device != device:
+            from visionpipes.driving.ultralytics_env import apply_ultralytics_env
+
+            apply_ultralytics_env()
             from ultralytics.utils.loss import v8DetectionLoss
 
             (detect,) = self._detect
