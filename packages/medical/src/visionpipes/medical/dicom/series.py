@@ -7,8 +7,8 @@ from file names or InstanceNumber. This module only reads; it writes nothing and
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Mapping, Sequence
+import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +55,7 @@ HEADER_TOLERANCE = 1e-4
 GRID_TOLERANCE_MM = 0.01
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_READ_ERRORS = (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, struct.error)
 _REQUIRED_GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
 
 
@@ -145,12 +146,10 @@ def find_series(folder: str | os.PathLike) -> list[SeriesInfo]:
     groups: dict[str, list[tuple[Path, Dataset]]] = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-        except InvalidDicomError:
-            continue
-        except (OSError, ValueError, EOFError, KeyError, TypeError) as err:
+            header = _dcmread(path, pixels=False)
+        except _READ_ERRORS as err:
             raise UserError(f"{path} is a DICOM file whose header cannot be read ({err}).") from err
-        uid = header.get("SeriesInstanceUID")
+        uid = header.get("SeriesInstanceUID") if header is not None else None
         if uid:
             groups.setdefault(str(uid), []).append((path, header))
     if not groups:
@@ -159,106 +158,13 @@ def find_series(folder: str | os.PathLike) -> list[SeriesInfo]:
     return sorted(found, key=lambda s: (s.series_number is None, s.series_number or 0, s.description, s.uid))
 
 
-def parse_series_overrides(items: Sequence[str]) -> dict[str, str]:
-    """Parse `--series MODALITY=DESCRIPTION_OR_UID` values into `{modality: description_or_uid}`.
-
-    Raises:
-        UserError: if an item has no `=`, an empty side, or names a modality twice.
-    """
-    overrides: dict[str, str] = {}
-    for item in items:
-        modality, sep, value = item.partition("=")
-        modality, value = modality.strip(), value.strip()
-        if not sep or not modality or not value:
-            raise UserError(f"--series '{item}' is not MODALITY=DESCRIPTION_OR_UID.")
-        if modality.lower() in (m.lower() for m in overrides):
-            raise UserError(f"--series names modality '{modality}' twice.")
-        overrides[modality] = value
-    return overrides
-
-
-def choose_series(
-    series: Sequence[SeriesInfo], modalities: Sequence[str], overrides: Mapping[str, str] | None = None
-) -> dict[str, SeriesInfo]:
-    """Pick one image series per channel of a task.
-
-    The rule, per modality name of the task (e.g. "FLAIR", "T1w", "t1gd", "T2w"):
-
-    1. `overrides[modality]` wins: the series whose SeriesInstanceUID equals it, else the one whose
-       SeriesDescription equals it (case-insensitive, whole description).
-    2. Otherwise, the image series whose SeriesDescription contains the modality name as a whole word
-       (case-insensitive; words are runs of letters and digits, so "T1w" matches "T1w SAG 3D" and
-       "T1w_MPRAGE" but not "T1 post-contrast t1gd"). A series chosen by an override is not a candidate
-       for another channel, and one series matching two channels is ambiguous.
-    3. A single-channel task whose name matches no description takes the folder's only image series.
-
-    Args:
-        series: the series found (`find_series`).
-        modalities: the task's channel names in channel order (dataset.json `modality` values).
-        overrides: `{modality: description_or_uid}` from `--series` (modality names case-insensitive).
-
-    Returns:
-        `{modality: series}` in the order of `modalities`.
-
-    Raises:
-        UserError: if a channel has no series or several, an override names an unknown modality or no
-            (or several) series, or the chosen series is not an image series (RT structure set, SEG, ...).
-    """
-    if not modalities:
-        raise UserError("the task names no modality, so no DICOM series can be chosen.")
-    by_key = {m.lower(): m for m in modalities}
-    chosen: dict[str, SeriesInfo] = {}
-    for key, value in (overrides or {}).items():
-        modality = by_key.get(key.strip().lower())
-        if modality is None:
-            raise UserError(
-                f"--series names modality '{key}', but the task's modalities are {', '.join(modalities)}."
-            )
-        chosen[modality] = _series_by_override(series, modality, value)
-    taken = {info.uid: m for m, info in chosen.items()}
-    images = [s for s in series if s.is_image and s.uid not in taken]
-    matched: dict[str, str] = {}
-    for modality in modalities:
-        if modality in chosen:
-            continue
-        matches = [s for s in images if _mentions(s.description, modality)]
-        hint = f"choose one with --series {modality}=DESCRIPTION_OR_UID"
-        if len(matches) > 1:
-            raise UserError(
-                f"modality '{modality}' is ambiguous: the descriptions of {len(matches)} series contain it "
-                f"({_listing(matches)}); {hint}."
-            )
-        if len(matches) == 1:
-            info = matches[0]
-            if info.uid in matched:
-                raise UserError(
-                    f"series {info} matches both modality '{matched[info.uid]}' and '{modality}'; {hint}."
-                )
-            matched[info.uid] = modality
-            chosen[modality] = info
-        elif len(modalities) == 1 and len(images) == 1:
-            chosen[modality] = images[0]
-        elif len(modalities) == 1 and images:
-            raise UserError(
-                f"the folder holds {len(images)} image series and none is named '{modality}' "
-                f"({_listing(images)}); {hint}."
-            )
-        else:
-            found = _listing(series) if series else "none"
-            raise UserError(
-                f"no image series for modality '{modality}': no SeriesDescription contains it as a word "
-                f"(series found: {found}); {hint}."
-            )
-    return {m: chosen[m] for m in modalities}
-
-
 def read_geometry(info: SeriesInfo) -> SeriesGeometry:
     """Check a series' headers and work out its grid, without decoding pixels.
 
     Raises:
         UserError: as `read_series`, except for pixel decoding.
     """
-    _require_image(info)
+    require_image_series(info)
     items = [(path, _read(path, info, pixels=False)) for path in info.files]
     return _geometry(info, items)
 
@@ -284,7 +190,7 @@ def read_series(info: SeriesInfo) -> tuple[np.ndarray, np.ndarray, SeriesGeometr
             slices at one position, misses slices, has irregular spacing, is sheared (gantry tilt), or its
             pixel data cannot be decoded.
     """
-    _require_image(info)
+    require_image_series(info)
     items = [(path, _read(path, info, pixels=True)) for path in info.files]
     geometry = _geometry(info, items)
     by_path = dict(items)
@@ -346,41 +252,12 @@ def _series_info(uid: str, members: list[tuple[Path, Dataset]]) -> SeriesInfo:
     )
 
 
-def _listing(series: Sequence[SeriesInfo]) -> str:
-    return "; ".join(str(s) for s in series)
+def require_image_series(info: SeriesInfo) -> None:
+    """Raise unless this reader can stack `info` (single-frame CT, MR or PET slices).
 
-
-def _words(text: str) -> list[str]:
-    return [w for w in re.split(r"[^0-9a-z]+", text.lower()) if w]
-
-
-def _mentions(description: str, name: str) -> bool:
-    """Whether `name`'s words occur, consecutively and whole, in `description` (case-insensitive)."""
-    want, have = _words(name), _words(description)
-    return bool(want) and any(have[i : i + len(want)] == want for i in range(len(have) - len(want) + 1))
-
-
-def _series_by_override(series: Sequence[SeriesInfo], modality: str, value: str) -> SeriesInfo:
-    value = value.strip()
-    matches = [s for s in series if s.uid == value] or [
-        s for s in series if s.description.lower() == value.lower()
-    ]
-    if not matches:
-        found = _listing(series) if series else "none"
-        raise UserError(
-            f"--series {modality}={value} matches no SeriesInstanceUID or SeriesDescription "
-            f"(series found: {found})."
-        )
-    if len(matches) > 1:
-        raise UserError(
-            f"--series {modality}={value} matches {len(matches)} series ({_listing(matches)}); "
-            f"give the SeriesInstanceUID instead."
-        )
-    _require_image(matches[0])
-    return matches[0]
-
-
-def _require_image(info: SeriesInfo) -> None:
+    Raises:
+        UserError: naming the series and its SOP class (RT Structure Set, Segmentation, multi-frame ...).
+    """
     if info.is_image:
         return
     if info.sop_class_uid in MULTIFRAME_IMAGE_SOP_CLASSES:
@@ -394,11 +271,35 @@ def _require_image(info: SeriesInfo) -> None:
     )
 
 
-def _read(path: Path, info: SeriesInfo, *, pixels: bool) -> Dataset:
+def _dcmread(path: Path, *, pixels: bool) -> Dataset | None:
+    """The dataset in `path`, or None when it is not DICOM.
+
+    Besides DICOM files proper (preamble, "DICM", meta header), accepts a bare little-endian dataset
+    as older exports write it (it starts at group 0008, e.g. pydicom's rtstruct.dcm) when it carries a
+    SOPClassUID and a SeriesInstanceUID.
+    """
     try:
         return pydicom.dcmread(path, stop_before_pixels=not pixels)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as err:
+    except InvalidDicomError:
+        pass
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\x08\x00":
+            return None
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=not pixels, force=True)
+    except _READ_ERRORS:
+        return None
+    return ds if "SOPClassUID" in ds and "SeriesInstanceUID" in ds else None
+
+
+def _read(path: Path, info: SeriesInfo, *, pixels: bool) -> Dataset:
+    try:
+        ds = _dcmread(path, pixels=pixels)
+    except _READ_ERRORS as err:
         raise UserError(f"{path} (series {info}) cannot be read as DICOM ({err}).") from err
+    if ds is None:
+        raise UserError(f"{path} (series {info}) is no longer a DICOM file.")
+    return ds
 
 
 def _floats(ds: Dataset, keyword: str) -> np.ndarray:
