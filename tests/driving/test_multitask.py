@@ -32,7 +32,12 @@ from visionpipes.driving.multitask.config import (  # noqa: E402
 )
 from visionpipes.driving.multitask.export import OUTPUT_NAMES, export_multitask_onnx  # noqa: E402
 from visionpipes.driving.multitask.loss import MultiTaskLoss, detection_targets  # noqa: E402
-from visionpipes.driving.multitask.model import MultiTaskNet, build_multitask_model  # noqa: E402
+from visionpipes.driving.multitask.model import (  # noqa: E402
+    MultiTaskNet,
+    build_multitask_model,
+    load_multitask_model,
+    save_multitask_model,
+)
 
 H, W = 128, 256
 #: anchors of a 128x256 input at strides 8, 16, 32
@@ -176,6 +181,19 @@ def test_task_modules_partition_the_parameters() -> None:
     model = build_multitask_model(TINY)
     seen = [id(p) for modules in model.task_modules().values() for m in modules for p in m.parameters()]
     assert len(seen) == len(set(seen)) == len(list(model.parameters()))
+
+
+def test_a_saved_model_loads_with_its_spec_and_weights(tmp_path: Path) -> None:
+    model = build_multitask_model(TINY).eval()
+    save_multitask_model(tmp_path / "multitask.pt", model, {"epochs": 1})
+    loaded = load_multitask_model(tmp_path / "multitask.pt")
+    x = _images(1)
+    with torch.no_grad():
+        for a, b in zip(model(x), loaded(x)):
+            torch.testing.assert_close(a, b)
+    (tmp_path / "other.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match=r"other\.pt"):
+        load_multitask_model(tmp_path / "other.pt")
 
 
 # Detection decoding

@@ -7,6 +7,7 @@ pretrained backbone weights are the caller's `core.pretrained` business).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -247,3 +248,42 @@ def build_multitask_model(config: MultiTaskModelConfig | Mapping[str, Any] | Non
     if config is None or isinstance(config, Mapping):
         config = MultiTaskModelConfig.from_params(config or {}, source="multitask.model")
     return MultiTaskNet(config)
+
+
+def save_multitask_model(
+    path: str | os.PathLike, model: MultiTaskNet, extra: Mapping[str, Any] | None = None
+) -> None:
+    """Save a multi-task model as `{config, state_dict, extra}` (atomically; the backbone spec is
+    inside the config, so loading never needs a spec file).
+
+    Raises:
+        UserError: if the folder does not exist.
+    """
+    from visionpipes.core.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(
+            {"config": model.config.to_dict(), "state_dict": model.state_dict(), "extra": dict(extra or {})},
+            tmp,
+        )
+
+
+def load_multitask_model(path: str | os.PathLike) -> MultiTaskNet:
+    """Load a model saved by `save_multitask_model`, in eval mode.
+
+    Raises:
+        UserError: if the file is missing or is not a multi-task model.
+    """
+    from visionpipes.core.checkpoint import load_checkpoint
+    from visionpipes.core.config import parse_config
+
+    data = load_checkpoint(path, what="multi-task model")
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict) or "state_dict" not in data:
+        raise UserError(f"{path} is not a multi-task model saved by visionpipes (no config and state_dict).")
+    config = parse_config(MultiTaskModelConfig, data["config"], source=f"multi-task model {path}: config")
+    model = MultiTaskNet(config)
+    try:
+        model.load_state_dict(data["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise UserError(f"{path} is not a multi-task model saved by visionpipes ({err}).") from None
+    return model.eval()
