@@ -489,6 +489,10 @@ def test_an_empty_prediction_still_writes_a_readable_seg(ct, tmp_path):
     (source,) = find_series(folder)
     out = write_seg(np.zeros(volume.shape, np.uint8), source, {1: "tumour"}, tmp_path / "empty.dcm")
     assert not read_seg(out, source).any()
+    (written,) = find_series(tmp_path)  # a SEG found in a folder is a series, but not an image one
+    assert written.modality == "SEG" and not written.is_image
+    with pytest.raises(UserError, match="Segmentation Storage object, not an image series"):
+        read_series(written)
 
 
 def test_bad_seg_requests_write_nothing(ct, mr, tmp_path):

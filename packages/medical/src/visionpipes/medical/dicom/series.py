@@ -235,23 +235,6 @@ def read_channels(chosen: Mapping[str, SeriesInfo]) -> tuple[np.ndarray, np.ndar
     return np.stack(volumes), geometries[0].affine.copy(), geometries
 
 
-# --- helpers -------------------------------------------------------------------------------------------
-
-
-def _series_info(uid: str, members: list[tuple[Path, Dataset]]) -> SeriesInfo:
-    first = members[0][1]
-    sop_class = first.get("SOPClassUID") or first.file_meta.get("MediaStorageSOPClassUID", "")
-    number = first.get("SeriesNumber")
-    return SeriesInfo(
-        uid=uid,
-        description=str(first.get("SeriesDescription", "") or "").strip(),
-        modality=str(first.get("Modality", "") or ""),
-        sop_class_uid=str(sop_class),
-        files=tuple(path for path, _ in members),
-        series_number=None if number in (None, "") else int(number),
-    )
-
-
 def require_image_series(info: SeriesInfo) -> None:
     """Raise unless this reader can stack `info` (single-frame CT, MR or PET slices).
 
@@ -268,6 +251,24 @@ def require_image_series(info: SeriesInfo) -> None:
     raise UserError(
         f"series {info} is a {info.sop_class_name} object, not an image series that can be segmented "
         f"(CT, MR or PET image slices)."
+    )
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+
+def _series_info(uid: str, members: list[tuple[Path, Dataset]]) -> SeriesInfo:
+    first = members[0][1]
+    meta = getattr(first, "file_meta", None) or Dataset()
+    sop_class = first.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID", "")
+    number = first.get("SeriesNumber")
+    return SeriesInfo(
+        uid=uid,
+        description=str(first.get("SeriesDescription", "") or "").strip(),
+        modality=str(first.get("Modality", "") or ""),
+        sop_class_uid=str(sop_class),
+        files=tuple(path for path, _ in members),
+        series_number=None if number in (None, "") else int(number),
     )
 
 
