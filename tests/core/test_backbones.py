@@ -4,6 +4,7 @@ round-trip through plain dicts (as read from params.yaml)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 import torchvision
 
 from visionpipes.core.backbones import BackboneSpec, StageSpec, build_backbone, get_spec, list_backbones
+from visionpipes.core.errors import UserError
 
 REQUIRED = {"resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "se_resnet50", "cbam_resnet50", "resnet18_mhsa"}
 TORCHVISION_TWINS = {
@@ -63,7 +65,7 @@ def test_resnext_is_grouped_and_attention_presets_add_attention() -> None:
 def test_spec_round_trips_through_a_dict_and_builds_in_3d() -> None:
     spec = get_spec("resnet18")
     data = spec.to_dict()
-    assert BackboneSpec.from_dict(data) == spec
+    assert BackboneSpec.from_params(data, source="t") == spec
     small = {
         "name": "tiny3d",
         "stem": "conv",
@@ -83,16 +85,25 @@ def test_spec_round_trips_through_a_dict_and_builds_in_3d() -> None:
 
 
 def test_bad_specs_are_refused_with_a_sentence() -> None:
-    with pytest.raises(ValueError, match="unknown backbone"):
+    with pytest.raises(ValueError, match="unknown backbone 'resnet1000'; did you mean 'resnet50'"):
         build_backbone("resnet1000")
-    with pytest.raises(ValueError, match="unknown block type"):
-        StageSpec("transformer", 1, 8)
+    with pytest.raises(ValueError, match="block"):
+        StageSpec(block="transformer", depth=1, width=8)
     with pytest.raises(ValueError, match="stride"):
-        StageSpec("basic", 1, 8, stride=3)
-    with pytest.raises(ValueError, match="unknown backbone spec keys"):
-        BackboneSpec.from_dict({"name": "x", "stages": [], "depth": 3})
-    with pytest.raises(ValueError, match="stage 0: unknown keys"):
-        BackboneSpec.from_dict({"name": "x", "stages": [{"block": "basic", "depth": 1, "width": 8, "groups": 2}]})
+        StageSpec(block="basic", depth=1, width=8, stride=3)
+    with pytest.raises(UserError, match=re.escape("key 'stages.0.block' = 'transformer': input should be 'basic'")):
+        BackboneSpec.from_params({"name": "x", "stages": [{"block": "transformer", "depth": 1, "width": 8}]}, source="t")
+    with pytest.raises(UserError, match="t: unknown key 'depth'"):
+        BackboneSpec.from_params({"name": "x", "stages": [], "depth": 3}, source="t")
+    with pytest.raises(UserError, match=re.escape("unknown key 'stages.0.groups'")):
+        BackboneSpec.from_params(
+            {"name": "x", "stages": [{"block": "basic", "depth": 1, "width": 8, "groups": 2}]}, source="t"
+        )
+    with pytest.raises(UserError, match=re.escape("unknown key 'stages.0.dpth'; did you mean 'depth'")):
+        build_backbone({"name": "x", "stages": [{"block": "basic", "dpth": 1, "width": 8}]})
+    with pytest.raises(UserError, match="out_indices"):
+        BackboneSpec.from_params({"name": "x", "stages": [{"block": "basic", "depth": 1, "width": 8}], "out_indices": [2]},
+                                 source="t")
 
 
 def test_a_spec_file_is_built_like_a_preset(tmp_path: Path) -> None:
@@ -112,7 +123,7 @@ def test_a_spec_file_is_built_like_a_preset(tmp_path: Path) -> None:
         assert inline_spec_file(str(path)) == spec.to_dict()
     assert inline_spec_file("resnet18") == "resnet18"
     (tmp_path / "bad.yaml").write_text("stages: [{block: basic, colour: red}]\n")
-    with pytest.raises(ValueError, match=r"bad\.yaml is not a valid spec: .*colour"):
+    with pytest.raises(UserError, match=r"backbone spec file .*bad\.yaml: unknown key 'stages\.0\.colour'"):
         build_backbone(str(tmp_path / "bad.yaml"))
-    with pytest.raises(ValueError, match=r"missing\.yaml does not exist"):
+    with pytest.raises(UserError, match=r"missing\.yaml does not exist"):
         build_backbone(str(tmp_path / "missing.yaml"))

@@ -12,18 +12,12 @@ import optuna
 import torch
 import yaml
 
-from visionpipes.core.backbones import build_backbone
-from visionpipes.core.proxy import CLASSES, ProxyConfig, make_proxy_dataset
-from visionpipes.core.search import (
-    CandidateResult,
-    ProxyTraining,
-    SearchConfig,
-    dominates,
-    load_spec_file,
-    pareto_front,
-    run_search,
-    suggest_spec,
-)
+from visionpipes.core.backbones import build_backbone, load_spec_file
+from visionpipes.core.nas.proxy import CLASSES, ProxyConfig, make_proxy_dataset
+from visionpipes.core.nas.results import CandidateResult, dominates, pareto_front
+from visionpipes.core.nas.space import suggest_spec
+from visionpipes.core.nas.study import SearchConfig, run_search
+from visionpipes.core.nas.training import ProxyTraining
 
 TINY = ProxyTraining(per_class=6, size=32, epochs=1, batch_size=16, latency_repeats=2)
 

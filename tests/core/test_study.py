@@ -14,17 +14,13 @@ import pytest
 import torch
 import yaml
 
+from visionpipes.core.backbones import load_spec_file
 from visionpipes.core.errors import UserError
-from visionpipes.core.proxy import CONTEXT_CLASSES, ProxyConfig, make_context_dataset
-from visionpipes.core.search import (
-    Classifier,
-    ProxyTraining,
-    SearchConfig,
-    compare_latency,
-    load_spec_file,
-    run_search,
-    write_outcome,
-)
+from visionpipes.core.nas.outputs import write_outcome
+from visionpipes.core.nas.proxy import CONTEXT_CLASSES, ProxyConfig, make_context_dataset
+from visionpipes.core.nas.study import SearchConfig, run_search
+from visionpipes.core.nas.training import Classifier, ProxyTraining
+from visionpipes.core.profile import compare_latency
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDY = ROOT / "benchmarks" / "architecture_study.py"
@@ -124,7 +120,7 @@ def test_compare_latency_times_every_model() -> None:
 def test_resuming_a_study_with_other_proxy_settings_is_refused(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'nested' / 'search.db'}"  # the folder is created
     run_search(SearchConfig(trials=1, storage=storage, proxy=TINY, baselines=()), log=lambda *_: None)
-    other = ProxyTraining(**{**TINY.__dict__, "epochs": 2})
+    other = ProxyTraining(**{**TINY.model_dump(), "epochs": 2})
     with pytest.raises(UserError, match="other proxy settings"):
         run_search(SearchConfig(trials=2, storage=storage, proxy=other, baselines=()), log=lambda *_: None)
 
@@ -139,7 +135,7 @@ def test_train_proxy_and_evaluate_search_write_what_the_stages_declare(tmp_path:
     write_outcome(outcome, config, tmp_path / "search")
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({
-        "search": {"proxy": {k: v for k, v in TINY.__dict__.items()}},
+        "search": {"proxy": TINY.model_dump()},
         "train": {"epochs": 2},
         "eval": {"rounds": 1, "per_round": 1, "threads": 1},
     }))
@@ -173,7 +169,7 @@ def test_train_proxy_and_evaluate_search_write_what_the_stages_declare(tmp_path:
     bad_key.write_text("train:\n  epocs: 3\n")
     bad = _vp("train-proxy", "--spec", str(tmp_path / "search" / "best_spec.yaml"), "--params", str(bad_key),
               "--out", str(tmp_path / "t2"))
-    assert bad.returncode == 2 and "unknown proxy training keys epocs" in bad.stderr
+    assert bad.returncode == 2 and "unknown key 'epocs'; did you mean 'epochs'?" in bad.stderr
 
 
 def test_pipeline_params_are_valid_for_the_verbs() -> None:
@@ -181,10 +177,9 @@ def test_pipeline_params_are_valid_for_the_verbs() -> None:
 
     params = ROOT / "pipelines" / "core" / "params.yaml"
     search = yaml.safe_load(params.read_text())["search"]
-    proxy = search.pop("proxy")
-    config = SearchConfig(**{**search, "baselines": tuple(search["baselines"])}, proxy=ProxyTraining(**proxy))
-    assert config.proxy == ProxyTraining(**proxy)
-    train = ProxyTraining(**_proxy_settings(str(params), "train"))
+    config = SearchConfig.from_params(search, source=f"{params}:search")
+    assert config.proxy == ProxyTraining(**search["proxy"])
+    train = ProxyTraining.from_params(_proxy_settings(str(params), "train"), source=f"{params}:train")
     assert train.epochs > config.proxy.epochs and train.size == config.proxy.size
     stages = yaml.safe_load((ROOT / "pipelines" / "core" / "dvc.yaml").read_text())["stages"]
     assert list(stages) == ["search", "train", "eval"]

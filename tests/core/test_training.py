@@ -4,6 +4,7 @@ resume, on a small regression task."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import lightning
@@ -65,11 +66,13 @@ def test_fit_logs_to_dvclive_checkpoints_and_resumes(tmp_path: Path) -> None:
 
 
 def test_train_config_from_params_refuses_unknown_keys() -> None:
-    assert TrainConfig.from_dict({"max_epochs": 2, "seed": 3}).max_epochs == 2
-    with pytest.raises(UserError, match="unknown training keys epochs"):
-        TrainConfig.from_dict({"epochs": 2}, source="params.yaml:train")
-    with pytest.raises(UserError, match="logger must be one of"):
-        TrainConfig.from_dict({"logger": "wandb"})
+    assert TrainConfig.from_params({"max_epochs": 2, "seed": 3}, source="t").max_epochs == 2
+    with pytest.raises(UserError, match=re.escape("params.yaml:train: unknown key 'epochs'; did you mean 'max_epochs'")):
+        TrainConfig.from_params({"epochs": 2}, source="params.yaml:train")
+    with pytest.raises(UserError, match="key 'logger' = 'wandb': input should be 'dvclive', 'csv' or 'none'"):
+        TrainConfig.from_params({"logger": "wandb"}, source="t")
+    with pytest.raises(UserError, match="key 'mode'"):
+        TrainConfig.from_params({"mode": "maximum"}, source="t")
 
 
 def test_fit_with_csv_logger_needs_no_dvc(tmp_path: Path) -> None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
+from pydantic import model_validator
 from torch import nn
 
 from visionpipes.core.blocks import (
@@ -25,14 +25,12 @@ from visionpipes.core.blocks import (
     ResidualBlock,
     SelfAttention,
 )
+from visionpipes.core.config import ConfigModel, Field, closest
+from visionpipes.core.errors import UserError
 from visionpipes.core.layers import ConvNormAct, LayerArg, check_spatial_dims, max_pool_type
 
-BLOCK_TYPES = ("basic", "bottleneck", "inverted_residual", "depthwise_separable", "self_attention")
-STEM_TYPES = ("resnet", "conv", "none")
 
-
-@dataclass
-class StageSpec:
+class StageSpec(ConfigModel):
     """One stage: `depth` blocks of one type; the first block applies `stride`.
 
     Attributes:
@@ -50,31 +48,25 @@ class StageSpec:
         num_heads: heads of `self_attention` blocks.
     """
 
-    block: str
-    depth: int
-    width: int
-    stride: int = 1
-    cardinality: int = 1
-    base_width: int = 64
-    expansion: int = 4
-    expand_ratio: float = 6
-    kernel_size: int = 3
-    dilation: int = 1
+    block: Literal["basic", "bottleneck", "inverted_residual", "depthwise_separable", "self_attention"]
+    depth: int = Field(ge=1)
+    width: int = Field(ge=1)
+    stride: Literal[1, 2] = 1
+    cardinality: int = Field(1, ge=1)
+    base_width: int = Field(64, ge=1)
+    expansion: int = Field(4, ge=1)
+    expand_ratio: int | float = Field(6, gt=0)
+    kernel_size: int = Field(3, ge=1)
+    dilation: int = Field(1, ge=1)
     attn: str | None = None
-    num_heads: int = 4
-
-    def __post_init__(self) -> None:
-        if self.block not in BLOCK_TYPES:
-            raise ValueError(f"unknown block type {self.block!r}; use one of {', '.join(BLOCK_TYPES)}.")
-        if self.depth < 1 or self.width < 1:
-            raise ValueError(f"stage depth and width must be >= 1, got depth={self.depth}, width={self.width}.")
-        if self.stride not in (1, 2):
-            raise ValueError(f"stage stride must be 1 or 2, got {self.stride}.")
+    num_heads: int = Field(4, ge=1)
 
 
-@dataclass
-class BackboneSpec:
+class BackboneSpec(ConfigModel):
     """A whole backbone: stem, stages, which stage outputs are returned, and layer choices.
+
+    Build one from a mapping (a `params.yaml` section, a spec file) with
+    `BackboneSpec.from_params(data, source=...)`: unknown keys get a did-you-mean `UserError`.
 
     Attributes:
         name: a label for reports.
@@ -91,49 +83,27 @@ class BackboneSpec:
     """
 
     name: str
-    stages: list[StageSpec]
-    stem: str = "resnet"
-    stem_width: int = 64
+    stages: list[StageSpec] = Field(min_length=1)
+    stem: Literal["resnet", "conv", "none"] = "resnet"
+    stem_width: int = Field(64, ge=1)
     out_indices: list[int] | None = None
-    final_width: int | None = None
+    final_width: int | None = Field(None, ge=1)
     norm: str = "batch"
     act: str | None = None
     zero_init_residual: bool = False
 
-    def __post_init__(self) -> None:
-        self.stages = [s if isinstance(s, StageSpec) else StageSpec(**s) for s in self.stages]
-        if not self.stages:
-            raise ValueError("a backbone needs at least one stage.")
-        if self.stem not in STEM_TYPES:
-            raise ValueError(f"unknown stem {self.stem!r}; use one of {', '.join(STEM_TYPES)}.")
+    @model_validator(mode="after")
+    def _out_indices_in_range(self) -> BackboneSpec:
         if self.out_indices is not None:
             bad = [i for i in self.out_indices if not -len(self.stages) <= i < len(self.stages)]
             if bad:
-                raise ValueError(f"out_indices {bad} out of range for {len(self.stages)} stages.")
+                raise ValueError(f"out_indices {bad} out of range for {len(self.stages)} stages")
+        return self
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> BackboneSpec:
-        """Build a spec from a plain mapping (e.g. a `params.yaml` section).
 
-        Raises:
-            ValueError: on unknown keys or invalid values.
-        """
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown backbone spec keys: {', '.join(sorted(unknown))}.")
-        stage_known = {f.name for f in fields(StageSpec)}
-        stages = []
-        for i, stage in enumerate(data.get("stages", [])):
-            extra = set(stage) - stage_known
-            if extra:
-                raise ValueError(f"stage {i}: unknown keys {', '.join(sorted(extra))}.")
-            stages.append(StageSpec(**stage))
-        return cls(**{**dict(data), "stages": stages})
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain mapping that `from_dict` reads back."""
-        return asdict(self)
+#: The block types a stage may use, and the stems (from the spec's own field types).
+BLOCK_TYPES: tuple[str, ...] = get_args(StageSpec.model_fields["block"].annotation)
+STEM_TYPES: tuple[str, ...] = get_args(BackboneSpec.model_fields["stem"].annotation)
 
 
 def _make_block(spatial_dims: int, stage: StageSpec, in_ch: int, stride: int, spec: BackboneSpec) -> nn.Module:
@@ -286,21 +256,20 @@ def load_spec_file(path: str | Path) -> BackboneSpec:
     example the `best_spec.yaml` of `vp-core search`).
 
     Raises:
-        ValueError: if the file is missing, unreadable or not a valid spec (the message names it).
+        UserError: if the file is missing, unreadable or not a valid spec (the message names it,
+            and the key at fault with the closest valid key).
     """
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"backbone spec file {path} does not exist.")
+        raise UserError(f"backbone spec file {path} does not exist.")
     try:
         text = path.read_text()
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        if not isinstance(data, Mapping):
-            raise TypeError("the file does not hold a mapping")
-        return BackboneSpec.from_dict(data)
-    except (OSError, ValueError, TypeError, yaml.YAMLError) as err:
-        raise ValueError(f"backbone spec file {path} is not a valid spec: {err}") from None
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise UserError(f"backbone spec file {path} is not valid YAML or JSON: {err}") from None
+    return BackboneSpec.from_params(data, source=f"backbone spec file {path}")
 
 
 def inline_spec_file(name: str | Mapping[str, Any]) -> str | dict[str, Any]:
@@ -310,7 +279,7 @@ def inline_spec_file(name: str | Mapping[str, Any]) -> str | dict[str, Any]:
     `model.json`) holds the searched architecture itself and never needs the file again.
 
     Raises:
-        ValueError: if the spec file is missing or invalid.
+        UserError: if the spec file is missing or invalid.
     """
     if isinstance(name, str) and name.endswith(SPEC_FILE_SUFFIXES):
         return load_spec_file(name).to_dict()
@@ -322,12 +291,15 @@ def get_spec(name: str) -> BackboneSpec:
     `.yaml`, `.yml` or `.json` — so a `params.yaml` can select a searched architecture by path.
 
     Raises:
-        ValueError: if no preset has that name, or the spec file is missing or invalid.
+        ValueError: if no preset has that name.
+        UserError: if the spec file is missing or invalid.
     """
     if name.endswith(SPEC_FILE_SUFFIXES):
         return load_spec_file(name)
     if name not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; presets: {', '.join(list_backbones())}.")
+        guess = closest(name, list_backbones())
+        hint = f"did you mean '{guess}'? " if guess else ""
+        raise ValueError(f"unknown backbone {name!r}; {hint}presets: {', '.join(list_backbones())}.")
     return copy.deepcopy(_REGISTRY[name]())
 
 
@@ -341,13 +313,14 @@ def build_backbone(
     """Build a backbone from a preset name, a `BackboneSpec`, or a plain mapping.
 
     Args:
-        spec: preset name (see `list_backbones()`), spec, or mapping for `BackboneSpec.from_dict`.
+        spec: preset name (see `list_backbones()`), spec, or mapping (`BackboneSpec.from_params`).
         in_channels: input channels (3 for RGB, 4 for BraTS MRI, ...).
         spatial_dims: 2 for images, 3 for volumes.
         **overrides: spec fields to replace (e.g. `norm="group"`).
 
     Raises:
-        ValueError: for an unknown preset or an invalid spec.
+        ValueError: for an unknown preset.
+        UserError: for an invalid spec mapping or spec file, or invalid `overrides`.
 
     Example:
         >>> net = build_backbone("mobilenet_v2")
@@ -357,15 +330,15 @@ def build_backbone(
     if isinstance(spec, str):
         spec = get_spec(spec)
     elif isinstance(spec, Mapping):
-        spec = BackboneSpec.from_dict(spec)
+        spec = BackboneSpec.from_params(spec, source="backbone spec")
     if overrides:
-        spec = replace(spec, **overrides)
+        spec = BackboneSpec.from_params({**spec.model_dump(), **overrides}, source="backbone overrides")
     return Backbone(spec, in_channels=in_channels, spatial_dims=spatial_dims)
 
 
 def _resnet(name: str, block: str, depths: tuple[int, ...], widths: tuple[int, ...], **stage_kw: Any) -> BackboneSpec:
     stages = [
-        StageSpec(block, d, w, stride=1 if i == 0 else 2, **stage_kw) for i, (d, w) in enumerate(zip(depths, widths))
+        StageSpec(block=block, depth=d, width=w, stride=1 if i == 0 else 2, **stage_kw) for i, (d, w) in enumerate(zip(depths, widths))
     ]
     return BackboneSpec(name=name, stages=stages)
 
@@ -416,7 +389,7 @@ def mobilenet_v2() -> BackboneSpec:
     table = [  # expand_ratio, width, depth, stride
         (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
     ]
-    stages = [StageSpec("inverted_residual", n, c, s, expand_ratio=t) for t, c, n, s in table]
+    stages = [StageSpec(block="inverted_residual", depth=n, width=c, stride=s, expand_ratio=t) for t, c, n, s in table]
     return BackboneSpec(
         name="mobilenet_v2", stages=stages, stem="conv", stem_width=32, final_width=1280, out_indices=[1, 2, 4, 6]
     )
@@ -439,13 +412,13 @@ def resnet18_mhsa() -> BackboneSpec:
 def mobilenet_v1() -> BackboneSpec:
     """MobileNetV1-style backbone (Howard et al., 2017) of depthwise separable convs."""
     table = [(64, 1, 1), (128, 2, 2), (256, 2, 2), (512, 6, 2), (1024, 2, 2)]  # width, depth, stride
-    stages = [StageSpec("depthwise_separable", n, c, s) for c, n, s in table]
+    stages = [StageSpec(block="depthwise_separable", depth=n, width=c, stride=s) for c, n, s in table]
     return BackboneSpec(name="mobilenet_v1", stages=stages, stem="conv", stem_width=32, out_indices=[1, 2, 3, 4])
 
 
 def spec_summary(spec: BackboneSpec) -> dict[str, Any]:
     """A short, JSON-friendly description of a spec (for model cards and reports)."""
-    return {"name": spec.name, "stem": spec.stem, "stages": [asdict(s) for s in spec.stages]}
+    return {"name": spec.name, "stem": spec.stem, "stages": [s.model_dump() for s in spec.stages]}
 
 
 __all__ = [

@@ -1,34 +1,24 @@
-"""`vp-core`: the core package's command line — list and profile backbones, and run the demo
-(every domain pipeline on its built-in sample data, then one table of their metrics).
+"""`vp-core`: the core package's command line — list and profile backbones, run the demo (every
+domain pipeline on its built-in sample data, then one table of their headline metrics), and the
+architecture search's verbs (`search`, `train-proxy`, `evaluate-search`, from `core.nas`).
 
-It only wires arguments to library functions; no model or pipeline logic lives here.
+It only wires arguments to library functions; no model or pipeline logic lives here. The search
+is imported only by its verbs, so the rest works without the `nas` extra (Optuna).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from visionpipes.core.cli_common import params_section, run_main
 from visionpipes.core.errors import UserError
-
-
-def _project_root() -> Path:
-    from visionpipes.core.settings import find_project_root
-
-    root = find_project_root() or find_project_root(Path(__file__).parent)
-    if root is None:
-        raise UserError("not inside the visionpipes repository (no folder with .dvc/ and packages/ above here).")
-    return root
-
-
-def domain_pipelines(root: Path) -> list[str]:
-    """Names of the domains that have a `pipelines/<domain>/dvc.yaml`."""
-    return sorted(p.parent.name for p in (root / "pipelines").glob("*/dvc.yaml"))
 
 
 def _print_backbone_table(names: list[str] | None, size: int, batch: int, repeats: int) -> None:
@@ -62,7 +52,9 @@ def _dvc() -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    root = _project_root()
+    from visionpipes.core.workspace import domain_pipelines, headline_table, project_root
+
+    root = project_root()
     domains = domain_pipelines(root)
     if not domains:
         print("no domain pipeline exists yet (pipelines/<domain>/dvc.yaml); profiling the core backbones instead.")
@@ -75,65 +67,68 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if code != 0:
             print(f"error: the {domain} pipeline failed (dvc exit code {code}).", file=sys.stderr)
             return code
-    from visionpipes.core.summary import domain_metrics, format_summary
-
-    print("== metrics of every pipeline", flush=True)
-    print(format_summary({d: domain_metrics(root / "pipelines" / d) for d in domains}))
+    print("== headline metrics of every pipeline", flush=True)
+    print(headline_table({d: root / "pipelines" / d for d in domains}))
     return 0
 
 
 def _cmd_summary(args: argparse.Namespace) -> None:
-    from visionpipes.core.summary import format_summary, write_summary
+    from visionpipes.core.workspace import (
+        FULL_SET_HINT,
+        format_summary,
+        headline_keys,
+        select_headline,
+        write_summary,
+    )
 
     pipeline = Path(args.pipeline)
     metrics = write_summary(pipeline.name, pipeline, Path(args.out))
-    print(format_summary({pipeline.name: metrics}))
+    rows = {pipeline.name: select_headline(metrics, headline_keys(pipeline))}
+    print(format_summary(rows, footer=FULL_SET_HINT))
+
+
+def _nas(module: str) -> ModuleType:
+    """Import `visionpipes.core.nas.<module>`; one sentence when the `nas` extra is missing."""
+    try:
+        return importlib.import_module(f"visionpipes.core.nas.{module}")
+    except ModuleNotFoundError as err:
+        if err.name == "optuna":
+            raise UserError(
+                "the architecture search needs Optuna, which is not installed; "
+                "install visionpipes-core[nas] (e.g. pip install -e 'packages/core[nas]')."
+            ) from None
+        raise
 
 
 def _cmd_search(args: argparse.Namespace) -> None:
-    from dataclasses import fields
-
-    from visionpipes.core.io import check_known_keys
-    from visionpipes.core.search import ProxyTraining, SearchConfig, run_search, summary_lines, write_outcome
-
+    study = _nas("study")
+    outputs = _nas("outputs")
     settings = params_section(args.params, "search", required=True)
-    proxy = settings.pop("proxy", None) or {}
+    proxy = settings.get("proxy") or {}
     if not isinstance(proxy, dict):
         raise UserError(f"{args.params}: search.proxy must be a mapping.")
-    known = {f.name for f in fields(SearchConfig)} - {"proxy", "space"}
-    known |= {f"proxy.{f.name}" for f in fields(ProxyTraining)}
-    flat = {**settings, **{f"proxy.{k}": v for k, v in proxy.items()}}
-    check_known_keys(flat, known, source=str(args.params), what="search keys", hint="")
+    settings["proxy"] = dict(proxy)
     for key in ("trials", "cost", "seed", "storage", "study_name"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     if args.budget is not None:
         settings["param_budget"] = args.budget
     if args.baselines is not None:
-        settings["baselines"] = tuple(b for b in args.baselines.split(",") if b)
+        settings["baselines"] = [b for b in args.baselines.split(",") if b]
     for key in ("epochs", "per_class", "size"):
         if getattr(args, key) is not None:
-            proxy[key] = getattr(args, key)
-    if "baselines" in settings:
-        from visionpipes.core.backbones import list_backbones
-
-        bad = [b for b in settings["baselines"] if b not in list_backbones()]
-        if bad:
-            raise UserError(f"unknown baseline backbone {bad[0]!r}; presets: {', '.join(list_backbones())}.")
-        settings["baselines"] = tuple(settings["baselines"])
-    config = SearchConfig(**settings, proxy=ProxyTraining(**proxy))
-    outcome = run_search(config)
-    write_outcome(outcome, config, Path(args.out))
-    print("\n".join(summary_lines(outcome, config.cost)))
+            settings["proxy"][key] = getattr(args, key)
+    source = f"{args.params}:search" if args.params else "search options"
+    config = study.SearchConfig.from_params(settings, source=source)
+    outcome = study.run_search(config)
+    outputs.write_outcome(outcome, config, Path(args.out))
+    print("\n".join(outputs.summary_lines(outcome, config.cost)))
     print(f"wrote {args.out}/search.json, best_spec.yaml, pareto.png")
 
 
 def _proxy_settings(params: str | None, section: str) -> dict:
     """`search.proxy` of a params file, updated by the keys of `section` (e.g. `train.epochs`)."""
-    from dataclasses import fields
-
-    from visionpipes.core.io import check_known_keys, load_params
-    from visionpipes.core.search import ProxyTraining
+    from visionpipes.core.io import load_params
 
     if not params:
         return {}
@@ -144,44 +139,35 @@ def _proxy_settings(params: str | None, section: str) -> dict:
     if not isinstance(extra, dict):
         raise UserError(f"{params}: section '{section}' must be a mapping.")
     proxy.update(extra)
-    check_known_keys(proxy, {f.name for f in fields(ProxyTraining)}, source=params, what="proxy training keys",
-                     hint=f"in search.proxy or {section}")
     return proxy
 
 
 def _cmd_train_proxy(args: argparse.Namespace) -> None:
-    from visionpipes.core.search import ProxyTraining, load_spec_file, train_spec
+    from visionpipes.core.backbones import load_spec_file
 
+    training = _nas("training")
     spec = load_spec_file(args.spec)
     proxy = _proxy_settings(args.params, "train")
     for key in ("epochs", "seed"):
         if getattr(args, key) is not None:
             proxy[key] = getattr(args, key)
-    try:
-        cfg = ProxyTraining(**proxy)
-    except TypeError as err:
-        raise UserError(f"{args.params}: invalid proxy training settings: {err}") from None
-    if cfg.epochs < 1 or cfg.per_class < 2 or cfg.size < 32:
-        raise UserError(f"proxy training needs epochs >= 1, per_class >= 2 and size >= 32, got {cfg.epochs}, "
-                        f"{cfg.per_class}, {cfg.size}.")
-    result = train_spec(spec, cfg, Path(args.out), log=lambda m: print(m, flush=True))
+    source = f"{args.params}:search.proxy+train" if args.params else "proxy training options"
+    cfg = training.ProxyTraining.from_params(proxy, source=source)
+    result = training.train_spec(spec, cfg, Path(args.out), log=lambda m: print(m, flush=True))
     print(f"{spec.name}: accuracy {result.accuracy:.3f} after {cfg.epochs} epochs, {result.mflops:.1f} MFLOPs, "
           f"{result.latency_ms:.2f} ms, {result.params / 1e6:.2f} M params; wrote {args.out}/model.pt, metrics.json, dvclive/")
 
 
 def _cmd_evaluate_search(args: argparse.Namespace) -> None:
-    from visionpipes.core.io import check_known_keys
-    from visionpipes.core.search import evaluate_search
-
+    evaluate = _nas("evaluate")
     settings = params_section(args.params, "eval", required=True)
-    check_known_keys(settings, {"rounds", "per_round", "threads"}, source=str(args.params), what="eval keys", hint="")
     for key in ("rounds", "per_round", "threads"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
-    if any(not isinstance(v, int) or v < 1 for v in settings.values()):
-        raise UserError(f"eval rounds, per_round and threads must be integers >= 1, got {settings}.")
-    metrics = evaluate_search(Path(args.search), Path(args.trained), Path(args.out), **settings,
-                              log=lambda m: print(m, flush=True))
+    source = f"{args.params}:eval" if args.params else "eval options"
+    config = evaluate.EvalConfig.from_params(settings, source=source)
+    metrics = evaluate.evaluate_search(Path(args.search), Path(args.trained), Path(args.out), **config.model_dump(),
+                                       log=lambda m: print(m, flush=True))
     best = metrics["best"]
     print(f"best {best['name']}: accuracy {best['accuracy']:.3f} (trained longer: {best['accuracy_trained']:.3f}), "
           f"{best['mflops']:.1f} MFLOPs, {best['latency_ms']:.2f} ms, {best['params'] / 1e6:.2f} M params")
@@ -206,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--spec", action="store_true", help="print each spec as JSON (usable in params.yaml)")
     p.set_defaults(func=_cmd_backbones)
 
-    p = sub.add_parser("demo", help="run every domain pipeline on the sample data and print their metrics")
+    p = sub.add_parser("demo", help="run every domain pipeline on the sample data and print their headline metrics")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("summary", help="collect a pipeline's declared metrics into one summary file")

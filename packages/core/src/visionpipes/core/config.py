@@ -17,7 +17,7 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -51,16 +51,32 @@ def closest(name: str, choices: Any) -> str | None:
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The nested model class reached by following `loc` (field names) from `model`."""
+    """The nested model class reached by following `loc` from `model`: field names, and the
+    indices or keys of list, tuple, dict and optional fields (`stages.0.width`)."""
     current: Any = model
     for part in loc:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            current = _item_model(current)
+            if isinstance(part, int):
+                continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
         field = current.model_fields.get(str(part))
         if field is None:
             return None
-        current = field.annotation
+        current = _item_model(field.annotation)
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _item_model(annotation: Any) -> Any:
+    """`annotation` itself if it is a model class, else the model class inside a list, tuple,
+    dict value or `X | None` annotation (or `annotation` unchanged)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in reversed(get_args(annotation)):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation
 
 
 def _sentence(model: type[BaseModel], err: dict[str, Any], source: str) -> str:
@@ -79,6 +95,8 @@ def _sentence(model: type[BaseModel], err: dict[str, Any], source: str) -> str:
         return f"{source}: expected a mapping of keys, got {type(err.get('input')).__name__}."
     msg = str(err.get("msg", "invalid value"))
     msg = msg[0].lower() + msg[1:] if msg else msg
+    if not loc:  # a rule across fields (a model validator): its sentence alone
+        return f"{source}: {msg.removeprefix('value error, ')}."
     value = err.get("input")
     shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
     return f"{source}: key '{key}' = {shown}: {msg}."

@@ -203,6 +203,37 @@ def measure_latency(
     return LatencyStats.from_samples(samples)
 
 
+def compare_latency(
+    models: dict[str, nn.Module], example: torch.Tensor, *, rounds: int = 6, per_round: int = 5, threads: int = 1
+) -> dict[str, float]:
+    """Median batch latency (ms) of several models measured side by side: `rounds` rounds over
+    all models (order reversed every other round), `per_round` timed runs each, after two warm-up
+    runs per model, in eval and inference mode on `threads` CPU threads. Interleaving makes load
+    from other processes fall on every model alike, so the ratios are fair on a shared machine.
+
+    Raises:
+        ValueError: if `rounds`, `per_round` or `threads` is below 1.
+    """
+    if min(rounds, per_round, threads) < 1:
+        raise ValueError(f"rounds, per_round and threads must be >= 1, got {rounds}, {per_round}, {threads}.")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    samples: dict[str, list[float]] = {name: [] for name in models}
+    try:
+        with torch.inference_mode():
+            for model in models.values():
+                with eval_mode(model):
+                    time_forward(model, (example,), 2)
+            names = list(models)
+            for r in range(rounds):
+                for name in names if r % 2 == 0 else names[::-1]:
+                    with eval_mode(models[name]):
+                        samples[name] += time_forward(models[name], (example,), per_round)
+    finally:
+        torch.set_num_threads(previous)
+    return {name: float(statistics.median(s)) for name, s in samples.items()}
+
+
 @dataclass(frozen=True)
 class ProfileRow:
     """One line of a profile table."""

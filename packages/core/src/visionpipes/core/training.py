@@ -9,23 +9,20 @@ is Lightning's: set `devices`/`strategy="ddp"`/`num_nodes` in `TrainConfig` and 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
+from visionpipes.core.config import ConfigModel, Field
 from visionpipes.core.device import resolve_precision, select_device
-from visionpipes.core.errors import UserError
-from visionpipes.core.io import dataclass_from_params
-
-LOGGERS = ("dvclive", "csv", "none")
 
 
-@dataclass
-class TrainConfig:
-    """How to run training; every field can come from a `params.yaml` section.
+class TrainConfig(ConfigModel):
+    """How to run training; every field can come from a `params.yaml` section
+    (`TrainConfig.from_params(section, source="params.yaml:train")`: did-you-mean errors).
 
     Attributes:
         max_epochs: epochs to train (the total, also when resuming).
@@ -50,41 +47,28 @@ class TrainConfig:
             CSVLogger, for environments without DVC) or `none`.
     """
 
-    max_epochs: int = 10
-    max_steps: int = -1
+    max_epochs: int = Field(10, ge=-1)
+    max_steps: int = Field(-1, ge=-1)
     max_time: str | None = None
     accelerator: str = "auto"
     devices: int | str | list[int] = "auto"
     strategy: str = "auto"
-    num_nodes: int = 1
+    num_nodes: int = Field(1, ge=1)
     precision: str = "32-true"
     seed: int = 0
-    log_every_n_steps: int = 10
-    check_val_every_n_epoch: int = 1
+    log_every_n_steps: int = Field(10, ge=1)
+    check_val_every_n_epoch: int = Field(1, ge=1)
     monitor: str | None = None
-    mode: str = "max"
-    gradient_clip_val: float | None = None
-    accumulate_grad_batches: int = 1
+    mode: Literal["max", "min"] = "max"
+    gradient_clip_val: float | None = Field(None, ge=0)
+    accumulate_grad_batches: int = Field(1, ge=1)
     progress: bool = True
     deterministic: bool = False
-    logger: str = "dvclive"
+    logger: Literal["dvclive", "csv", "none"] = "dvclive"
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "training config") -> TrainConfig:
-        """Build from a mapping, ignoring nothing: unknown keys are an error.
 
-        Raises:
-            UserError: on an unknown key or a bad `mode`.
-        """
-        config = dataclass_from_params(cls, data, source=source, what="training keys")
-        if config.mode not in ("max", "min"):
-            raise UserError(f"{source}: mode must be 'max' or 'min', got {config.mode!r}.")
-        if config.logger not in LOGGERS:
-            raise UserError(f"{source}: logger must be one of {', '.join(LOGGERS)}, got {config.logger!r}.")
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+#: The loggers `TrainConfig.logger` may name.
+LOGGERS: tuple[str, ...] = get_args(TrainConfig.model_fields["logger"].annotation)
 
 
 @dataclass
