@@ -36,3 +36,23 @@ def test_unknown_backbone_is_one_line_and_exit_2() -> None:
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]
     assert "unknown backbone 'resnet1000'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_network_library_loads_without_the_training_stack_and_search_needs_the_nas_extra() -> None:
+    """Importing the library and the CLI pulls in neither Optuna nor Lightning; without Optuna the
+    search verb says which extra to install, in one line."""
+    code = (
+        "import sys\n"
+        "import visionpipes.core.backbones, visionpipes.core.blocks, visionpipes.core.profile, "
+        "visionpipes.core.export, visionpipes.core.workspace, visionpipes.core.cli\n"
+        "print(sorted(m for m in ('optuna', 'lightning', 'dvclive') if m in sys.modules))\n"
+        "sys.modules['optuna'] = None  # as if the nas extra were not installed\n"
+        "from visionpipes.core.cli import main\n"
+        "main(['search', '--out', 'unused', '--trials', '1'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "[]"
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "error: the architecture search needs Optuna, which is not installed; install visionpipes-core[nas] "
+        "(e.g. pip install -e 'packages/core[nas]')."
+    ]
