@@ -13,7 +13,10 @@ import pytest
 import yaml
 
 BIN = Path(sys.executable).parent
-PIPELINE = Path(__file__).resolve().parents[2] / "pipelines" / "medical"
+ROOT = Path(__file__).resolve().parents[2]
+PIPELINE = ROOT / "pipelines" / "medical"
+#: The source folders the stages name as deps.
+SOURCES = ("packages/core/src/visionpipes/core", "packages/medical/src/visionpipes/medical")
 STAGES = ("data", "train", "eval", "deploy")
 
 #: Overrides of the shipped params.yaml: a 3-case 24^3 sample, one epoch of a 3-level UNet on 16^3 crops.
@@ -49,6 +52,9 @@ def test_pipeline_runs_end_to_end_and_then_skips(tmp_path: Path) -> None:
     pipe = tmp_path / "pipelines" / "medical"
     pipe.mkdir(parents=True)
     shutil.copy(PIPELINE / "dvc.yaml", pipe / "dvc.yaml")
+    # the stages list the package sources as deps (they run the installed code, these are hashed)
+    for src in SOURCES:
+        shutil.copytree(ROOT / src, tmp_path / src, ignore=shutil.ignore_patterns("__pycache__"))
     params = _merge(yaml.safe_load((PIPELINE / "params.yaml").read_text()), TINY)
     params["cli"] = str(BIN / "vp-medical")
     (pipe / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -85,3 +91,15 @@ def test_pipeline_runs_end_to_end_and_then_skips(tmp_path: Path) -> None:
 
     second = _run(tmp_path, "repro", "pipelines/medical/dvc.yaml")
     assert second.returncode == 0 and "Running stage" not in second.stdout, second.stdout
+
+    # editing code marks exactly the stages that run it as changed
+    def changed_after_editing(relative: str) -> set[str]:
+        with open(tmp_path / SOURCES[1] / relative, "a") as fh:
+            fh.write("\n# edited\n")
+        status = _run(tmp_path, "status", "--json", "pipelines/medical/dvc.yaml")
+        assert status.returncode == 0, status.stderr
+        return {name.rsplit(":", 1)[-1] for name in json.loads(status.stdout)}
+
+    assert changed_after_editing("training/deploy.py") == {"deploy"}
+    assert changed_after_editing("training/fit.py") == {"train", "deploy"}
+    assert changed_after_editing("msd/regions.py") == set(STAGES)
