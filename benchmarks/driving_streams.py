@@ -64,7 +64,7 @@ def baseline_threads(weights: str, videos: list[str], imgsz: int, frames: int, c
 
 
 def ours(detector: Path, lanes: Path | None, videos: list[str], frames: int, conf: float, out: Path) -> dict[str, Any]:
-    from visionpipes.driving.streams import StreamConfig, run_streams
+    from visionpipes.driving.streams.run import StreamConfig, run_streams
 
     report = run_streams(
         videos,
@@ -164,7 +164,7 @@ def main() -> None:
         work = Path(tmp)
         videos = args.videos
         if not videos:
-            from visionpipes.driving.synth import SynthConfig, write_sample
+            from visionpipes.driving.synth.sample import SynthConfig, write_sample
 
             write_sample(work / "bdd", SynthConfig(images=1, val_fraction=0.0, cameras=4, video_frames=args.frames))
             videos = [str(p) for p in sorted((work / "bdd" / "videos").glob("*.mp4"))]

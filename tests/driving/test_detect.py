@@ -23,7 +23,7 @@ from visionpipes.driving.detection.runtime import (
     predict_detections_onnx,
 )
 from visionpipes.driving.detection.train import DetectorConfig, build_detector, dataset_view
-from visionpipes.driving.synth import SynthConfig, write_sample
+from visionpipes.driving.synth.sample import SynthConfig, write_sample
 from visionpipes.driving.ultralytics_env import prepare_ultralytics
 
 

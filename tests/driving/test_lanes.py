@@ -32,7 +32,7 @@ from visionpipes.driving.lanes.runtime import (
     predict_lane_masks,
 )
 from visionpipes.driving.lanes.train import LaneTrainConfig, train_lanes
-from visionpipes.driving.synth import SynthConfig, write_sample
+from visionpipes.driving.synth.sample import SynthConfig, write_sample
 
 
 def _mask() -> np.ndarray:

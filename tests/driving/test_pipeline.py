@@ -53,6 +53,12 @@ def test_dvc_repro_tiny_pipeline(tmp_path: Path) -> None:
     pipeline = repo / "pipelines" / "driving"
     pipeline.mkdir(parents=True)
     shutil.copy(PIPELINE / "dvc.yaml", pipeline / "dvc.yaml")
+    # the stages list the package sources they run as deps (issue #11 item 5)
+    for package in ("core", "driving"):
+        shutil.copytree(
+            REPO / "packages" / package / "src", repo / "packages" / package / "src",
+            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+        )
     params = _merge(yaml.safe_load((PIPELINE / "params.yaml").read_text()), TINY)
     params["cli"] = str(BIN / "vp-driving")
     (pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -71,8 +77,12 @@ def test_dvc_repro_tiny_pipeline(tmp_path: Path) -> None:
     plots = {p.name for p in (data / "eval" / "plots").iterdir()}
     assert {"det_per_class_AP.png", "lanes_F1_per_class.png"} <= plots
     assert any(name.startswith("det_confusion_matrix") for name in plots)
-    for name in ("detector.onnx", "lanes.onnx", "MODEL_CARD.md", "deploy.json"):
+    for name in ("detector.onnx", "lanes.onnx", "MODEL_CARD.md", "model.json"):
         assert (data / "deploy" / name).is_file(), name
+    from visionpipes.core.artifact import read_record
+
+    record = read_record(data / "deploy", domain="driving", verify=True)  # every file with its checksum
+    assert {"detector", "detector_int8", "lanes"} <= set(record["files"]) and "AP" in record["metrics"]["det"]
     assert "F1" in (data / "deploy" / "MODEL_CARD.md").read_text()
 
     second = _dvc(["repro", "pipelines/driving/dvc.yaml"], repo)

@@ -12,15 +12,10 @@ import pytest
 from visionpipes.core.errors import UserError
 from visionpipes.driving.bdd100k.categories import DET_CATEGORIES
 from visionpipes.driving.bdd100k.labels import load_frames
-from visionpipes.driving.streams import (
-    CameraReader,
-    StreamConfig,
-    make_tracker,
-    parse_source,
-    run_streams,
-    track,
-)
-from visionpipes.driving.synth import SynthConfig, write_sample
+from visionpipes.driving.streams.cameras import CameraReader, parse_source
+from visionpipes.driving.streams.run import StreamConfig, run_streams
+from visionpipes.driving.streams.tracking import make_tracker, track
+from visionpipes.driving.synth.sample import SynthConfig, write_sample
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +116,7 @@ def test_tracker_gives_ids_and_rejects_unknown_names() -> None:
 
 
 def test_post_processing_runs_in_order_and_hands_errors_back() -> None:
-    from visionpipes.driving.streams import _PostProcessor
+    from visionpipes.driving.streams.run import _PostProcessor
 
     seen: list[int] = []
     post = _PostProcessor(seen.append, maxsize=2)
@@ -139,3 +134,30 @@ def test_post_processing_runs_in_order_and_hands_errors_back() -> None:
     with pytest.raises(ValueError, match="frame 0 is bad"):
         post.close()
     post.close(wait=False)  # closing again is harmless
+
+
+def test_stream_deploy_folder_is_read_through_model_json(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`stream --deploy` runs the files model.json lists, after checking their checksums."""
+    import shutil
+
+    from visionpipes.core.artifact import file_entry, write_record
+    from visionpipes.driving import cli
+
+    folder = tmp_path / "deploy"
+    folder.mkdir()
+    shutil.copy(models["det"], folder / "detector.onnx")
+    shutil.copy(models["lanes"], folder / "lanes.onnx")
+    files = {role: file_entry(folder, name) for role, name in (("detector", "detector.onnx"), ("lanes", "lanes.onnx"))}
+    write_record(folder, domain="driving", files=files)
+    argv = ["stream", str(models["video"]), "--deploy", str(folder), "--out", str(tmp_path / "out"),
+            "--no-realtime", "--max-frames", "2", "--threads", "1", "--no-video"]
+    assert cli.run(argv) == 0
+    assert '"frames": 2' in capsys.readouterr().out
+    assert len(json.loads((tmp_path / "out" / "cam0.json").read_text())) == 2
+    # a changed model file is refused by its checksum, before anything runs
+    (folder / "lanes.onnx").write_bytes(b"not the exported model")
+    with pytest.raises(UserError, match=r"lanes file lanes\.onnx does not match its checksum"):
+        cli.run([*argv[:-1], "--out", str(tmp_path / "again")])
+    assert not (tmp_path / "again").exists()

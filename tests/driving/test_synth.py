@@ -23,7 +23,7 @@ from visionpipes.driving.bdd100k.masks import (
 )
 from visionpipes.driving.bdd100k.yolo import YoloSplit, det_to_yolo
 from visionpipes.driving.metrics import evaluate_drivable, evaluate_lanes
-from visionpipes.driving.synth import SynthConfig, write_sample
+from visionpipes.driving.synth.sample import SynthConfig, write_sample
 
 
 @pytest.fixture(scope="module")

@@ -90,7 +90,7 @@ def _cmd_convert_masks(args: argparse.Namespace) -> None:
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
-    from visionpipes.driving.synth import SynthConfig, write_sample
+    from visionpipes.driving.synth.sample import SynthConfig, write_sample
 
     flags = {
         "images": args.images,
@@ -300,14 +300,16 @@ def _cmd_deploy(args: argparse.Namespace) -> None:
 
 
 def _cmd_stream(args: argparse.Namespace) -> None:
-    from visionpipes.driving.streams import StreamConfig, run_streams
+    from visionpipes.driving.streams.run import StreamConfig, run_streams
 
     det, lanes = args.det, args.lanes
     if args.deploy is not None:
-        folder = Path(args.deploy)
-        # the int8 detector when deploy wrote one (deploy.det_int8; its AP is in deploy.json)
-        det = det or str(folder / "detector_int8.onnx" if (folder / "detector_int8.onnx").is_file() else folder / "detector.onnx")
-        lanes = lanes or (str(folder / "lanes.onnx") if (folder / "lanes.onnx").is_file() else None)
+        from visionpipes.driving.deployment import read_deploy_folder
+
+        # model.json names the files (checksums verified); the int8 detector when deploy wrote one
+        deployed = read_deploy_folder(args.deploy)
+        det = det or str(deployed.detector)
+        lanes = lanes or (str(deployed.lanes) if deployed.lanes is not None else None)
     if det is None:
         raise UserError("stream needs the exported detector: --det detector.onnx or --deploy FOLDER.")
     config = StreamConfig(
@@ -447,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for verb, text in (
         ("export", "ONNX exports of the detector and/or lane model, checked against the eager models"),
-        ("deploy", "ONNX exports of both models plus a Markdown model card and deploy.json"),
+        ("deploy", "ONNX exports of both models plus model.json (files with checksums) and a model card"),
     ):
         p = verbs.add_parser(verb, help=text)
         p.add_argument("--out", required=True, help="folder to write" + (" (replaced)" if verb == "deploy" else ""))
@@ -463,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="+", help="video files, camera indices (0, 1, ...) or RTSP/HTTP URLs")
     p.add_argument("--out", required=True, help="folder for camK.mp4 (annotated) and camK.json (BDD100K det JSON)")
     p.add_argument(
-        "--deploy", help="a deploy folder holding detector.onnx or detector_int8.onnx (preferred), and lanes.onnx"
+        "--deploy", help="a deploy folder of `vp-driving deploy` (its model.json; detector_int8.onnx preferred, lanes.onnx)"
     )
     p.add_argument("--det", help="exported detector (.onnx)")
     p.add_argument("--lanes", help="exported lane model (.onnx)")

@@ -1,6 +1,6 @@
 """Deploy the driving models: ONNX exports of the detector and the lane model (each checked against
-the eager model by `core.export`), and a Markdown model card with their metrics, sizes and training
-parameters.
+the eager model by `core.export`), the folder's `model.json` record (`core.artifact`: files with
+checksums, export report, headline metrics) and the model card (`core.artifact.ModelCard`).
 
 It exports and documents trained models; it never trains or re-scores them (metrics come from the
 evaluation's `metrics.json`).
@@ -15,15 +15,17 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from visionpipes.core.artifact import ModelCard, file_entry, read_metrics, write_record
 from visionpipes.core.config import ConfigModel, Field
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import atomic_path, write_json
+from visionpipes.core.io import atomic_path
 
 DET_ONNX = "detector.onnx"
 DET_INT8_ONNX = "detector_int8.onnx"
 LANES_ONNX = "lanes.onnx"
-MODEL_CARD = "MODEL_CARD.md"
-SUMMARY = "deploy.json"
+DOMAIN = "driving"
+#: The roles of the model files in `model.json`, as `export_models` reports them.
+FILE_ROLES: tuple[str, ...] = ("detector", "detector_int8", "lanes")
 
 
 class DeployConfig(ConfigModel):
@@ -182,94 +184,99 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def model_card(
     report: Mapping[str, Any], metrics: Mapping[str, Any] | None, params: Mapping[str, Any] | None
-) -> str:
-    """The Markdown model card: what the models are, how they score, how they were trained, how to run them."""
-    lines = ["# visionpipes driving models", ""]
-    source = (metrics or {}).get("source", "unknown")
-    lines += [
-        "Object detection (10 BDD100K classes) and lane-marking segmentation (category, style and",
+) -> ModelCard:
+    """The model card: what the models are, how they score, how they were trained, how to run them."""
+    metrics = metrics or {}
+    source = metrics.get("source", "unknown")
+    card = ModelCard(
+        "visionpipes driving models",
+        "Object detection (10 BDD100K classes) and lane-marking segmentation (category, style and\n"
         "direction, decoded into the official bit-encoded lane PNG), exported to ONNX.",
-        "",
-        f"Evaluation data: the `{(metrics or {}).get('split', 'val')}` split of the "
+    )
+    data_line = (
+        f"Evaluation data: the `{metrics.get('split', 'val')}` split of the "
         + ("synthetic BDD100K-format sample" if source == "synthetic" else "BDD100K copy")
-        + f" ({(metrics or {}).get('images', '?')} images)."
-        + (" Synthetic scores say that the pipeline works, not how the models do on real roads." if source == "synthetic" else ""),
-        "",
-        "## Files",
-        "",
-        "| model | file | architecture | input | parameters | ONNX vs eager max abs diff | onnxruntime latency (ms, batch 1) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        + f" ({metrics.get('images', '?')} images)."
+        + (" Synthetic scores say that the pipeline works, not how the models do on real roads." if source == "synthetic" else "")
+    )
+    rows = [
+        [
+            title,
+            f"`{item['file']}`",
+            item["architecture"],
+            "x".join(map(str, item["input"])),
+            f"{item['parameters']:,}",
+            f"{item['max_abs_diff']:.2e}",
+            _fmt(item["latency_ms_onnxruntime"], 1),
+        ]
+        for key, title in (("detector", "detector"), ("lanes", "lanes"))
+        if (item := report.get(key))
     ]
-    for key, title in (("detector", "detector"), ("lanes", "lanes")):
-        item = report.get(key)
-        if item:
-            lines.append(
-                f"| {title} | `{item['file']}` | {item['architecture']} | {'x'.join(map(str, item['input']))} | "
-                f"{item['parameters']:,} | {item['max_abs_diff']:.2e} | {_fmt(item['latency_ms_onnxruntime'], 1)} |"
-            )
+    header = ["model", "file", "architecture", "input", "parameters", "ONNX vs eager max abs diff", "onnxruntime latency (ms, batch 1)"]
+    paragraphs = []
     int8 = report.get("detector_int8")
     if int8:
         ap = int8["official_AP_onnx"]
-        lines += [
-            "",
+        paragraphs.append(
             f"`{int8['file']}`: the detector statically quantised to int8 (onnxruntime QDQ, calibrated on "
             f"{int8['calibration_images']} training images; the head's output layers and decoding in float), "
             f"{_fmt(int8['latency_ms_onnxruntime'], 1)} ms at batch 1. Official AP / AP_50 on `{int8['split']}` of "
             + ", ".join(f"`{k}` {_fmt(v['AP'])} / {_fmt(v['AP_50'])}" for k, v in ap.items())
-            + ". `vp-driving stream --deploy` runs it.",
-        ]
-    lines.append("")
-    det = (metrics or {}).get("det")
+            + ". `vp-driving stream --deploy` runs it."
+        )
+    card.lines += [data_line, ""]
+    card.section("Files", table=(header, rows))
+    card.lines += [*(line for text in paragraphs for line in (text, ""))]  # the int8 note after the table
+    det = metrics.get("det")
     if det:
-        lines += [
-            "## Detection (official BDD100K metrics, COCOeval)",
-            "",
-            "| " + " | ".join(k for k in det if k not in ("per_class_AP", "imgsz", "ultralytics")) + " |",
-            "| " + " | ".join("---" for k in det if k not in ("per_class_AP", "imgsz", "ultralytics")) + " |",
-            "| " + " | ".join(_fmt(v) for k, v in det.items() if k not in ("per_class_AP", "imgsz", "ultralytics")) + " |",
-            "",
+        shown = {k: v for k, v in det.items() if k not in ("per_class_AP", "imgsz", "ultralytics")}
+        card.section(
+            "Detection (official BDD100K metrics, COCOeval)",
+            table=(list(shown), [[_fmt(v) for v in shown.values()]]),
+        )
+        card.lines += [
             "AP per class (-1: no ground truth of that class in the split): "
             + ", ".join(f"{k} {_fmt(v)}" for k, v in det.get("per_class_AP", {}).items()),
             "",
         ]
-    lanes = (metrics or {}).get("lanes")
+    lanes = metrics.get("lanes")
     if lanes:
-        lines += [
-            "## Lane marking (official F-score, 0-100)",
-            "",
-            "| bound | F1 | direction | style | category |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for bound in ("F1_pix1", "F1_pix2", "F1_pix5"):
-            sub = lanes.get("sub_tasks", {})
-            lines.append(
-                f"| {bound[-4:]} | {_fmt(lanes[bound], 2)} | "
-                + " | ".join(_fmt(sub.get(t, {}).get(bound, float('nan')), 2) for t in ("direction", "style", "category"))
-                + " |"
-            )
-        lines.append("")
+        sub = lanes.get("sub_tasks", {})
+        card.section(
+            "Lane marking (official F-score, 0-100)",
+            table=(
+                ["bound", "F1", "direction", "style", "category"],
+                [
+                    [bound[-4:], _fmt(lanes[bound], 2)]
+                    + [_fmt(sub.get(task, {}).get(bound, float("nan")), 2) for task in ("direction", "style", "category")]
+                    for bound in ("F1_pix1", "F1_pix2", "F1_pix5")
+                ],
+            ),
+        )
     if params:
-        lines += ["## Training parameters", "", "```json", json.dumps(params, indent=2, default=str), "```", ""]
-    lines += [
-        "## Use",
-        "",
-        "- Detector: input `images` (N, 3, S, S) RGB in [0, 1], letterboxed (grey 114); output `predictions`",
-        "  (N, 14, anchors): box centre x, y, width, height in input pixels, then the 10 class scores;",
-        "  `visionpipes.driving.detect.OnnxDetector` does the letterbox, decoding and NMS.",
-        "- Lanes: input `images` (N, 3, H, W) RGB in [0, 1] resized to the model size; output `logits` (N, 13, H, W)",
-        "  (9 category incl. background, 2 style, 2 direction); `visionpipes.driving.lanes.lane_mask_from_logits`",
-        "  decodes them into the official lane PNG at any size (`OnnxLaneModel` does both): a pixel is a lane where",
-        "  the eight lane types' probabilities together outweigh background, of the likeliest type; then the",
-        "  model's lane-level decoding (join gaps, drop specks, one style per piece of one type; ONNX metadata).",
-        "- `vp-driving stream SRC ...` runs both on several cameras at once.",
-        "",
-        "## Limitations",
-        "",
-        "- Trained from scratch (no pretrained weights) on the data above with a short CPU budget.",
-        "- Drivable area is not predicted.",
-        "",
-    ]
-    return "\n".join(lines)
+        card.section("Training parameters", code=("json", json.dumps(params, indent=2, default=str)))
+    card.section(
+        "Use",
+        bullets=[
+            "Detector: input `images` (N, 3, S, S) RGB in [0, 1], letterboxed (grey 114); output `predictions`\n"
+            "  (N, 14, anchors): box centre x, y, width, height in input pixels, then the 10 class scores;\n"
+            "  `visionpipes.driving.detection.runtime.OnnxDetector` does the letterbox, decoding and NMS.",
+            "Lanes: input `images` (N, 3, H, W) RGB in [0, 1] resized to the model size; output `logits` (N, 13, H, W)\n"
+            "  (9 category incl. background, 2 style, 2 direction); `visionpipes.driving.lanes.decode.lane_mask_from_logits`\n"
+            "  decodes them into the official lane PNG at any size (`lanes.runtime.OnnxLaneModel` does both): a pixel is a\n"
+            "  lane where the eight lane types' probabilities together outweigh background, of the likeliest type; then the\n"
+            "  model's lane-level decoding (join gaps, drop specks, one style per piece of one type; ONNX metadata).",
+            "`vp-driving stream SRC ... --deploy FOLDER` runs both on several cameras at once (it reads `model.json`).",
+        ],
+    )
+    card.section(
+        "Limitations",
+        bullets=[
+            "Trained from scratch (no pretrained weights) on the data above with a short CPU budget.",
+            "Drivable area is not predicted.",
+        ],
+    )
+    return card
 
 
 def deploy(
@@ -282,31 +289,29 @@ def deploy(
     config: DeployConfig | None = None,
     dataset: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Export both models and write the model card and `deploy.json` into `out_dir` (built in a
-    temporary folder and renamed into place). `dataset` (dataset.json) is needed for `det_int8`.
+    """Export both models and write the deploy folder `out_dir` (built in a temporary folder and
+    renamed into place): the ONNX files, `model.json` (`core.artifact.write_record`: each file with
+    its checksum, the export report, the headline metrics, the parameters) and `MODEL_CARD.md`.
+    `dataset` (dataset.json) is needed for `det_int8`.
+
+    Returns:
+        `{"models": export report, "metrics": headline metrics}` (what `model.json` records).
 
     Raises:
         UserError: on missing models or metrics file.
         ExportParityError: if an export fails its parity check.
     """
-    metrics = None
-    if metrics_path is not None:
-        path = Path(metrics_path)
-        if not path.is_file():
-            raise UserError(f"metrics file {path} does not exist; run `vp-driving evaluate` first.")
-        try:
-            metrics = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise UserError(f"metrics file {path} is not valid JSON ({err}).") from None
+    metrics = read_metrics(metrics_path, producer="`vp-driving evaluate`") if metrics_path is not None else None
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out, is_dir=True) as tmp:
         report = export_models(tmp, det_weights=det_weights, lane_model=lane_model, config=config, dataset=dataset)
-        (tmp / MODEL_CARD).write_text(model_card(report, metrics, params))
-        summary = {"models": report}
+        model_card(report, metrics, params).write(tmp)
+        summary: dict[str, Any] = {"models": report}
         if metrics:
             summary["metrics"] = {
                 k: {m: v for m, v in metrics[k].items() if not isinstance(v, dict)} for k in ("det", "lanes") if k in metrics
             }
-        write_json(tmp / SUMMARY, summary)
+        files = {role: file_entry(tmp, report[role]["file"]) for role in FILE_ROLES if role in report}
+        write_record(tmp, domain=DOMAIN, files=files, **summary, params=dict(params or {}))
     return summary

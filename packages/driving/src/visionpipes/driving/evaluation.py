@@ -18,23 +18,14 @@ from pydantic import field_validator
 
 from visionpipes.core.config import ConfigModel, Field
 from visionpipes.core.errors import UserError
+from visionpipes.core.image import read_image
 from visionpipes.core.io import atomic_path, write_json
 from visionpipes.driving.bdd100k.categories import LANE_BACKGROUND
 from visionpipes.driving.bdd100k.labels import load_frames, save_frames
 from visionpipes.driving.bdd100k.masks import mask_name, read_mask
+from visionpipes.driving.devices import model_device, ultralytics_device
+from visionpipes.driving.drawing import lane_overlay
 from visionpipes.driving.prepare import PreparedDataset
-
-#: BGR colours of the 8 lane categories in overlays.
-LANE_COLORS: tuple[tuple[int, int, int], ...] = (
-    (255, 255, 255),  # crosswalk
-    (180, 105, 255),  # double other
-    (255, 200, 0),  # double white
-    (0, 215, 255),  # double yellow
-    (0, 0, 255),  # road curb
-    (255, 0, 255),  # single other
-    (0, 255, 0),  # single white
-    (0, 255, 255),  # single yellow
-)
 
 
 class EvalConfig(ConfigModel):
@@ -64,20 +55,6 @@ class EvalConfig(ConfigModel):
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-def lane_overlay(image_bgr: np.ndarray, mask: np.ndarray, alpha: float = 0.7) -> np.ndarray:
-    """Paint a lane mask over an image (category colours; dashed lanes drawn lighter)."""
-    out = image_bgr.copy()
-    lane = mask != LANE_BACKGROUND
-    if not lane.any():
-        return out
-    colors = np.asarray(LANE_COLORS, dtype=np.float32)
-    paint = colors[(mask & 0b111)[lane]]
-    dashed = ((mask >> 4) & 1)[lane].astype(bool)
-    paint[dashed] = 0.5 * paint[dashed] + 127.5
-    out[lane] = ((1 - alpha) * out[lane] + alpha * paint).astype(np.uint8)
-    return out
-
-
 def write_lane_overlays(
     images: Sequence[Path], gt_dir: Path, pred_dir: Path, out_dir: Path, count: int
 ) -> list[Path]:
@@ -86,9 +63,7 @@ def write_lane_overlays(
 
     written = []
     for image_path in list(images)[:count]:
-        image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise UserError(f"image file {image_path} is not a readable image.")
+        image = read_image(image_path, order="BGR")
         name = mask_name(image_path.name)
         panels = []
         for folder, title in ((gt_dir, "ground truth"), (pred_dir, "prediction")):
@@ -189,6 +164,7 @@ def evaluate_models(
     plots_out, preds_out, metrics_out = Path(plots_dir), Path(predictions_dir), Path(metrics_path)
     for folder in (plots_out.parent, preds_out.parent, metrics_out.parent):
         folder.mkdir(parents=True, exist_ok=True)
+    device = model_device(config.device)  # both models: core.device.select_device
     with atomic_path(plots_out, is_dir=True) as plots_tmp, atomic_path(preds_out, is_dir=True) as preds_tmp:
         plots: list[Path] = []
         if det_weights is not None:
@@ -206,7 +182,7 @@ def evaluate_models(
                 iou=config.iou,
                 max_det=config.max_det,
                 batch=config.batch,
-                device=config.device,
+                device=ultralytics_device(device),
             )
             save_frames(preds_tmp / f"det_{split}.json", frames)
             gt_path = dataset.det_labels[split]
@@ -216,7 +192,7 @@ def evaluate_models(
             if config.ultralytics_plots and split == "val":
                 print("detector: ultralytics validation for the PR curve and confusion matrix", flush=True)
                 val = validate_detector(
-                    model, dataset.data_yaml, plots_tmp, imgsz=imgsz, batch=config.batch, device=config.device
+                    model, dataset.data_yaml, plots_tmp, imgsz=imgsz, batch=config.batch, device=ultralytics_device(device)
                 )
                 plots.extend(val["plots"])
                 metrics["det"]["ultralytics"] = val["metrics"]
@@ -225,7 +201,6 @@ def evaluate_models(
             from visionpipes.driving.lanes.runtime import predict_lane_masks
 
             net = load_lane_model(lane_model)
-            device = "cuda" if config.device not in ("cpu",) and _cuda() else "cpu"
             print(f"lanes: predicting {len(images)} {split} masks", flush=True)
             predict_lane_masks(net, images, preds_tmp / "lanes", batch_size=config.batch, device=device)
             lane_scores = evaluate_lanes(dataset.lane_masks[split], preds_tmp / "lanes")
@@ -243,9 +218,3 @@ def evaluate_models(
         write_json(metrics_out, metrics)
     final_plots = [plots_out / p.name for p in plots]
     return EvalResult(metrics, metrics_out, final_plots, preds_out)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

@@ -19,7 +19,7 @@ from visionpipes.core.io import atomic_path, write_json
 from visionpipes.driving.bdd100k.labels import IMAGE_SIZE, frames_to_json, load_frames
 from visionpipes.driving.bdd100k.masks import lane_polygons_to_masks
 from visionpipes.driving.bdd100k.yolo import YoloSplit, det_to_yolo
-from visionpipes.driving.synth import SynthConfig
+from visionpipes.driving.synth.sample import SynthConfig
 
 #: The file in a raw folder that points at a real BDD100K copy instead of holding one.
 SOURCE_FILE = "source.json"
@@ -98,7 +98,7 @@ def obtain_data(config: DataConfig, out_dir: str | os.PathLike, *, base_dir: str
         with atomic_path(out, is_dir=True) as tmp:
             write_json(tmp / SOURCE_FILE, summary)
         return summary
-    from visionpipes.driving.synth import write_sample
+    from visionpipes.driving.synth.sample import write_sample
 
     summary = write_sample(out, config.synth)
     return {"source": "synthetic", **summary}

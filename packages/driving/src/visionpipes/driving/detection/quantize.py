@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from visionpipes.core.errors import UserError
+from visionpipes.core.image import read_image
 from visionpipes.driving.detection.runtime import detector_input
 
 
@@ -35,7 +36,6 @@ def quantize_detector_int8(
     """
     import re
 
-    import cv2
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -48,10 +48,7 @@ def quantize_detector_int8(
     size = (int(shape[3].dim_value), int(shape[2].dim_value))
 
     def prepare(path: str | os.PathLike) -> np.ndarray:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise UserError(f"calibration image {path} is missing or unreadable.")
-        return detector_input([image], size)[0]
+        return detector_input([read_image(path, order="BGR", name=f"calibration image {path}")], size)[0]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from visionpipes.core.errors import UserError
+from visionpipes.core.image import read_image
 from visionpipes.driving.bdd100k.categories import DET_CATEGORIES
 from visionpipes.driving.bdd100k.detection import detections_to_frame
 from visionpipes.driving.bdd100k.labels import Frame
@@ -39,16 +39,10 @@ def predict_detections_onnx(
     Raises:
         UserError: if an image file is missing or unreadable.
     """
-    import cv2
 
     frames: list[Frame] = []
     for chunk in batched([Path(p) for p in images], max(1, batch)):
-        pictures = []
-        for path in chunk:
-            picture = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if picture is None:
-                raise UserError(f"image file {path} is missing or unreadable.")
-            pictures.append(picture)
+        pictures = [read_image(path, order="BGR") for path in chunk]
         for path, (boxes, scores, classes) in zip(chunk, detector(pictures, conf=conf, iou=iou, max_det=max_det)):
             frames.append(detections_to_frame(path.name, boxes, scores, [int(c) for c in classes]))
     return frames
