@@ -56,6 +56,10 @@ def test_dvc_repro_tiny_pipeline_then_serve(tmp_path: Path, serve) -> None:
     pipeline = repo / "pipelines" / "retail"
     pipeline.mkdir(parents=True)
     shutil.copy(PIPELINE / "dvc.yaml", pipeline / "dvc.yaml")
+    # The stages list the code they run as deps (issue #11): the copy holds that code too.
+    for package in ("retail", "core"):
+        src = Path("packages") / package / "src" / "visionpipes" / package
+        shutil.copytree(REPO / src, repo / src, ignore=shutil.ignore_patterns("__pycache__"))
     params = _merge(yaml.safe_load((PIPELINE / "params.yaml").read_text()), TINY)
     params["cli"] = str(BIN / "vp-retail")
     (pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -17,7 +17,6 @@ import os
 import shutil
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from visionpipes.retail.index.faiss_index import (
     normalize_vectors,
 )
 from visionpipes.retail.index.manifest import Manifest, read_manifest, verify_files
-from visionpipes.retail.index.records import ProductRecord, StoredProduct
+from visionpipes.retail.index.records import ProductRecord, SearchHit, StoredProduct
 from visionpipes.retail.index.snapshot import (
     DirectoryLock,
     commit_snapshot,
@@ -43,21 +42,6 @@ from visionpipes.retail.index.snapshot import (
     remove_orphans,
 )
 from visionpipes.retail.index.vector_owners import VectorOwners
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    """One product in a search result: its best-matching view's score and its catalog fields."""
-
-    product_id: str
-    score: float
-    title: str
-    category: str
-    metadata: dict[str, Any]
-    image_path: str
-    vector_id: int
-
-
 
 
 class ProductIndex:

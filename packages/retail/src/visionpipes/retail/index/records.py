@@ -1,5 +1,5 @@
 """What the index stores per product: the record a caller adds (`ProductRecord`), the product as
-stored (`StoredProduct`), the duplicate-id error, and the grouping of embedded catalog views into
+stored (`StoredProduct`), one search result (`SearchHit`), the duplicate-id error, and the grouping of embedded catalog views into
 records (`catalog_records`).
 
 Plain data; no FAISS, no SQLite, no torch.
@@ -49,6 +49,19 @@ class StoredProduct:
     metadata: dict[str, Any]
     image_path: str
     vector_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One product in a search result: its best-matching view's score and its catalog fields."""
+
+    product_id: str
+    score: float
+    title: str
+    category: str
+    metadata: dict[str, Any]
+    image_path: str
+    vector_id: int
 
 
 def catalog_records(

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel
 
-from visionpipes.retail.index.product_index import SearchHit
+from visionpipes.retail.index.records import SearchHit
 
 
 class Hit(BaseModel):

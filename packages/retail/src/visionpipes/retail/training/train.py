@@ -38,7 +38,7 @@ def train_embedding(catalog_path: str | os.PathLike, out_dir: str | os.PathLike,
     Raises:
         UserError: on a bad catalog, bad params, or a missing pretrained checkpoint.
     """
-    config = params.embedding_config()  # reads a backbone spec file once, before any work
+    architecture = params.embedding_config()  # reads a backbone spec file once, before any work
     catalog = load_catalog(catalog_path)
     problems = catalog.problems + check_images(catalog, params.image_size)
     if len(catalog) < 2:
@@ -103,7 +103,7 @@ def train_embedding(catalog_path: str | os.PathLike, out_dir: str | os.PathLike,
         "params": params.to_dict(),
     }
     model = module.model.cpu().float().to(memory_format=torch.contiguous_format).eval()
-    save_model(out_dir, model, config, {"training": summary})
+    save_model(out_dir, model, architecture, {"training": summary})
     write_json(out_dir / "train.json", summary)
     print(json.dumps({k: summary[k] for k in ("seconds", "metrics")}), flush=True)
     return summary
