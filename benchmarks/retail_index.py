@@ -1,5 +1,5 @@
 """Retail index benchmark: recall@10 against exact search, queries/s and memory per vector for Flat, IVF
-and HNSW configurations of `visionpipes.retail.index.VectorIndex`, on clustered (Gaussian-mixture)
+and HNSW configurations of `visionpipes.retail.index.faiss_index.VectorIndex`, on clustered (Gaussian-mixture)
 L2-normalised vectors, in one run. Writes benchmarks/results/retail_index.json.
 
     .venv/bin/python benchmarks/retail_index.py                      # 1,000,000 x 256-d, 1,000 queries
