@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +170,7 @@ def export_models(
             "max_abs_diff": rep.max_abs_diff,
             "max_rel_diff": rep.max_rel_diff,
             "latency_ms_onnxruntime": _latency_ms(OnnxRunner(rep.path), example, config.latency_runs),
-            "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
+            "config": cfg.to_dict(),
         }
     return report
 
