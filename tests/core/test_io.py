@@ -20,7 +20,7 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path: Path) -> None:
         tmp.write_text("half")
         raise RuntimeError("boom")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
-    with pytest.raises(UserError, match="output folder .* does not exist"):
+    with pytest.raises(UserError, match=r"output folder .* does not exist"):
         write_json(tmp_path / "missing" / "x.json", {})
 
 
