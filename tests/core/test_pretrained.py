@@ -120,3 +120,10 @@ def test_wrong_architecture_and_bad_files_are_one_sentence(tmp_path: Path) -> No
     (tmp_path / "junk.pth").write_bytes(b"junk")
     with pytest.raises(UserError, match="not a readable PyTorch file"):
         load_pretrained(build_backbone("resnet18"), tmp_path / "junk.pth")
+
+
+def test_build_backbone_takes_weights_from_a_local_file(tmp_path: Path) -> None:
+    source = _randomise_norms(torchvision.models.resnet34())
+    core = build_backbone("resnet34", weights=_save(source, tmp_path / "resnet34.pth")).eval()
+    with torch.no_grad():
+        assert _max_diff(core(X), _resnet_stages(source, X)) <= 1e-5

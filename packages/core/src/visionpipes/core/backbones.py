@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -308,6 +309,7 @@ def build_backbone(
     *,
     in_channels: int = 3,
     spatial_dims: int = 2,
+    weights: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> Backbone:
     """Build a backbone from a preset name, a `BackboneSpec`, or a plain mapping.
@@ -316,11 +318,14 @@ def build_backbone(
         spec: preset name (see `list_backbones()`), spec, or mapping (`BackboneSpec.from_params`).
         in_channels: input channels (3 for RGB, 4 for BraTS MRI, ...).
         spatial_dims: 2 for images, 3 for volumes.
+        weights: a local ImageNet checkpoint of torchvision or timm (`.pth`, `.safetensors`) loaded
+            through the mapping tables of `visionpipes.core.pretrained` (never downloaded).
         **overrides: spec fields to replace (e.g. `norm="group"`).
 
     Raises:
         ValueError: for an unknown preset.
-        UserError: for an invalid spec mapping or spec file, or invalid `overrides`.
+        UserError: for an invalid spec mapping or spec file, invalid `overrides`, or weights that are
+            unreadable or of another architecture.
 
     Example:
         >>> net = build_backbone("mobilenet_v2")
@@ -333,7 +338,12 @@ def build_backbone(
         spec = BackboneSpec.from_params(spec, source="backbone spec")
     if overrides:
         spec = BackboneSpec.from_params({**spec.model_dump(), **overrides}, source="backbone overrides")
-    return Backbone(spec, in_channels=in_channels, spatial_dims=spatial_dims)
+    net = Backbone(spec, in_channels=in_channels, spatial_dims=spatial_dims)
+    if weights is not None:
+        from visionpipes.core.pretrained import load_pretrained
+
+        load_pretrained(net, weights)
+    return net
 
 
 def _resnet(name: str, block: str, depths: tuple[int, ...], widths: tuple[int, ...], **stage_kw: Any) -> BackboneSpec:
