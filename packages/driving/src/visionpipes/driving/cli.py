@@ -299,34 +299,6 @@ def _cmd_deploy(args: argparse.Namespace) -> None:
     _emit(summary, None)
 
 
-def _cmd_stream(args: argparse.Namespace) -> None:
-    from visionpipes.driving.streams.run import StreamConfig, run_streams
-
-    det, lanes = args.det, args.lanes
-    if args.deploy is not None:
-        from visionpipes.driving.deployment import read_deploy_folder
-
-        # model.json names the files (checksums verified); the int8 detector when deploy wrote one
-        deployed = read_deploy_folder(args.deploy)
-        det = det or str(deployed.detector)
-        lanes = lanes or (str(deployed.lanes) if deployed.lanes is not None else None)
-    if det is None:
-        raise UserError("stream needs the exported detector: --det detector.onnx or --deploy FOLDER.")
-    config = StreamConfig(
-        conf=args.conf,
-        tracker=args.tracker,
-        lanes_every=0 if args.no_lanes else args.lanes_every,
-        max_seconds=args.seconds,
-        max_frames=args.max_frames,
-        realtime=not args.no_realtime,
-        loop=args.loop,
-        threads=args.threads,
-        write_video=not args.no_video,
-    )
-    report = run_streams(args.sources, args.out, detector_path=det, lanes_path=lanes, config=config)
-    _emit(report.as_dict(), None)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The `vp-driving` argument parser (one sub-command per verb)."""
     parser = argparse.ArgumentParser(
@@ -461,25 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--dataset", help="dataset.json of `vp-driving prepare` (calibrates and scores deploy.det_int8)")
         p.set_defaults(func=_cmd_export if verb == "export" else _cmd_deploy)
 
-    p = verbs.add_parser("stream", help="run the exported models on several camera streams at once")
-    p.add_argument("sources", nargs="+", help="video files, camera indices (0, 1, ...) or RTSP/HTTP URLs")
-    p.add_argument("--out", required=True, help="folder for camK.mp4 (annotated) and camK.json (BDD100K det JSON)")
-    p.add_argument(
-        "--deploy", help="a deploy folder of `vp-driving deploy` (its model.json; detector_int8.onnx preferred, lanes.onnx)"
-    )
-    p.add_argument("--det", help="exported detector (.onnx)")
-    p.add_argument("--lanes", help="exported lane model (.onnx)")
-    p.add_argument("--no-lanes", action="store_true", help="run the detector only")
-    p.add_argument("--lanes-every", type=int, default=1, help="run the lane model every n-th tick (default 1)")
-    p.add_argument("--conf", type=float, default=0.25, help="detection score threshold (default 0.25)")
-    p.add_argument("--tracker", default="bytetrack", choices=["bytetrack", "botsort"], help="tracker (default bytetrack)")
-    p.add_argument("--seconds", type=float, help="stop after this many seconds")
-    p.add_argument("--max-frames", type=int, help="stop after this many frames per camera")
-    p.add_argument("--no-realtime", action="store_true", help="read video files as fast as possible")
-    p.add_argument("--loop", action="store_true", help="replay video files when they end")
-    p.add_argument("--threads", type=int, help="onnxruntime threads per model (default: all cores)")
-    p.add_argument("--no-video", action="store_true", help="write no annotated videos")
-    p.set_defaults(func=_cmd_stream)
+    from visionpipes.driving.streams.command import add_stream_parser
+
+    add_stream_parser(verbs)  # the stream verb's arguments and handler live beside the streams
     return parser
 
 

@@ -1,29 +1,29 @@
 """Several camera streams at once: batches the cameras' newest frames into one detection call and one
-lane call of the exported (ONNX) models, tracks, and writes an annotated video and a BDD100K-format
-JSON per camera, printing per-camera and total frames/s. A camera that fails never stops the others.
+lane call of the exported (ONNX) models, tracks, and writes per camera an annotated video, the labels
+as JSON Lines while it runs and a BDD100K-format JSON at the end, plus a `status.json` of the cameras.
 
-Runtime: loads exported models (or a deploy folder); never trains or exports.
+Runtime: loads exported models (or a deploy folder); never trains or exports. A camera that fails
+never stops the others; SIGINT and SIGTERM end the run cleanly (outputs finalised).
 """
 
 from __future__ import annotations
 
-import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import atomic_path
-from visionpipes.driving.bdd100k.labels import Frame
 from visionpipes.driving.detection.runtime import OnnxDetector
 from visionpipes.driving.drawing import annotate
-from visionpipes.driving.streams.cameras import CameraReader, parse_source
+from visionpipes.driving.streams.cameras import CameraReader, is_live_source, parse_source
+from visionpipes.driving.streams.outputs import LabelLog, VideoSegments, write_status
 from visionpipes.driving.streams.tracking import make_tracker, track, tracks_to_frame
 
 
@@ -40,9 +40,14 @@ class StreamConfig:
         max_frames: stop after this many processed frames per camera (None: no limit).
         realtime: pace video files at their frame rate.
         loop: replay video files.
+        live: treat every source as live (reconnected when it drops; None: by its kind).
+        reconnect_max_s: give a live camera up after this long without frames (None: never).
+        backoff_s: first wait before reconnecting a live camera (doubles each attempt).
+        backoff_cap_s: longest wait between reconnection attempts.
         threads: onnxruntime threads per model (None: all cores).
         write_video: write an annotated video per camera.
-        status_every_s: seconds between live status lines.
+        status_every_s: seconds between status lines (and `status.json` updates of the counters).
+        handle_signals: end cleanly on SIGINT/SIGTERM (only when run in the main thread).
     """
 
     conf: float = 0.25
@@ -53,14 +58,19 @@ class StreamConfig:
     max_frames: int | None = None
     realtime: bool = True
     loop: bool = False
+    live: bool | None = None
+    reconnect_max_s: float | None = None
+    backoff_s: float = 0.5
+    backoff_cap_s: float = 30.0
     threads: int | None = None
     write_video: bool = True
     status_every_s: float = 1.0
+    handle_signals: bool = True
 
 
 @dataclass
 class CameraReport:
-    """Per-camera outcome of a run."""
+    """Per-camera outcome of a run (`videos`: one segment per frame size; `video` is the first)."""
 
     name: str
     source: str
@@ -70,22 +80,72 @@ class CameraReport:
     error: str | None
     video: str | None
     labels: str
+    jsonl: str = ""
+    videos: list[str] = field(default_factory=list)
+    drops: int = 0
+    reconnects: int = 0
 
 
 @dataclass
 class StreamReport:
-    """Outcome of `run_streams`."""
+    """Outcome of `run_streams` (`stopped_by`: the signal that ended it, if one did)."""
 
     cameras: list[CameraReport]
     seconds: float
     total_fps: float
     ticks: int
     extra: dict[str, Any] = field(default_factory=dict)
+    stopped_by: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)
+
+
+def check_sources(sources: Sequence[str], *, live: bool | None = None) -> list[int | str]:
+    """The parsed sources; a file source must exist (unless every source is forced live).
+
+    Raises:
+        UserError: naming the first source that is neither an existing file nor a live source.
+    """
+    if not sources:
+        raise UserError("stream needs at least one source (video file, camera index, URL or GStreamer pipeline).")
+    parsed = [parse_source(src) for src in sources]
+    for src in parsed:
+        if not live and not is_live_source(src) and not Path(str(src)).is_file():
+            raise UserError(
+                f"source {src!r} is not a file, a camera index, /dev/videoN, an RTSP/HTTP URL or a GStreamer pipeline."
+            )
+    return parsed
+
+
+class _StopSignals:
+    """While active (main thread only), SIGINT and SIGTERM set `event` instead of ending the process;
+    after the first one the previous handlers return, so a second signal aborts as it would have."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.event = threading.Event()
+        self.name: str | None = None
+        self._old: dict[int, Any] = {}
+        self._enabled = enabled and threading.current_thread() is threading.main_thread()
+
+    def __enter__(self) -> _StopSignals:
+        if self._enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.name = signal.Signals(signum).name
+        self.event.set()
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old = {}
+
+    def __exit__(self, *exc: Any) -> None:
+        self._restore()
 
 
 def run_streams(
@@ -100,152 +160,174 @@ def run_streams(
 ) -> StreamReport:
     """Run the exported detector (and lane model) on several camera streams at once.
 
-    Writes, per camera `camK`: `camK.mp4` (annotated, when enabled) and `camK.json` (BDD100K det
-    JSON: one frame per processed frame with `videoName`, `frameIndex`, `timestamp` in ms, and labels
-    with `score` and the track id in `attributes.trackId`).
+    Writes, per camera `camK`: `camK.jsonl` (one BDD100K det frame per line, flushed after each
+    batch, so an interrupted run keeps what it saw), `camK.json` at the end (the same frames as a
+    BDD100K det JSON list: `videoName`, `frameIndex`, `timestamp` in ms, labels with `score` and the
+    track id in `attributes.trackId`), and `camK.mp4` (annotated, when enabled; a change of frame
+    size starts a new segment `camK-1.mp4`, ...). `status.json` holds each camera's state (status,
+    frames, drops, reconnects, last error), rewritten atomically when a status changes and with each
+    status line. SIGINT/SIGTERM stop the run like `max_seconds` does: every output is finalised.
 
     Raises:
-        UserError: if no source is given or a model file is missing.
+        UserError: if no source is given, a file source does not exist, or a model file is missing
+            or unreadable (all checked before anything is written).
     """
-    import cv2
-
-    if not sources:
-        raise UserError("stream needs at least one source (video file, camera index or URL).")
     config = config or StreamConfig()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    parsed = check_sources(sources, live=config.live)
     detector = OnnxDetector(detector_path, threads=config.threads)
     lanes = None
     if lanes_path is not None and config.lanes_every:
         from visionpipes.driving.lanes.runtime import OnnxLaneModel
 
         lanes = OnnxLaneModel(lanes_path, threads=config.threads)
-    names = [f"cam{i}" for i in range(len(sources))]
+    trackers = [make_tracker(config.tracker) for _ in parsed]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [f"cam{i}" for i in range(len(parsed))]
     readers = [
         CameraReader(
-            name, parse_source(src), realtime=config.realtime, loop=config.loop, capture_factory=capture_factory
+            name,
+            src,
+            realtime=config.realtime,
+            loop=config.loop,
+            live=config.live,
+            reconnect_max_s=config.reconnect_max_s,
+            backoff_s=config.backoff_s,
+            backoff_cap_s=config.backoff_cap_s,
+            capture_factory=capture_factory,
         )
-        for name, src in zip(names, sources)
+        for name, src in zip(names, parsed)
     ]
-    trackers = [make_tracker(config.tracker) for _ in readers]
-    frames_out: list[list[Frame]] = [[] for _ in readers]
-    writers: list[Any] = [None] * len(readers)
+    logs = [LabelLog(out / f"{name}.jsonl") for name in names]
+    videos = [VideoSegments(out / f"{name}.mp4") for name in names]
     processed = [0] * len(readers)
     last_index = [-1] * len(readers)
     last_lane: list[np.ndarray | None] = [None] * len(readers)
-    reported: set[tuple[str, str]] = set()
 
     def finish_frame(i: int, frame: np.ndarray, timestamp: float, index: int, dets: Any, mask: Any) -> None:
-        """Tracking, the JSON frame and the annotated video frame of one camera frame."""
+        """Tracking, the JSON Lines frame and the annotated video frame of one camera frame."""
         boxes, scores, classes = dets
         if mask is not None:
             last_lane[i] = mask
         tracks = track(trackers[i], boxes, scores, classes, frame)
-        frames_out[i].append(tracks_to_frame(names[i], index, timestamp, tracks, detector.class_names))
+        logs[i].write(tracks_to_frame(names[i], index, timestamp, tracks, detector.class_names))
         if config.write_video:
-            if writers[i] is None:
-                writers[i] = cv2.VideoWriter(
-                    str(out / f"{names[i]}.mp4.tmp.mp4"),
-                    cv2.VideoWriter_fourcc(*"mp4v"),
-                    readers[i].fps or 10.0,
-                    (frame.shape[1], frame.shape[0]),
-                )
             lane_now = last_lane[i] if last_lane[i] is not None and last_lane[i].shape == frame.shape[:2] else None
-            writers[i].write(annotate(frame, tracks, lane_now, detector.class_names))
+            videos[i].write(annotate(frame, tracks, lane_now, detector.class_names), readers[i].fps or 10.0)
 
-    # Tracking, drawing and video encoding run in one worker thread (in frame order), overlapping
-    # the next tick's inference: OpenCV and onnxruntime release the GIL.
-    post = _PostProcessor(finish_frame, maxsize=2 * len(readers))
+    def flush_batch() -> None:
+        for log in logs:
+            log.flush()
+
+    def status(seconds: float) -> dict[str, Any]:
+        return _status(names, readers, processed, seconds)
+
+    # Tracking, drawing, encoding and label writing run in one worker thread (in frame order),
+    # overlapping the next tick's inference: OpenCV and onnxruntime release the GIL.
+    post = _PostProcessor(finish_frame, maxsize=2 * len(readers), on_batch=flush_batch)
     for reader in readers:
         reader.start()
     start = time.monotonic()
     next_status = start + config.status_every_s
     ticks = 0
-    try:
-        while True:
-            now = time.monotonic()
-            if config.max_seconds is not None and now - start >= config.max_seconds:
-                break
-            batch: list[tuple[int, np.ndarray, float, int]] = []
-            for i, reader in enumerate(readers):
-                if config.max_frames is not None and processed[i] >= config.max_frames:
-                    continue
-                item = reader.latest()
-                if item is not None and item[2] != last_index[i]:
-                    batch.append((i, *item))
-                    reader.mark_taken()
-            for reader in readers:
-                key = (reader.camera, reader.state.status)
-                if reader.state.status in ("reconnecting", "failed", "ended") and key not in reported:
-                    reported.add(key)
-                    detail = f": {reader.state.error}" if reader.state.error and reader.state.status != "ended" else ""
-                    printer(f"{reader.camera} ({reader.source}) {reader.state.status}{detail}")
-            if not batch:
-                done = all(
-                    r.finished or (config.max_frames is not None and processed[i] >= config.max_frames)
-                    for i, r in enumerate(readers)
-                )
-                if done:
+    shown = ["starting"] * len(readers)
+    with _StopSignals(config.handle_signals) as stop:
+        write_status(out / "status.json", status(0.0))
+        try:
+            while not stop.event.is_set():
+                now = time.monotonic()
+                if config.max_seconds is not None and now - start >= config.max_seconds:
                     break
-                time.sleep(0.002)
-                continue
-            ticks += 1
-            images = [frame for _, frame, _, _ in batch]
-            detections = detector(images, conf=config.conf, iou=config.iou)
-            masks: list[np.ndarray | None] = [None] * len(batch)
-            if lanes is not None and (ticks - 1) % config.lanes_every == 0:
-                masks = list(lanes(images))
-            for (i, frame, timestamp, index), dets, mask in zip(batch, detections, masks):
-                last_index[i] = index
-                processed[i] += 1
-                post.put((i, frame, timestamp, index, dets, mask))
-            post.raise_if_failed()
-            now = time.monotonic()
-            if now >= next_status:
-                next_status = now + config.status_every_s
-                printer(_status_line(names, processed, now - start, readers))
-        post.close()
-    finally:
-        post.close(wait=False)
-        for reader in readers:
-            reader.stop()
-        for reader in readers:
-            reader.join(timeout=5)
-        for i, writer in enumerate(writers):
-            if writer is not None:
-                writer.release()
-                os.replace(out / f"{names[i]}.mp4.tmp.mp4", out / f"{names[i]}.mp4")
-    seconds = time.monotonic() - start
-    cameras = []
-    for i, reader in enumerate(readers):
-        labels = out / f"{names[i]}.json"
-        with atomic_path(labels) as tmp:
-            tmp.write_text(json.dumps([frame.to_dict() for frame in frames_out[i]]))
-        cameras.append(
-            CameraReport(
-                name=names[i],
-                source=str(reader.source),
-                frames=processed[i],
-                fps=round(processed[i] / seconds, 2) if seconds > 0 else 0.0,
-                status=reader.state.status,
-                error=reader.state.error,
-                video=str(out / f"{names[i]}.mp4") if writers[i] is not None else None,
-                labels=str(labels),
+                if _report_changes(readers, shown, printer):
+                    write_status(out / "status.json", status(now - start))
+                batch: list[tuple[int, np.ndarray, float, int]] = []
+                for i, reader in enumerate(readers):
+                    if config.max_frames is not None and processed[i] >= config.max_frames:
+                        continue
+                    item = reader.take()
+                    if item is not None and item[2] != last_index[i]:
+                        batch.append((i, *item))
+                if not batch:
+                    done = all(
+                        r.finished or (config.max_frames is not None and processed[i] >= config.max_frames)
+                        for i, r in enumerate(readers)
+                    )
+                    if done:
+                        break
+                    stop.event.wait(0.002)
+                    continue
+                ticks += 1
+                images = [frame for _, frame, _, _ in batch]
+                detections = detector(images, conf=config.conf, iou=config.iou)
+                masks: list[np.ndarray | None] = [None] * len(batch)
+                if lanes is not None and (ticks - 1) % config.lanes_every == 0:
+                    masks = list(lanes(images))
+                for (i, frame, timestamp, index), dets, mask in zip(batch, detections, masks):
+                    last_index[i] = index
+                    processed[i] += 1
+                    post.put((i, frame, timestamp, index, dets, mask))
+                post.end_batch()
+                post.raise_if_failed()
+                now = time.monotonic()
+                if now >= next_status:
+                    next_status = now + config.status_every_s
+                    printer(_status_line(names, processed, now - start, readers))
+                    write_status(out / "status.json", status(now - start))
+            post.close()
+        finally:
+            post.close(wait=False)
+            for reader in readers:
+                reader.stop()
+            for reader in readers:
+                reader.join(timeout=5)
+            for video in videos:
+                video.close()
+            for log in logs:
+                log.close()
+        if stop.name:
+            printer(f"stopped by {stop.name}; finishing the outputs")
+        seconds = time.monotonic() - start
+        _report_changes(readers, shown, printer)
+        cameras = []
+        for i, reader in enumerate(readers):
+            labels = logs[i].to_json(out / f"{names[i]}.json")
+            segments = [str(p) for p in videos[i].segments]
+            cameras.append(
+                CameraReport(
+                    name=names[i],
+                    source=str(reader.source),
+                    frames=processed[i],
+                    fps=round(processed[i] / seconds, 2) if seconds > 0 else 0.0,
+                    status=reader.state.status,
+                    error=reader.state.error,
+                    video=segments[0] if segments else None,
+                    labels=str(labels),
+                    jsonl=str(logs[i].path),
+                    videos=segments,
+                    drops=reader.state.drops,
+                    reconnects=reader.state.reconnects,
+                )
             )
-        )
+        write_status(out / "status.json", status(seconds))
     total = sum(processed)
     printer(_status_line(names, processed, seconds, readers))
-    return StreamReport(cameras, round(seconds, 2), round(total / seconds, 2) if seconds > 0 else 0.0, ticks)
+    return StreamReport(
+        cameras, round(seconds, 2), round(total / seconds, 2) if seconds > 0 else 0.0, ticks, stopped_by=stop.name
+    )
+
+
+_BATCH_END = ("batch-end",)
 
 
 class _PostProcessor:
-    """A worker thread that applies `fn` to queued items in order; the first error is kept and
-    re-raised in the caller by `raise_if_failed` or `close`."""
+    """A worker thread that applies `fn` to queued items in order and calls `on_batch` at each
+    `end_batch()`; the first error is kept and re-raised in the caller by `raise_if_failed` or `close`."""
 
-    def __init__(self, fn: Callable[..., None], maxsize: int) -> None:
+    def __init__(self, fn: Callable[..., None], maxsize: int, on_batch: Callable[[], None] | None = None) -> None:
         import queue
 
         self._fn = fn
+        self._on_batch = on_batch
         self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=maxsize)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="stream-post", daemon=True)
@@ -258,12 +340,20 @@ class _PostProcessor:
                 return
             if self._error is None:
                 try:
-                    self._fn(*item)
+                    if item is _BATCH_END:
+                        if self._on_batch is not None:
+                            self._on_batch()
+                    else:
+                        self._fn(*item)
                 except BaseException as err:  # handed to the caller
                     self._error = err
 
     def put(self, item: tuple[Any, ...]) -> None:
         self._queue.put(item)
+
+    def end_batch(self) -> None:
+        """Mark the end of one tick's frames (`on_batch` runs after them, in order)."""
+        self._queue.put(_BATCH_END)
 
     def raise_if_failed(self) -> None:
         if self._error is not None:
@@ -278,10 +368,44 @@ class _PostProcessor:
             self.raise_if_failed()
 
 
+def _report_changes(readers: Sequence[CameraReader], shown: list[str], printer: Callable[[str], None]) -> bool:
+    """Print each camera whose status changed since last shown; whether any did."""
+    changed = False
+    for k, reader in enumerate(readers):
+        state = reader.state
+        if state.status == shown[k]:
+            continue
+        changed = True
+        detail = f": {state.error}" if state.error and state.status in ("reconnecting", "failed") else ""
+        again = f" again after {state.reconnects} reconnects" if state.status == "live" and state.reconnects else ""
+        if state.status != "live" or again:
+            printer(f"{reader.camera} ({reader.source}) {state.status}{again}{detail}")
+        shown[k] = state.status
+    return changed
+
+
+def _status(names: Sequence[str], readers: Sequence[CameraReader], processed: Sequence[int], seconds: float) -> dict[str, Any]:
+    cameras = {}
+    for name, reader, n in zip(names, readers, processed):
+        state = reader.state
+        cameras[name] = {
+            "source": str(reader.source),
+            "status": state.status,
+            "frames": n,
+            "frames_read": state.frames_read,
+            "drops": state.drops,
+            "reconnects": state.reconnects,
+            "backoff_s": state.backoff_s,
+            "last_error": state.error,
+        }
+    return {"time": round(time.time(), 3), "seconds": round(seconds, 2), "cameras": cameras}
+
+
 def _status_line(names: Sequence[str], processed: Sequence[int], seconds: float, readers: Sequence[CameraReader]) -> str:
     seconds = max(seconds, 1e-6)
-    parts = [
-        f"{name} {n / seconds:5.1f} fps" + ("" if r.state.status == "live" else f" ({r.state.status})")
-        for name, n, r in zip(names, processed, readers)
-    ]
+    parts = []
+    for name, n, r in zip(names, processed, readers):
+        s = r.state
+        counts = f" drops {s.drops} reconnects {s.reconnects}" if s.drops or s.reconnects else ""
+        parts.append(f"{name} {n / seconds:5.1f} fps {n} frames" + ("" if s.status == "live" else f" ({s.status})") + counts)
     return " | ".join(parts) + f" | total {sum(processed) / seconds:5.1f} fps"
