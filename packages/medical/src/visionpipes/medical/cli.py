@@ -94,22 +94,68 @@ def _inference_overrides(args: argparse.Namespace) -> dict:
     return {**settings, **{k: v for k, v in flags.items() if v is not None}}
 
 
+def _print_warnings(caught: list) -> None:
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
+    import warnings
+
     from visionpipes.core.errors import UserError
-    from visionpipes.medical.runtime.predictor import Predictor
+    from visionpipes.medical.runtime.predictor import Predictor, refuse_overwriting_input
 
     if not args.input.exists():
         raise UserError(f"input {args.input} does not exist.")
-    predictor = Predictor.load(args.model, device=args.device, **_inference_overrides(args))
+    refuse_overwriting_input(args.input, args.output)  # before anything runs
+    kind = "file"
     if args.input.is_dir():
-        written = predictor.predict_folder(
-            args.input,
-            args.output,
-            progress=lambda i, n, p: print(f"predict: {i}/{n} {p.name}", file=sys.stderr),
-        )
-        print(f"wrote {len(written)} label maps to {args.output}")
-    else:
-        print(f"wrote {predictor.predict_file(args.input, args.output)}")
+        from visionpipes.medical.runtime.dicom_predict import input_kind
+
+        kind = input_kind(args.input)
+    if kind != "dicom" and (args.series or args.output_format != "nifti"):
+        flag = "--series" if args.series else f"--output-format {args.output_format}"
+        raise UserError(f"{flag} needs a folder of DICOM series as --input; {args.input} holds NIfTI.")
+    overrides = None
+    if kind == "dicom":
+        from visionpipes.medical.dicom.choice import parse_series_overrides
+
+        overrides = parse_series_overrides(args.series or [])
+    predictor = Predictor.load(args.model, device=args.device, **_inference_overrides(args))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        if kind == "dicom":
+            from visionpipes.medical.runtime.dicom_predict import predict_dicom_folder
+
+            done = predict_dicom_folder(
+                predictor, args.input, args.output, overrides=overrides,
+                output_format=args.output_format, nonfinite=args.nonfinite,
+            )  # fmt: skip
+            _print_warnings([w for w in caught if "NonFinite" in type(w.message).__name__])
+            for modality, info in done.series.items():
+                print(f"{modality}: series {info}", file=sys.stderr)
+            for path in done.outputs:
+                print(f"wrote {path}")
+            return 0
+        if kind == "nifti":
+            result = predictor.predict_folder(
+                args.input,
+                args.output,
+                nonfinite=args.nonfinite,
+                progress=lambda i, n, p: print(f"predict: {i}/{n} {p.name}", file=sys.stderr),
+            )
+            _print_warnings([w for w in caught if "NonFinite" in type(w.message).__name__])
+            print(f"wrote {len(result.written)} label maps to {args.output}")
+            for scan, reason in result.failed:
+                print(f"failed: {scan}: {reason}", file=sys.stderr)
+            if result.failed:
+                print(f"{len(result.failed)} of {len(result.failed) + len(result.written)} scans failed",
+                      file=sys.stderr)  # fmt: skip
+                return 1
+            return 0
+        written = predictor.predict_file(args.input, args.output, nonfinite=args.nonfinite)
+        _print_warnings([w for w in caught if "NonFinite" in type(w.message).__name__])
+    print(f"wrote {written}")
     return 0
 
 
@@ -361,12 +407,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="segment a scan (or a folder of scans) into an MSD label map",
         description="Predict label maps (0 background, then the task's labels, e.g. 1 edema, 2 non-enhancing, "
         "3 enhancing tumour) by Gaussian-blended sliding windows; written as NIfTI with the input's affine and "
-        "header. With a folder as --input, --output must be an existing folder. --model takes a checkpoint or "
+        "header. With a folder of NIfTI scans as --input, --output must be an existing folder; scans that fail "
+        "are reported at the end (exit 1) and the others predicted. A folder of DICOM files is read as one "
+        "series per channel and written as NIfTI on the series' grid and/or a DICOM SEG. The output is never "
+        "the input. --model takes a checkpoint or "
         "a deployed model (its folder, model.onnx or model.pt); a deployed model brings its own settings.",
     )
     _add_inference_options(predict, _ANY_MODEL)
-    predict.add_argument("--input", type=Path, required=True, help="a .nii/.nii.gz scan or a folder of them")
-    predict.add_argument("--output", type=Path, required=True, help="output .nii.gz (or folder)")
+    predict.add_argument(
+        "--input",
+        type=Path,
+        required=True,
+        help="a .nii/.nii.gz scan, a folder of them, or a folder of DICOM files (one series per channel)",
+    )
+    predict.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        help="output .nii.gz (a folder for a NIfTI folder; a .dcm file with --output-format seg)",
+    )
+    predict.add_argument(
+        "--series",
+        action="append",
+        metavar="MODALITY=DESCRIPTION_OR_UID",
+        help="DICOM input: the series of a channel, by SeriesDescription or SeriesInstanceUID (repeatable; "
+        "default: the series whose description contains the modality name)",
+    )
+    predict.add_argument(
+        "--output-format",
+        choices=["nifti", "seg", "both"],
+        default="nifti",
+        help="DICOM input: a NIfTI label map (default), a DICOM SEG (--output ends in .dcm), or both (the "
+        "SEG beside the NIfTI, ending .dcm)",
+    )
+    predict.add_argument(
+        "--nonfinite",
+        choices=["error", "zero"],
+        default="error",
+        help="NaN/inf voxels: refuse the scan (default) or set them to 0 with a warning",
+    )
     predict.set_defaults(run=_cmd_predict)
     return parser
 

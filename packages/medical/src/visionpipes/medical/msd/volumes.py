@@ -7,10 +7,12 @@ Pure file I/O with nibabel and numpy: no torch, no resampling or normalisation (
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import warnings
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -18,6 +20,77 @@ from visionpipes.core.errors import UserError
 from visionpipes.core.io import atomic_path
 
 _GZIP_MAGIC = b"\x1f\x8b"
+
+#: Largest decoded voxel array `read_nifti` accepts (bytes): a header declaring more is refused before reading.
+MAX_VOLUME_BYTES = 8 * 1024**3
+#: What to do with NaN/inf voxels: refuse the scan, or set them to 0 with a warning.
+NonFinitePolicy = Literal["error", "zero"]
+
+
+class NonFiniteWarning(UserWarning):
+    """A scan held NaN/inf voxels that were set to 0 (`nonfinite="zero"`)."""
+
+
+def check_nifti_header(image: Any, path: str | os.PathLike, max_bytes: int = MAX_VOLUME_BYTES) -> None:
+    """Refuse a NIfTI header before its voxels are read: too large a volume, or an unusable affine.
+
+    Args:
+        image: the nibabel image as `nib.load` returns it (header parsed, voxels not read).
+        path: the file, named in errors.
+        max_bytes: budget for the decoded voxel array (voxel count x bytes per decoded voxel).
+
+    Raises:
+        UserError: if the declared volume exceeds `max_bytes`, or the voxel-to-world affine holds NaN/inf
+            or is singular (a zero voxel size or collapsed axes).
+    """
+    shape = tuple(int(n) for n in image.shape)
+    dtype = np.dtype(image.get_data_dtype())
+    slope, inter = image.header.get_slope_inter()
+    scaled = (slope is not None and slope != 1) or (inter is not None and inter != 0)
+    itemsize = max(dtype.itemsize, 8) if scaled else dtype.itemsize
+    nbytes = math.prod(shape) * itemsize
+    if nbytes > max_bytes:
+        raise UserError(
+            f"{path} declares a {'x'.join(map(str, shape))} volume of {dtype} ({nbytes / 2**30:.1f} GiB "
+            f"decoded), over the {max_bytes / 2**30:.1f} GiB budget; its header is wrong or the scan is too "
+            f"large to read."
+        )
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        raise UserError(
+            f"{path} has NaN or infinite values in its voxel-to-world affine (sform/qform), so its voxels "
+            f"cannot be placed in space."
+        )
+    zooms = np.linalg.norm(affine[:3, :3], axis=0)
+    if not np.all(zooms > 0) or abs(np.linalg.det(affine[:3, :3])) <= 1e-9 * float(np.prod(zooms)):
+        raise UserError(
+            f"{path} has a singular voxel-to-world affine (a zero voxel size or two parallel axes), so its "
+            f"voxels cannot be placed in space."
+        )
+
+
+def finite_volume(
+    volume: np.ndarray, source: str | os.PathLike, policy: NonFinitePolicy = "error"
+) -> np.ndarray:
+    """Refuse NaN/inf voxels (`error`), or set them to 0 with a `NonFiniteWarning` (`zero`).
+
+    One NaN voxel would turn its whole channel into NaN after the z-score and an all-background label map
+    would be written without a word; hence the default refusal.
+
+    Raises:
+        UserError: with `error`, if any voxel of `volume` is NaN or infinite (naming `source`).
+    """
+    bad = ~np.isfinite(volume)
+    count = int(bad.sum())
+    if not count:
+        return volume
+    if policy == "error":
+        raise UserError(
+            f"{source} holds {count} NaN or infinite voxel(s); fix the scan, or predict with "
+            f"--nonfinite zero to set them to 0."
+        )
+    warnings.warn(f"{source}: set {count} NaN or infinite voxel(s) to 0.", NonFiniteWarning, stacklevel=2)
+    return np.where(bad, 0, volume).astype(volume.dtype, copy=False)
 
 
 def _gzip_stream_broken(path: Path) -> bool:
@@ -31,18 +104,20 @@ def _gzip_stream_broken(path: Path) -> bool:
     return False
 
 
-def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, Any]:
-    """Open a NIfTI file and decode all its voxels.
+def read_nifti(path: str | os.PathLike, max_bytes: int = MAX_VOLUME_BYTES) -> tuple[np.ndarray, Any]:
+    """Open a NIfTI file, check its header (`check_nifti_header`) and decode all its voxels.
 
     Args:
         path: a `.nii` or `.nii.gz` file.
+        max_bytes: budget for the decoded voxel array.
 
     Returns:
         `(data, image)`: the voxel array (scaling applied, the file's axis order) and the nibabel image
         (for its affine and header).
 
     Raises:
-        UserError: if the file is missing, a `.nii.gz` that is not gzip data, truncated, or not NIfTI.
+        UserError: if the file is missing, a `.nii.gz` that is not gzip data, truncated, or not NIfTI, or
+            its header declares a volume over `max_bytes` or an unusable (NaN or singular) affine.
     """
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
@@ -58,6 +133,7 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, Any]:
         image = nib.load(path)
         if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
             raise UserError(f"{path} is a {type(image).__name__}, not a NIfTI image.")
+        check_nifti_header(image, path, max_bytes)
         data = np.asanyarray(image.dataobj)
     except UserError:
         raise
@@ -126,7 +202,8 @@ def write_label_map(labels: np.ndarray, reference: Any, output: str | os.PathLik
 
     Args:
         labels: `(X, Y, Z)` integer labels on the reference's grid.
-        reference: the nibabel image the labels were predicted from.
+        reference: the nibabel image the labels were predicted from, or a 4x4 affine (RAS mm) for labels
+            predicted from another format (a DICOM series).
         output: a `.nii` or `.nii.gz` path.
 
     Raises:
@@ -136,8 +213,12 @@ def write_label_map(labels: np.ndarray, reference: Any, output: str | os.PathLik
 
     output = Path(output)
     check_output_path(output)
-    header = reference.header.copy()
-    image = nib.Nifti1Image(labels, reference.affine, header=header)
+    if isinstance(reference, np.ndarray):
+        image = nib.Nifti1Image(labels, reference)
+        image.set_qform(reference, code=1)
+        image.set_sform(reference, code=1)
+    else:
+        image = nib.Nifti1Image(labels, reference.affine, header=reference.header.copy())
     image.set_data_dtype(labels.dtype)
     image.header.set_slope_inter(1.0, 0.0)
     image.header["cal_min"], image.header["cal_max"] = 0, int(labels.max()) if labels.size else 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +24,9 @@ from visionpipes.medical.msd.regions import Region, regions_to_labels
 from visionpipes.medical.msd.validate import is_junk
 from visionpipes.medical.msd.volumes import (
     NIFTI_SUFFIXES,
+    NonFinitePolicy,
     check_output_path,
+    finite_volume,
     read_image_volume,
     write_label_map,
 )
@@ -59,6 +62,36 @@ class InferenceConfig(ConfigModel):
     crop_margin: int = Field(4, ge=0)
 
 
+@dataclass
+class FolderPrediction:
+    """What `Predictor.predict_folder` did.
+
+    Attributes:
+        written: the label maps written.
+        failed: `(scan, reason)` for every scan that could not be predicted (the others went on).
+    """
+
+    written: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name (or, once written, would name) the same file or folder, links resolved."""
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def refuse_overwriting_input(input_path: str | os.PathLike, output_path: str | os.PathLike) -> None:
+    """Raises `UserError` if `output_path` is (or resolves to) `input_path`: a prediction never replaces a scan."""
+    if same_file(input_path, output_path):
+        raise UserError(
+            f"output {output_path} is the input {input_path}; writing the prediction there would overwrite "
+            f"the scan, so choose another output."
+        )
+
+
 def foreground_box(image: torch.Tensor, margin: int) -> tuple[slice, ...]:
     """Bounding box (one slice per spatial axis) of the voxels non-zero in any channel of `(C, *spatial)`,
     grown by `margin`; the whole grid if every voxel is zero."""
@@ -84,6 +117,7 @@ class Predictor:
         pixdim: voxel size the model was trained at (None: as stored).
         config: window, blending and TTA settings.
         device: where the network runs.
+        labels: the task's `{label value: name}` (dataset.json `labels`), for outputs that name labels.
 
     Example:
         >>> predictor = Predictor.from_checkpoint("runs/medical/checkpoints/best.ckpt")  # doctest: +SKIP
@@ -100,8 +134,10 @@ class Predictor:
         pixdim: Sequence[float] | None = None,
         config: InferenceConfig | None = None,
         device: str | torch.device = "cpu",
+        labels: Mapping[int | str, str] | None = None,
     ) -> None:
         self.config = config or InferenceConfig()
+        self.labels = {int(k): str(v) for k, v in (labels or {}).items()}
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.regions = tuple(regions)
@@ -139,6 +175,7 @@ class Predictor:
             pixdim=description.get("pixdim"),
             config=config,
             device=select_device(device),
+            labels=description.get("labels"),
         )
 
     @classmethod
@@ -174,6 +211,11 @@ class Predictor:
     @property
     def num_channels(self) -> int:
         return len(self.modality)
+
+    def label_names(self) -> dict[int, str]:
+        """`{label value: name}` of every label the label maps can hold (background excluded)."""
+        values = sorted({v for region in self.regions for v in region.labels})
+        return {v: self.labels.get(v) or f"label {v}" for v in values}
 
     def _spatial(self):
         from monai.transforms import Compose, Orientation, Spacing
@@ -243,16 +285,30 @@ class Predictor:
         probs = spatial.inverse(probs)
         return regions_to_labels(probs.as_tensor().numpy(), self.regions, threshold=self.config.threshold)
 
-    def predict_file(self, input_path: str | os.PathLike, output_path: str | os.PathLike) -> Path:
+    def predict_file(
+        self,
+        input_path: str | os.PathLike,
+        output_path: str | os.PathLike,
+        *,
+        nonfinite: NonFinitePolicy = "error",
+    ) -> Path:
         """Predict one NIfTI scan and write its label map with the input's affine and header.
 
+        Args:
+            input_path: the scan.
+            output_path: the `.nii` / `.nii.gz` label map to write (never the input).
+            nonfinite: NaN/inf voxels refuse the scan (`error`) or are set to 0 with a warning (`zero`).
+
         Raises:
-            UserError: if the input is missing, corrupt or has the wrong channel count / dimensions, the
-                output's folder does not exist, or the output name is not `.nii` / `.nii.gz`.
+            UserError: if the input is missing, corrupt, has an unusable header, NaN/inf voxels (with
+                `error`) or the wrong channel count / dimensions, the output is the input, the output's
+                folder does not exist, or the output name is not `.nii` / `.nii.gz`.
         """
         output = Path(output_path)
         check_output_path(output)
+        refuse_overwriting_input(input_path, output)
         volume, image = read_image_volume(input_path, self.num_channels)
+        volume = finite_volume(volume, input_path, nonfinite)
         labels = self.predict_array(volume, image.affine)
         write_label_map(labels, image, output)
         return output
@@ -262,24 +318,39 @@ class Predictor:
         input_dir: str | os.PathLike,
         output_dir: str | os.PathLike,
         *,
+        nonfinite: NonFinitePolicy = "error",
         progress: Callable[[int, int, Path], None] | None = None,
-    ) -> list[Path]:
+    ) -> FolderPrediction:
         """Predict every `.nii` / `.nii.gz` in `input_dir` into `output_dir` (same file names).
 
+        A scan that cannot be predicted (corrupt, bad header, NaN voxels, wrong channels ...) is recorded
+        in the result's `failed` and the others go on; nothing is written for it.
+
         Raises:
-            UserError: if `input_dir` holds no NIfTI file or `output_dir` is not an existing folder.
+            UserError: if `input_dir` holds no NIfTI file, `output_dir` is not an existing folder, or it is
+                `input_dir` itself (the label maps would overwrite the scans).
         """
         input_dir, output_dir = Path(input_dir), Path(output_dir)
         if not output_dir.is_dir():
             raise UserError(f"output folder {output_dir} does not exist.")
+        if same_file(input_dir, output_dir):
+            raise UserError(
+                f"output folder {output_dir} is the input folder {input_dir}; the label maps (same file "
+                f"names) would overwrite the scans, so choose another output folder."
+            )
         scans = sorted(
             p for p in input_dir.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not is_junk(p.name)
         )
         if not scans:
             raise UserError(f"input folder {input_dir} holds no .nii or .nii.gz scan.")
-        written = []
+        result = FolderPrediction()
         for i, scan in enumerate(scans, start=1):
-            written.append(self.predict_file(scan, output_dir / scan.name))
+            try:
+                result.written.append(self.predict_file(scan, output_dir / scan.name, nonfinite=nonfinite))
+            except UserError as err:
+                result.failed.append((scan, str(err)))
+            except Exception as err:  # one bad scan must not stop a folder of hundreds
+                result.failed.append((scan, f"{type(err).__name__}: {err}"))
             if progress:
                 progress(i, len(scans), scan)
-        return written
+        return result
