@@ -5,6 +5,7 @@ readers give up, fail on an error, and the video follows a change of frame size.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +242,52 @@ def test_stream_deploy_folder_is_read_through_model_json(
     with pytest.raises(UserError, match=r"lanes file lanes\.onnx does not match its checksum"):
         cli.run([*argv[:-1], "--out", str(tmp_path / "again")])
     assert not (tmp_path / "again").exists()
+
+
+def _vp_driving() -> list[str]:
+    """The installed `vp-driving` console script beside this interpreter (the module when absent)."""
+    import sys
+
+    script = Path(sys.executable).with_name("vp-driving")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "visionpipes.driving.cli"]
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_ends_a_live_run_cleanly(models: dict[str, Path], tmp_path: Path, signum: str) -> None:
+    """A real `vp-driving stream` looping a video is stopped mid-run: exit code 0, the labels seen so
+    far in JSON Lines and JSON, a finalised playable video with as many frames, no temporary file."""
+    import signal
+    import subprocess
+
+    import cv2
+
+    out = tmp_path / "out"
+    argv = [*_vp_driving(), "stream", str(models["video"]), "--det", str(models["det"]), "--no-lanes",
+            "--loop", "--conf", "0.5", "--threads", "1", "--out", str(out)]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        jsonl = out / "cam0.jsonl"
+        while time.monotonic() < deadline and process.poll() is None:
+            if jsonl.is_file() and len(jsonl.read_text().splitlines()) >= 8:  # looped past the first pass
+                break
+            time.sleep(0.1)
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        process.send_signal(getattr(signal, signum))
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert f"stopped by {signum}" in stdout
+    report = json.loads(stdout[stdout.index("{"):])
+    assert report["stopped_by"] == signum
+    frames = json.loads((out / "cam0.json").read_text())
+    lines = (out / "cam0.jsonl").read_text().splitlines()
+    assert len(frames) == len(lines) == report["cameras"][0]["frames"] >= 8
+    assert [f["frameIndex"] for f in frames] == list(range(len(frames)))
+    assert any(f.get("labels") for f in frames)
+    assert not list(out.glob("*.tmp*")) and (out / "status.json").is_file()
+    capture = cv2.VideoCapture(str(out / "cam0.mp4"))
+    assert capture.isOpened() and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == len(frames)
+    ok, frame = capture.read()
+    assert ok and frame.shape[:2] == (72, 128)
