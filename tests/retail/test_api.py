@@ -19,6 +19,8 @@ from visionpipes.retail.index.records import ProductRecord
 from visionpipes.retail.serve.app import create_app
 from visionpipes.retail.serve.settings import APIConfig
 
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 COLORS = [(220, 30, 30), (30, 200, 40), (40, 60, 230), (240, 220, 20), (200, 40, 200), (20, 210, 210)]
 
 
@@ -71,8 +73,8 @@ def index_dir(tmp_path, embedder):
 
 
 def test_search_add_delete_over_http(index_dir, embedder):
-    app = create_app(index_dir, embedder, config=APIConfig(max_upload_bytes=200_000, max_k=50))
-    with TestClient(app) as client:
+    app = create_app(index_dir, embedder, config=APIConfig(max_upload_bytes=200_000, max_k=50, token=TOKEN))
+    with TestClient(app, headers=AUTH) as client:
         health = client.get("/health").json()
         assert health["status"] == "ok" and health["products"] == 18 and health["dimension"] == 32
 
@@ -153,9 +155,9 @@ def test_search_add_delete_over_http(index_dir, embedder):
 
 
 def test_bad_requests_get_clear_errors(index_dir, embedder):
-    app = create_app(index_dir, embedder, config=APIConfig(max_upload_bytes=3_000, max_k=20))
+    app = create_app(index_dir, embedder, config=APIConfig(max_upload_bytes=3_000, max_k=20, token=TOKEN))
     good = png(product_image(2))
-    with TestClient(app) as client:
+    with TestClient(app, headers=AUTH) as client:
         r = client.post("/search", files={"image": ("x.txt", b"this is not an image", "text/plain")})
         assert r.status_code == 415 and "not a readable image" in r.json()["detail"]
         r = client.post("/search", files={"image": ("cut.png", good[: len(good) // 2], "image/png")})

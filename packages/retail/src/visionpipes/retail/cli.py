@@ -1,5 +1,5 @@
 """`vp-retail`: the command line of the retail package, one verb per intention
-(synth, train, evaluate, embed, index, deploy, serve, query).
+(synth, train, evaluate, embed, index, deploy, serve, compact, query).
 
 Each verb is a thin wrapper over a library function. Options default to the `params.yaml` section of
 the verb when `--params FILE` is given (that is how the DVC stages call them); an option given on
@@ -185,15 +185,71 @@ def _cmd_deploy(args: argparse.Namespace) -> None:
     params = _merge(DeployParams, section, {"factory": args.factory}, source=f"{args.params or 'options'}:deploy")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     summary = deploy_model(
-        args.model, args.catalog, args.out, params, eval_metrics=args.eval_metrics, progress=not args.no_progress
+        args.model,
+        args.catalog,
+        args.out,
+        params,
+        eval_metrics=args.eval_metrics,
+        progress=not args.no_progress,
+        discard_live_changes=args.discard_live_changes,
     )
     _print({k: v for k, v in summary.items() if k != "skipped_rows"} | {"skipped_rows": len(summary["skipped_rows"])})
 
 
+#: Environment variable holding the API token of `vp-retail serve` (so it stays out of `ps`).
+TOKEN_ENV = "VP_RETAIL_TOKEN"
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _api_config(args: argparse.Namespace) -> Any:
+    import os
+
+    from visionpipes.retail.serve.security import LOOPBACK_HOSTS
     from visionpipes.retail.serve.settings import APIConfig
 
-    values = {"max_upload_bytes": args.max_upload_bytes, "max_k": args.max_k, "max_batch": args.max_batch}
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    hosts = args.allowed_host
+    if hosts is None and _is_loopback(args.host):
+        hosts = list(LOOPBACK_HOSTS)
+    if not _is_loopback(args.host):
+        if token is None:
+            print(
+                f"warning: serving on {args.host}, beyond loopback, without a token: anyone who can reach it can "
+                f"read the catalog (writes stay disabled until --token or ${TOKEN_ENV} is set).",
+                file=sys.stderr,
+                flush=True,
+            )
+        if hosts is None:
+            print(
+                "warning: no --allowed-host: every Host header is answered (no DNS-rebinding defence).",
+                file=sys.stderr,
+                flush=True,
+            )
+    if args.protect_reads and token is None:
+        raise UserError(f"--protect-reads needs a token (--token or ${TOKEN_ENV}).")
+    values = {
+        "max_upload_bytes": args.max_upload_bytes,
+        "max_body_bytes": args.max_body_bytes,
+        "max_pixels": args.max_pixels,
+        "max_k": args.max_k,
+        "max_batch": args.max_batch,
+        "max_item_images": args.max_item_images,
+        "token": token,
+        "protect_reads": args.protect_reads,
+        "allowed_hosts": hosts,
+        "cors_origins": args.cors_origin or [],
+        "compact_every": args.compact_every,
+    }
     return _merge(APIConfig, {}, values, source="vp-retail serve options")
 
 
@@ -212,6 +268,21 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     app = app_for_index(args.index, model=args.model, config=_api_config(args), threads=args.threads)
     print(f"serving {args.index} on http://{args.host}:{args.port}/ (docs at /docs)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def _cmd_compact(args: argparse.Namespace) -> None:
+    from visionpipes.retail.index.compaction import compact_index
+    from visionpipes.retail.index.product_index import ProductIndex
+    from visionpipes.retail.serve.deployment import find_index_dir
+    from visionpipes.retail.serve.uploads import UPLOAD_PREFIX, UPLOADS_DIR
+
+    index_dir = find_index_dir(args.index)
+    if args.reset_journal:
+        from visionpipes.retail.index.snapshot import reset_journal
+
+        _print({"journal_reset": str(reset_journal(index_dir))})
+    with ProductIndex.open(index_dir) as index:
+        _print(compact_index(index, uploads=index_dir / UPLOADS_DIR, upload_prefix=UPLOAD_PREFIX) | {"index": str(index_dir)})
 
 
 def _cmd_query(args: argparse.Namespace) -> None:
@@ -337,11 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("deploy", help="ONNX export (parity-checked), catalog embedding, index, model card")
     p.add_argument("--model", required=True, help="trained model folder")
     p.add_argument("--catalog", required=True, help="catalog folder to index")
-    p.add_argument("--out", required=True, help="deploy folder to write (replaced if it exists)")
+    p.add_argument("--out", required=True, help="deploy folder to write (swapped in atomically; refused while served)")
     p.add_argument("--eval-metrics", help="metrics.json of vp-retail evaluate, quoted in the model card")
     p.add_argument("--params", help="params.yaml whose 'deploy' section gives the defaults")
     p.add_argument("--factory", help="FAISS index_factory string")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--discard-live-changes", action="store_true",
+                   help="replace a deployment whose index holds products added/deleted through the API (they are lost)")
     p.set_defaults(func=_cmd_deploy)
 
     p = verbs.add_parser("serve", help="serve the search API and page over HTTP (uvicorn)")
@@ -352,6 +425,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-bytes", type=int, default=10 * 1024 * 1024, help="largest upload (413 above)")
     p.add_argument("--max-k", type=int, default=100, help="largest k a query may ask (422 above)")
     p.add_argument("--max-batch", type=int, default=64, help="most images per /search/batch")
+    p.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024,
+                   help="largest request body, refused (413) before the form is parsed")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image decoded, width x height (413 above)")
+    p.add_argument("--max-item-images", type=int, default=16, help="most photos per POST /items")
+    p.add_argument("--token", help=f"API token every write needs (default: ${TOKEN_ENV}; none: writes disabled)")
+    p.add_argument("--protect-reads", action="store_true", help="reads need the token too (page, /health, /docs open)")
+    p.add_argument("--allowed-host", action="append",
+                   help="Host header name answered (repeatable; default: loopback names when bound to loopback; * for any)")
+    p.add_argument("--cors-origin", action="append", help="origin allowed cross-origin requests (repeatable; default none)")
+    p.add_argument("--compact-every", type=int, default=0, help="compact the index after this many writes (0: never)")
     p.add_argument(
         "--threads",
         type=int,
@@ -361,6 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default="warning", help="uvicorn log level")
     p.set_defaults(func=_cmd_serve)
+
+    p = verbs.add_parser("compact", help="fold the journal into a new snapshot, drop tombstones and unused uploads")
+    p.add_argument("--index", required=True, help="index directory or deploy folder (no server may have it open)")
+    p.add_argument("--reset-journal", action="store_true",
+                   help="recovery: set a missing or corrupt journal aside and start an empty one "
+                   "(the changes it held since the last snapshot are lost)")
+    p.set_defaults(func=_cmd_compact)
 
     p = verbs.add_parser("query", help="search an index (or a running server) with one photo")
     p.add_argument("image", help="the query photo")

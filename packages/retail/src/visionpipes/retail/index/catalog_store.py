@@ -384,6 +384,13 @@ class CatalogStore:
             )
         return [r[0] for r in rows]
 
+    def image_paths(self, *, prefix: str = "") -> set[str]:
+        """Image paths of the live views starting with `prefix`."""
+        rows = self._conn.execute(
+            "SELECT DISTINCT image_path FROM live_vectors WHERE substr(image_path, 1, ?) = ?", (len(prefix), prefix)
+        )
+        return {r[0] for r in rows}
+
     def categories(self) -> list[str]:
         """Distinct categories of the live products, sorted."""
         rows = self._conn.execute("SELECT DISTINCT category FROM live_products ORDER BY category")

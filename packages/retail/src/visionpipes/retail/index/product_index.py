@@ -341,6 +341,11 @@ class ProductIndex:
         with self._lock:
             return self._store.view_paths(product_id)
 
+    def image_paths(self, *, prefix: str = "") -> set[str]:
+        """The image paths of every live view that start with `prefix` (compaction keeps their files)."""
+        with self._lock:
+            return self._store.image_paths(prefix=prefix)
+
     def categories(self) -> list[str]:
         """Distinct categories of the products in the index, sorted."""
         with self._lock:

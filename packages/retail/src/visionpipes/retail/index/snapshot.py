@@ -9,9 +9,11 @@ Directory format (one index = one folder)::
     journal-<gen>.sqlite       changes since that snapshot (SQLite WAL, synchronous=FULL)
     .lock                      held (flock) by the one process that has the index open
 
-A new snapshot is written into a temporary folder, fsynced, renamed to `snapshot-<gen+1>/`, then
-`manifest.json` is atomically replaced (the commit point); a crash at any step leaves the previous
-manifest and its files intact. This module does not search or mutate an index (see `product_index`).
+A new snapshot is written into a temporary folder, fsynced, renamed to `snapshot-<gen+1>/`, its
+empty journal created and fsynced, then `manifest.json` is atomically replaced (the commit point); a
+crash at any step leaves the previous manifest and its files intact. A journal the manifest names is
+therefore always on disk: a missing one is an error (`open_store`), never silently recreated empty;
+`reset_journal` is the explicit recovery. This module does not search or mutate an index (see `product_index`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,44 @@ class DirectoryLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def create_journal(directory: Path, manifest: Manifest) -> None:
+    """Create the manifest's empty journal beside its snapshot, fsynced (before the manifest commits)."""
+    journal = directory / manifest.journal
+    for stale in (journal, Path(f"{journal}-wal"), Path(f"{journal}-shm")):
+        stale.unlink(missing_ok=True)  # left by a save that crashed before its commit
+    CatalogStore(directory / manifest.files["catalog"].path, journal, dimension=manifest.dimension).close()
+    fsync_file(journal)
+    fsync_path(directory)
+
+
+def reset_journal(directory: Path) -> Path:
+    """Recovery from a missing or corrupt journal: set the journal (and its WAL files) aside as
+    `<journal>.broken-<time>` and start an empty one; the index then holds its last snapshot only.
+
+    Returns:
+        The new (empty) journal.
+
+    Raises:
+        UserError: if another process has the index open, or its manifest is unreadable.
+    """
+    import time
+
+    from visionpipes.retail.index.manifest import read_manifest
+
+    lock = DirectoryLock(directory)
+    try:
+        manifest = read_manifest(directory)
+        journal = directory / manifest.journal
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for part in (journal, Path(f"{journal}-wal"), Path(f"{journal}-shm")):
+            if part.exists():
+                os.replace(part, part.with_name(f"{manifest.journal}.broken-{stamp}{part.name[len(journal.name):]}"))
+        create_journal(directory, manifest)
+    finally:
+        lock.release()
+    return journal
 
 
 def write_snapshot_files(
@@ -128,6 +168,7 @@ def create_directory(
         counts = {"products": 0, "vectors": 0, "tombstones": 0, "index_ntotal": 0}
         manifest = make_manifest(tmp, 1, model_version, dimension, factory, counts)
         manifest.extra = dict(extra or {})
+        create_journal(tmp, manifest)
         write_manifest(tmp, manifest)
     fsync_path(directory.parent)
 
@@ -152,6 +193,7 @@ def commit_snapshot(
     counts["index_ntotal"] = int(index.ntotal)
     manifest = make_manifest(directory, gen, old.model_version, old.dimension, old.factory, counts)
     manifest.extra = dict(old.extra)
+    create_journal(directory, manifest)
     write_manifest(directory, manifest)  # the commit point
     return manifest
 
@@ -195,9 +237,17 @@ def open_store(directory: Path, manifest: Manifest) -> CatalogStore:
     Raises:
         UserError: if a count disagrees with the manifest.
     """
-    store = CatalogStore(
-        directory / manifest.files["catalog"].path, directory / manifest.journal, dimension=manifest.dimension
+    journal = directory / manifest.journal
+    recovery = (
+        f"restore it from a backup, or run `vp-retail compact --index {directory} --reset-journal` to serve "
+        f"snapshot generation {manifest.generation} without the changes made since (they are lost)"
     )
+    if not journal.is_file():
+        raise UserError(f"journal {journal} of index {directory} is missing; {recovery}.")
+    try:
+        store = CatalogStore(directory / manifest.files["catalog"].path, journal, dimension=manifest.dimension)
+    except UserError as err:
+        raise UserError(f"{err} Recovery: {recovery}.") from None
     snap = store.snapshot_counts()
     for key in COUNT_KEYS:
         if snap[key] != manifest.counts[key]:

@@ -4,7 +4,8 @@ from starting at all; `app_for_index` does the same for a deployed index, findin
 (through its `model.json` record) and catalog images through the index manifest.
 
 It does not train or embed catalogs in bulk, and never imports the training stack; the embedder is
-any callable from images to embeddings. Routes are in `routes`, metrics in `metrics`.
+any callable from images to embeddings. Routes are in `routes`, metrics in `metrics`, the token /
+Host / body guards in `security`; `/docs` is served from the `swagger-ui-bundle` package (no CDN).
 """
 
 from __future__ import annotations
@@ -17,15 +18,20 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from visionpipes.core.errors import UserError
 from visionpipes.retail.embedding.embedders import Embedder, load_embedder
 from visionpipes.retail.index.faiss_index import SearchSettings
 from visionpipes.retail.index.product_index import ProductIndex
 from visionpipes.retail.serve.deployment import find_index_dir, manifest_catalog_root, manifest_model
+from visionpipes.retail.serve.maintenance import WriteGate
 from visionpipes.retail.serve.metrics import ServerMetrics
 from visionpipes.retail.serve.routes import add_routes
+from visionpipes.retail.serve.security import RequestGuard
 from visionpipes.retail.serve.settings import APIConfig
 from visionpipes.retail.serve.uploads import UPLOADS_DIR
 
@@ -77,7 +83,13 @@ def create_app(
         title="visionpipes retail search",
         description="Visual product search: upload a photo, get the most similar products.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    # Swagger UI 4 (the bundled assets) renders OpenAPI 3.0 documents only; the schema FastAPI
+    # generates is read the same way by it.
+    app.openapi_version = "3.0.3"
+    _offline_docs(app)
     app.state.index = index
     app.state.config = config
     app.state.metrics = metrics
@@ -95,6 +107,8 @@ def create_app(
     async def user_error(request: Request, err: UserError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(err)})
 
+    gate = WriteGate(index, index_path / UPLOADS_DIR, config.compact_every)
+    app.state.gate = gate
     add_routes(
         app,
         index=index,
@@ -102,6 +116,7 @@ def create_app(
         config=config,
         uploads=index_path / UPLOADS_DIR,
         images_root=Path(catalog_root) if catalog_root is not None else None,
+        gate=gate,
     )
 
     @app.get("/metrics")
@@ -109,7 +124,38 @@ def create_app(
         """Prometheus text exposition: index gauges, request counts and per-route latency histograms."""
         return Response(metrics.exposition(), media_type=metrics.content_type)
 
+    app.add_middleware(
+        RequestGuard,
+        token=config.token,
+        protect_reads=config.protect_reads,
+        allowed_hosts=config.allowed_hosts,
+        max_body_bytes=config.max_body_bytes,
+    )
+    if config.cors_origins:  # outermost, so that refusals carry the CORS headers too
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=config.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Token", "Content-Type"],
+        )
     return app
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """`/docs` from the Swagger UI files of the `swagger-ui-bundle` package, under `/docs-assets/`."""
+    import swagger_ui_bundle
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - docs",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
 
 
 def app_for_index(

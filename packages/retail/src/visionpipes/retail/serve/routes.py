@@ -7,7 +7,6 @@ the index, embedder and folders come from `add_routes`' arguments (no global sta
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,8 +18,10 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 from visionpipes.retail.index.product_index import ProductIndex
 from visionpipes.retail.index.records import ProductExistsError, ProductRecord
+from visionpipes.retail.serve.maintenance import WriteGate
 from visionpipes.retail.serve.page import SEARCH_PAGE
 from visionpipes.retail.serve.schemas import AddResponse, BatchSearchResponse, Item, SearchResponse, to_hit
+from visionpipes.retail.serve.security import check_lookup_id, check_new_product_id, parse_metadata
 from visionpipes.retail.serve.settings import APIConfig
 from visionpipes.retail.serve.uploads import Upload, decode_upload, resolve_image, save_uploads
 
@@ -33,6 +34,7 @@ def add_routes(
     config: APIConfig,
     uploads: Path,
     images_root: Path | None,
+    gate: WriteGate,
 ) -> None:
     """Register every route of the API on `app`.
 
@@ -43,6 +45,7 @@ def add_routes(
         config: upload/k/batch limits.
         uploads: the folder photos added with `POST /items` are kept in.
         images_root: the catalog image folder, for `GET /items/{id}/image` (None: catalog photos unavailable).
+        gate: serialises writes with compaction.
     """
 
     def check_k(k: int) -> int:
@@ -60,8 +63,16 @@ def add_routes(
                 )
             if not data:
                 raise HTTPException(422, f"upload {f.filename!r} is empty.")
-            images.append(decode_upload(data, f.filename or "image"))
+            name = f.filename or "image"
+            # Decoded in the thread pool: a large photo never blocks the event loop.
+            images.append(await run_in_threadpool(decode_upload, data, name, max_pixels=config.max_pixels))
         return images
+
+    def check_id(product_id: str) -> str:
+        problem = check_lookup_id(product_id)
+        if problem:
+            raise HTTPException(422, problem)
+        return product_id
 
     async def read_images(files: list[UploadFile]) -> list[np.ndarray]:
         return [u.pixels for u in await read_uploads(files)]
@@ -113,7 +124,7 @@ def add_routes(
     @app.get("/items/{product_id}", response_model=Item)
     def get_item(product_id: str) -> Item:
         """A product's stored record."""
-        p = index.get(product_id)
+        p = index.get(check_id(product_id))
         if p is None:
             raise HTTPException(404, f"product_id {product_id!r} is not in the index.")
         return Item(
@@ -128,7 +139,7 @@ def add_routes(
     @app.get("/items/{product_id}/image")
     def item_image(product_id: str, view: Annotated[int, Query(ge=0)] = 0) -> FileResponse:
         """A product's photo (its view number `view`), from the catalog or the uploads."""
-        paths = index.view_paths(product_id)
+        paths = index.view_paths(check_id(product_id))
         if not paths:
             raise HTTPException(404, f"product_id {product_id!r} is not in the index.")
         if view >= len(paths):
@@ -142,7 +153,7 @@ def add_routes(
     def similar(product_id: str, k: int = 10, category: str | None = None) -> SearchResponse:
         """Products most similar to a catalog product, itself left out."""
         check_k(k)
-        if product_id not in index:
+        if check_id(product_id) not in index:
             raise HTTPException(404, f"product_id {product_id!r} is not in the index.")
         return SearchResponse(results=[to_hit(h) for h in index.similar(product_id, k, category=category)])
 
@@ -155,15 +166,18 @@ def add_routes(
         metadata: Annotated[str, Form(description="JSON object of extra fields")] = "{}",
         replace: Annotated[bool, Form()] = False,
     ) -> AddResponse:
-        """Add a product (visible to the next query; durable once this returns)."""
+        """Add a product (visible to the next query; durable once this returns). Needs the API token."""
+        problem = check_new_product_id(product_id)
+        if problem:
+            raise HTTPException(422, problem)
         try:
-            meta = json.loads(metadata)
-        except json.JSONDecodeError as err:
-            raise HTTPException(422, f"metadata is not valid JSON ({err}).") from None
-        if not isinstance(meta, dict):
-            raise HTTPException(422, "metadata must be a JSON object.")
-        if not product_id.strip():
-            raise HTTPException(422, "product_id must not be empty.")
+            meta = parse_metadata(
+                metadata, max_bytes=config.max_metadata_bytes, max_depth=config.max_metadata_depth
+            )
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
+        if len(images) > config.max_item_images:
+            raise HTTPException(422, f"at most {config.max_item_images} images per product, got {len(images)}.")
         existed = product_id in index
         if existed and not replace:
             raise HTTPException(
@@ -171,17 +185,26 @@ def add_routes(
             )
         decoded = await read_uploads(images)
         vectors = await run_in_threadpool(lambda: embed([u.pixels for u in decoded]))
-        paths = await run_in_threadpool(lambda: save_uploads(uploads, decoded))
-        record = ProductRecord(product_id, title=title, category=category, metadata=meta, image_paths=paths)
+
+        def save_and_add() -> np.ndarray:
+            paths = save_uploads(uploads, decoded)
+            record = ProductRecord(product_id, title=title, category=category, metadata=meta, image_paths=paths)
+            return index.add(record, vectors, replace=replace)
+
         try:
-            ids = await run_in_threadpool(lambda: index.add(record, vectors, replace=replace))
+            ids = await run_in_threadpool(gate.write, save_and_add)
         except ProductExistsError as err:
             raise HTTPException(409, str(err)) from None
         return AddResponse(product_id=product_id, vector_ids=[int(i) for i in ids], replaced=existed)
 
     @app.delete("/items/{product_id}")
     def delete_item(product_id: str) -> dict[str, str]:
-        """Delete a product (durable once this returns)."""
-        if not index.delete(product_id):
+        """Delete a product (durable once this returns). Needs the API token."""
+        if not gate.write(lambda: index.delete(check_id(product_id))):
             raise HTTPException(404, f"product_id {product_id!r} is not in the index.")
         return {"deleted": product_id}
+
+    @app.post("/admin/compact")
+    def compact() -> dict[str, Any]:
+        """Fold the journal into a new snapshot, drop tombstones and unreferenced uploads. Needs the API token."""
+        return gate.compact()

@@ -18,9 +18,10 @@ import numpy as np
 from fastapi import HTTPException
 
 from visionpipes.core.errors import UserError
-from visionpipes.core.image import read_image
+from visionpipes.core.image import ImageTooLarge, read_image
 from visionpipes.retail.catalog import IMAGE_SUFFIXES
 from visionpipes.retail.index.manifest import fsync_path
+from visionpipes.retail.serve.settings import UPLOAD_FORMATS
 
 #: Prefix of the image path of a photo uploaded through POST /items (kept in <index>/uploads/).
 UPLOAD_PREFIX = "upload:"
@@ -45,14 +46,17 @@ def _format_name(data: bytes) -> str:
         return (img.format or "png").lower()
 
 
-def decode_upload(data: bytes, name: str) -> Upload:
-    """Decode uploaded bytes to an HxWx3 uint8 RGB array (any format Pillow reads).
+def decode_upload(data: bytes, name: str, *, max_pixels: int | None = None) -> Upload:
+    """Decode uploaded bytes to an HxWx3 uint8 RGB array: JPEG, PNG or WebP only (`UPLOAD_FORMATS`),
+    at most `max_pixels` pixels (checked from the header, before decoding).
 
     Raises:
-        HTTPException: 415 if the bytes are not a complete image in a format Pillow reads.
+        HTTPException: 413 above `max_pixels`; 415 if the bytes are not a complete image in an allowed format.
     """
     try:
-        pixels = read_image(data, name=f"upload {name!r}")
+        pixels = read_image(data, name=f"upload {name!r}", formats=UPLOAD_FORMATS, max_pixels=max_pixels)
+    except ImageTooLarge as err:
+        raise HTTPException(413, str(err)) from None
     except UserError as err:
         raise HTTPException(415, str(err)) from None
     return Upload(pixels, data, _format_name(data))

@@ -2,7 +2,9 @@
 catalog with that ONNX model, the FAISS index + SQLite catalog + manifest that `vp-retail serve` loads,
 a check of the deployed index on the held-out queries, and a model card.
 
-The deploy folder (written beside its target and renamed into place, so never half-written)::
+The deploy folder (written beside its target, then swapped with the old one in one atomic
+`renameat2(RENAME_EXCHANGE)`, so never half-written and never absent; refused while a server has the
+old one open, or while its journal holds live changes unless they are explicitly discarded)::
 
     model.onnx      the embedding model (input `image` (n, 3, S, S), output `embedding` (n, dimension))
     model.json      `core.artifact` record: model.onnx with its sha256, the configuration, version and parity
@@ -15,7 +17,11 @@ It trains nothing and serves nothing.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,16 +32,19 @@ import torch
 from visionpipes.core.artifact import file_entry, file_version, read_metrics, write_record
 from visionpipes.core.config import ConfigModel, Field
 from visionpipes.core.errors import UserError
-from visionpipes.core.io import atomic_path, write_json
+from visionpipes.core.io import write_json
 from visionpipes.retail.catalog import load_catalog, read_queries
 from visionpipes.retail.embedding.batch import embed_catalog, embed_queries
 from visionpipes.retail.embedding.config import EmbeddingConfig
 from visionpipes.retail.embedding.embedders import MODEL_ONNX, OnnxEmbedder
 from visionpipes.retail.embedding.model_folder import DOMAIN, MODEL_CONFIG, load_model
 from visionpipes.retail.embedding.preprocess import normalize_batch, read_view
+from visionpipes.retail.index.catalog_store import CatalogStore
 from visionpipes.retail.index.faiss_index import SearchSettings, build_faiss_index, min_training_vectors
+from visionpipes.retail.index.manifest import MANIFEST_NAME, fsync_path, read_manifest
 from visionpipes.retail.index.product_index import ProductIndex
 from visionpipes.retail.index.records import catalog_records
+from visionpipes.retail.index.snapshot import DirectoryLock
 from visionpipes.retail.serve.deployment import INDEX_DIR
 from visionpipes.retail.training.model_card import model_card
 
@@ -97,6 +106,7 @@ def deploy_model(
     *,
     eval_metrics: str | os.PathLike | None = None,
     progress: bool = True,
+    discard_live_changes: bool = False,
 ) -> dict[str, Any]:
     """Export, embed the catalog with the ONNX model, build the index and write the deploy folder.
 
@@ -107,12 +117,15 @@ def deploy_model(
         params: index and export settings.
         eval_metrics: the `metrics.json` of `vp-retail evaluate`, quoted in the model card.
         progress: show the embedding progress bar.
+        discard_live_changes: replace a deployment whose journal holds products added or deleted
+            through the API (they are lost); otherwise such a deployment is refused.
 
     Returns:
         The deploy summary (also written to `deploy.json`).
 
     Raises:
-        UserError: on a bad model, catalog, factory string, or a failed parity check.
+        UserError: on a bad model, catalog, factory string, or a failed parity check; if the deploy
+            folder's index is open in a server; if its journal holds live changes (see `discard_live_changes`).
     """
     start = time.perf_counter()
     model, config, meta = load_model(model_dir)
@@ -127,10 +140,12 @@ def deploy_model(
             f"index factory {params.factory!r} needs at least {need} vectors to train, the catalog has "
             f"{catalog.num_views} images: use a smaller IVF/PQ setting or 'Flat'."
         )
+    _check_replaceable(out, discard_live_changes).release()  # refuse early, before the long work
     sample_views = [v.path for _, v in catalog.views()[:8]]
     sample = np.stack([read_view(p, config.image_size) for p in sample_views])
     final_index = (out / INDEX_DIR).resolve()
-    with atomic_path(out, is_dir=True) as tmp:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
         t0 = time.perf_counter()
         report = export_model(model, config, sample, tmp / MODEL_ONNX, atol=params.parity_atol)
         export_seconds = time.perf_counter() - t0
@@ -201,7 +216,97 @@ def deploy_model(
         model_card(config, record, summary, metrics, factory=params.factory, parity_atol=params.parity_atol).write(tmp)
         summary["seconds"] = round(time.perf_counter() - start, 2)
         write_json(tmp / "deploy.json", summary)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it 0700
+        fsync_path(tmp)
+        _swap_into_place(tmp, out, discard_live_changes)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the new folder on failure, the old one after the swap
     return summary
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _check_replaceable(out: Path, discard_live_changes: bool) -> _NoLock | DirectoryLock:
+    """The lock of `out`'s index (held: no server can open it until released), after checking that
+    `out` may be replaced.
+
+    Raises:
+        UserError: if a server has the index open, or its journal holds live changes not discarded.
+    """
+    index_dir = out / INDEX_DIR
+    if not (index_dir / MANIFEST_NAME).is_file():
+        return _NoLock()
+    try:
+        lock = DirectoryLock(index_dir)
+    except UserError:
+        raise UserError(
+            f"deploy folder {out} is being served (its index is open in another process, e.g. vp-retail serve): "
+            "stop that server, then deploy again; the server's live adds and deletes stay in its journal."
+        ) from None
+    try:
+        manifest = read_manifest(index_dir)
+        changes = 0
+        if (index_dir / manifest.journal).is_file():
+            store = CatalogStore(
+                index_dir / manifest.files["catalog"].path, index_dir / manifest.journal, dimension=manifest.dimension
+            )
+            changes = store.journal_size()
+            store.close()
+    except BaseException:
+        lock.release()
+        raise
+    if changes and not discard_live_changes:
+        lock.release()
+        raise UserError(
+            f"the index of deploy folder {out} holds {changes} live change(s) (products added or deleted through "
+            "the API) that a new deployment would drop: keep them (do not redeploy), or pass "
+            "--discard-live-changes to replace it anyway."
+        )
+    return lock
+
+
+class _NoLock:
+    def release(self) -> None:
+        pass
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux `renameat2(RENAME_EXCHANGE)`); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap_into_place(new: Path, out: Path, discard_live_changes: bool) -> None:
+    """Put the finished deploy folder `new` at `out`: an atomic exchange with the old one (left at
+    `new`, deleted by the caller), holding the old index's lock so that no server opens it meanwhile."""
+    lock = _check_replaceable(out, discard_live_changes)
+    try:
+        if not out.exists():
+            os.replace(new, out)
+        elif not _exchange(new, out):
+            # No RENAME_EXCHANGE (an old kernel or filesystem): two renames; a crash between them
+            # leaves the old deployment at <out>.previous (move it back by hand).
+            previous = out.with_name(out.name + ".previous")
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(out, previous)
+            os.replace(new, out)
+            os.replace(previous, new)
+        fsync_path(out.parent)
+    finally:
+        lock.release()
 
 
 def _check_deployed(index: ProductIndex, embedder: OnnxEmbedder, queries_csv: Path, *, progress: bool) -> dict[str, Any]:
