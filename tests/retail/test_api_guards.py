@@ -9,14 +9,15 @@ import json
 import re
 
 import numpy as np
-import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from tests.retail import test_api as _api
 from visionpipes.retail.serve.app import create_app
 from visionpipes.retail.serve.settings import APIConfig
-from tests.retail.test_api import TOKEN, embedder, index_dir, png, product_image  # noqa: F401 - fixtures
 
+TOKEN, png, product_image = _api.TOKEN, _api.png, _api.product_image
+embedder, index_dir = _api.embedder, _api.index_dir  # the fixtures of test_api
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

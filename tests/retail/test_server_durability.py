@@ -13,6 +13,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+TOKEN = "durability-token-0123456789"
+
 
 def _photo(i: int) -> bytes:
     rng = np.random.default_rng(1000 + i)
@@ -25,14 +27,14 @@ def _photo(i: int) -> bytes:
 def test_acknowledged_adds_survive_kill_9(deployed, serve, tmp_path):
     index = tmp_path / "deploy"
     shutil.copytree(deployed / "deploy", index)
-    server = serve(index, log=tmp_path / "server.log")
+    server = serve(index, "--token", TOKEN, log=tmp_path / "server.log")
 
     acked: dict[str, bytes] = {}
     lock = threading.Lock()
     stop = threading.Event()
 
     def client(worker: int) -> None:
-        with httpx.Client(base_url=server.url, timeout=30) as http:
+        with httpx.Client(base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
             for n in range(200):
                 if stop.is_set():
                     return

@@ -199,13 +199,14 @@ def commit_snapshot(
 
 
 def remove_orphans(directory: Path, manifest: Manifest) -> None:
-    """Drop files of other generations (left by a save that crashed, or finished before cleanup)."""
+    """Drop files of other generations (left by a save that crashed, or finished before cleanup);
+    journals set aside by `reset_journal` are kept for the operator."""
     keep_snapshot = f"snapshot-{manifest.generation}"
     for entry in directory.iterdir():
         name = entry.name
         if name.startswith(("snapshot-", ".snapshot-")) and name != keep_snapshot:
             shutil.rmtree(entry, ignore_errors=True)
-        elif name.startswith("journal-") and not name.startswith(manifest.journal):
+        elif name.startswith("journal-") and not name.startswith(manifest.journal) and ".broken-" not in name:
             entry.unlink(missing_ok=True)
 
 
