@@ -16,8 +16,8 @@ FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / 
 
 
 @pytest.fixture(scope="session")
-def bdd_fixtures() -> Path:
-    """The BDD100K fixture folder (official toolkit test files); skips when it is absent."""
-    if not (FIXTURES / "det" / "gt.json").is_file():
-        pytest.skip(f"BDD100K fixtures not found at {FIXTURES}")
+def bdd_fixtures(require) -> Path:
+    """The BDD100K fixture folder (official toolkit test files); skips locally and fails under CI
+    when it is absent."""
+    require((FIXTURES / "det" / "gt.json").is_file(), f"BDD100K fixtures not found at {FIXTURES}")
     return FIXTURES

@@ -190,10 +190,8 @@ def test_cli_module_imports_no_torch_or_ultralytics() -> None:
     assert out.strip() == "False"
 
 
-def test_console_script_exit_code(tmp_path: Path) -> None:
-    exe = Path(sys.executable).with_name("vp-driving")
-    if not exe.exists():
-        pytest.skip("vp-driving console script is not installed in this environment")
+def test_console_script_exit_code(tmp_path: Path, console_script) -> None:
+    exe = console_script("vp-driving")
     (tmp_path / "x.json").write_text("[1, 2]")
     bad = subprocess.run(
         [str(exe), "eval-det", "--gt", str(tmp_path / "x.json"), "--pred", str(tmp_path / "x.json")],

@@ -65,7 +65,6 @@ def _changed(repo: Path) -> set[str]:
 
 
 def test_editing_lane_code_reruns_only_the_stages_that_run_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("dvc")
     from dvc.repo import Repo
 
     repo = _scratch_repo(tmp_path)

@@ -102,9 +102,7 @@ def _images(n: int = 2) -> torch.Tensor:
 
 
 def test_output_layout_matches_the_lane_model_and_the_drivable_masks() -> None:
-    decode = pytest.importorskip(
-        "visionpipes.driving.lanes.decode"
-    )  # moved by the restructure: skip, not fail
+    from visionpipes.driving.lanes import decode
     assert LANE_CHANNELS == decode.LANE_CHANNELS == 13
     assert LANE_CATEGORY_CHANNELS == decode.CATEGORY_CHANNELS == 9
     assert LANE_BACKGROUND_CLASS == decode.BACKGROUND_CLASS == 8
@@ -233,7 +231,7 @@ def test_detections_are_xywh_in_input_pixels_at_strides_8_16_32() -> None:
 
 
 def test_detections_decode_with_the_detector_runtime() -> None:
-    runtime = pytest.importorskip("visionpipes.driving.detection.runtime")  # moved by the restructure
+    from visionpipes.driving.detection import runtime
     model = _model_predicting_bin(1, 3.0)
     with torch.no_grad():
         predictions = model(_images(1))[0].numpy()

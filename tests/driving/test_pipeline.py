@@ -46,9 +46,8 @@ def _dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_dvc_repro_tiny_pipeline(tmp_path: Path) -> None:
-    if not (BIN / "dvc").is_file() or not (BIN / "vp-driving").is_file():
-        pytest.skip("dvc and vp-driving must be installed beside this Python")
+def test_dvc_repro_tiny_pipeline(tmp_path: Path, console_script) -> None:
+    console_script("dvc"), console_script("vp-driving")
     repo = tmp_path / "repo"
     pipeline = repo / "pipelines" / "driving"
     pipeline.mkdir(parents=True)

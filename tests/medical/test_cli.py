@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,10 +28,8 @@ def test_unknown_verb_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
     assert "invalid choice" in capsys.readouterr().err
 
 
-def test_console_script(tmp_path: Path) -> None:
-    script = Path(sys.executable).with_name("vp-medical")
-    if not script.exists():
-        pytest.skip("vp-medical console script is not installed in this environment")
+def test_console_script(tmp_path: Path, console_script) -> None:
+    script = console_script("vp-medical")
     done = subprocess.run([str(script), "validate", str(tmp_path / "absent")], capture_output=True, text=True)
     assert done.returncode == 2
     assert (

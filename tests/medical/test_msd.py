@@ -120,12 +120,11 @@ def test_reads_single_channel_ct_task(tmp_path: Path) -> None:
     assert validate_task(root) == []
 
 
-def test_reads_real_nifti_from_nibabel_test_data(tmp_path: Path) -> None:
+def test_reads_real_nifti_from_nibabel_test_data(tmp_path: Path, require) -> None:
     """Real files from other scanners/tools: a 4-D 2-volume series and a big-endian uncompressed .nii."""
     example4d = Path(NIBABEL_DATA) / "example4d.nii.gz"
     anatomical = Path(NIBABEL_DATA) / "anatomical.nii"
-    if not (example4d.is_file() and anatomical.is_file()):
-        pytest.skip("nibabel's bundled test data is not installed")
+    require(example4d.is_file() and anatomical.is_file(), "nibabel's bundled test data is not installed")
     image, _ = read_image_volume(example4d, num_channels=2)
     assert image.shape == (2, 128, 96, 24) and image.dtype == np.float32
     with pytest.raises(UserError, match="2 channels"):

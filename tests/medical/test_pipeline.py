@@ -45,10 +45,9 @@ def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_pipeline_runs_end_to_end_and_then_skips(tmp_path: Path) -> None:
+def test_pipeline_runs_end_to_end_and_then_skips(tmp_path: Path, console_script) -> None:
     for tool in ("dvc", "vp-medical"):
-        if not (BIN / tool).exists():
-            pytest.skip(f"{tool} is not installed beside {sys.executable}")
+        console_script(tool)
     pipe = tmp_path / "pipelines" / "medical"
     pipe.mkdir(parents=True)
     shutil.copy(PIPELINE / "dvc.yaml", pipe / "dvc.yaml")

@@ -15,10 +15,12 @@ CHROMEDRIVER = shutil.which("chromedriver")
 
 
 @pytest.fixture
-def browser(tmp_path):
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+def browser(tmp_path, require):
+    require(
+        CHROMIUM is not None and CHROMEDRIVER is not None,
+        "chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)",
+    )
+    from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()

@@ -49,9 +49,8 @@ def _dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_dvc_repro_tiny_pipeline_then_serve(tmp_path: Path, serve) -> None:
-    if not (BIN / "dvc").is_file() or not (BIN / "vp-retail").is_file():
-        pytest.skip("dvc and vp-retail must be installed beside this Python")
+def test_dvc_repro_tiny_pipeline_then_serve(tmp_path: Path, serve, console_script) -> None:
+    console_script("dvc"), console_script("vp-retail")
     repo = tmp_path / "repo"
     pipeline = repo / "pipelines" / "retail"
     pipeline.mkdir(parents=True)
