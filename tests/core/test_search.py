@@ -59,9 +59,12 @@ def test_search_resumes_from_sqlite_and_prunes_over_budget(tmp_path: Path) -> No
     first = run_search(config, log=lambda *_: None)
     study = optuna.load_study(study_name=config.study_name, storage=storage)
     assert len(study.trials) == 2
-    over = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
-    assert all(t.user_attrs["params"] > 400_000 for t in over)
-    assert all(r.params <= 400_000 for r in first.trials)
+    # Seed 1 draws a 0.39 M and a 0.98 M parameter network: exactly the second is over the budget.
+    over_budget = {t.number for t in study.trials if t.user_attrs["params"] > 400_000}
+    pruned = {t.number for t in study.trials if t.state == optuna.trial.TrialState.PRUNED}
+    assert over_budget, "the seeded trials never exceed the budget: pruning would go untested"
+    assert pruned == over_budget and first.pruned == len(over_budget)
+    assert len(first.trials) == 2 - len(over_budget) and all(r.params <= 400_000 for r in first.trials)
     config.trials = 3
     run_search(config, log=lambda *_: None)
     assert len(optuna.load_study(study_name=config.study_name, storage=storage).trials) == 3
