@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import cv2
@@ -52,7 +53,8 @@ def test_layout(sample: Path) -> None:
     assert summary["config"]["seed"] == 7
 
 
-def test_masks_match_polygons(sample: Path, tmp_path: Path) -> None:
+def test_masks_match_polygons_through_the_converter(sample: Path, tmp_path: Path) -> None:
+    """The shipped masks are what the polygon JSON converts to (the official `to_mask` route)."""
     lanes = sample / "labels" / "lane"
     drivable = sample / "labels" / "drivable"
     lane_polygons_to_masks(lanes / "polygons" / "lane_train.json", tmp_path / "lane", thickness=8)
@@ -64,6 +66,127 @@ def test_masks_match_polygons(sample: Path, tmp_path: Path) -> None:
         bits = decode_lane_mask(mask)
         assert (bits.background == 0).sum() > 1000  # every scene has its two curbs at least
         assert np.array_equal(mask, read_mask(tmp_path / "lane" / path.name))
+
+
+# Independent geometry: the label JSON read with `json`, curves evaluated with Bernstein polynomials
+# (the package uses de Casteljau), lanes checked by distance to their centre line (the package draws
+# thick cv2 polylines), areas filled by matplotlib's point-in-polygon test (the package: cv2.fillPoly).
+# The lane byte is spelled out from BDD100K's documentation, not from the package's encoder.
+_BDD_LANE_TYPES = (
+    "crosswalk", "double other", "double white", "double yellow",
+    "road curb", "single other", "single white", "single yellow",
+)  # fmt: skip
+
+
+def _documented_lane_byte(attributes: dict) -> int:
+    """Bits 0-2 category, bit 3 background (clear), bit 4 dashed, bit 5 vertical (BDD100K docs)."""
+    category = _BDD_LANE_TYPES.index(attributes["laneTypes"])
+    return (
+        category
+        | (attributes["laneStyle"] == "dashed") << 4
+        | (attributes["laneDirection"] == "vertical") << 5
+    )
+
+
+def _dense_centre_line(vertices: list, types: str, step: float = 0.25) -> np.ndarray:
+    """Points every <= `step` px along a poly2d: `L` vertices joined by segments, an `L C C L` run a cubic."""
+    from math import comb
+
+    pts = np.asarray(vertices, dtype=np.float64)
+    pieces, i = [], 0
+    while i < len(pts) - 1:
+        j = i + 1
+        while types[j] == "C":
+            j += 1
+        control = pts[i : j + 1]
+        degree = len(control) - 1
+        t = np.linspace(0.0, 1.0, 4 * int(np.hypot(*np.diff(control, axis=0).T).sum() / step) + 2)[:, None]
+        bernstein = np.stack(
+            [comb(degree, k) * t[:, 0] ** k * (1 - t[:, 0]) ** (degree - k) for k in range(degree + 1)], 1
+        )
+        curve = bernstein @ control
+        assert np.hypot(*np.diff(curve, axis=0).T).max() <= step
+        pieces.append(curve)
+        i = j
+    return np.concatenate(pieces)
+
+
+def test_lane_masks_follow_the_labelled_centre_lines(sample: Path) -> None:
+    from scipy.ndimage import distance_transform_edt
+    from scipy.spatial import cKDTree
+
+    half_width = 8 / 2  # SynthConfig.lane_thickness of the fixture
+    frames = json.loads((sample / "labels" / "lane" / "polygons" / "lane_train.json").read_text())
+    assert frames
+    for frame in frames:
+        mask = cv2.imread(
+            str(sample / "labels" / "lane" / "masks" / "train" / (Path(frame["name"]).stem + ".png")),
+            cv2.IMREAD_UNCHANGED,
+        )
+        assert mask.shape == (720, 1280) and mask.dtype == np.uint8
+        lines = [(_dense_centre_line(p["vertices"], p["types"]), _documented_lane_byte(lab["attributes"]))
+                 for lab in frame["labels"] for p in lab["poly2d"]]  # fmt: skip
+        assert len(lines) >= 2
+        centre = np.ones(mask.shape, bool)  # False on the pixels a centre line passes through
+        for points, _ in lines:
+            xy = np.round(points).astype(int)
+            keep = (xy[:, 0] >= 0) & (xy[:, 0] < 1280) & (xy[:, 1] >= 0) & (xy[:, 1] < 720)
+            centre[xy[keep, 1], xy[keep, 0]] = False
+        distance = distance_transform_edt(centre)
+        foreground = (mask & 0b1000) == 0
+        assert foreground[distance <= half_width - 1.5].all(), "a pixel on a lane's centre line is background"
+        assert (distance[foreground] <= half_width + 1.5).all(), (
+            "a lane pixel lies far from every labelled lane"
+        )
+        # Each lane's byte on its own centre line, away from the lanes drawn after it (they overwrite).
+        checked = 0
+        for index, (points, byte) in enumerate(lines):
+            inside = points[
+                (points[:, 0] >= 0) & (points[:, 0] <= 1279) & (points[:, 1] >= 0) & (points[:, 1] <= 719)
+            ]
+            later = [p for p, _ in lines[index + 1 :]]
+            if later:
+                near, _ = cKDTree(np.concatenate(later)).query(inside)
+                inside = inside[near > 2 * half_width + 2]
+            xy = np.round(inside[::20]).astype(int)
+            assert (mask[xy[:, 1], xy[:, 0]] == byte).all(), (
+                f"lane {index} of {frame['name']} has the wrong byte"
+            )
+            checked += len(xy)
+        assert checked > 200
+
+
+def test_drivable_masks_fill_the_labelled_areas(sample: Path) -> None:
+    from matplotlib.path import Path as Polygon
+    from scipy.ndimage import distance_transform_edt
+
+    frames = json.loads((sample / "labels" / "drivable" / "polygons" / "drivable_train.json").read_text())
+    ys, xs = np.mgrid[0:720, 0:1280]
+    pixels = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
+    for frame in frames:
+        mask = cv2.imread(
+            str(sample / "labels" / "drivable" / "masks" / "train" / (Path(frame["name"]).stem + ".png")),
+            cv2.IMREAD_UNCHANGED,
+        )
+        expected = np.full(mask.shape, 2, np.uint8)  # BDD100K drivable: 0 direct, 1 alternative, 2 background
+        edges = np.ones(mask.shape, bool)
+        for label in frame["labels"]:
+            value = {"direct": 0, "alternative": 1}[label["category"]]
+            for poly in label["poly2d"]:
+                assert set(poly["types"]) == {"L"} and poly["closed"]
+                vertices = np.asarray(poly["vertices"], np.float64)
+                expected[Polygon(vertices).contains_points(pixels).reshape(mask.shape)] = value
+                ring = np.concatenate([vertices, vertices[:1]])
+                for a, b in pairwise(ring):
+                    t = np.linspace(0, 1, int(np.hypot(*(b - a)) * 4) + 2)[:, None]
+                    xy = np.round(a + t * (b - a)).astype(int)
+                    ok = (xy[:, 0] >= 0) & (xy[:, 0] < 1280) & (xy[:, 1] >= 0) & (xy[:, 1] < 720)
+                    edges[xy[ok, 1], xy[ok, 0]] = False
+        assert (expected != 2).sum() > 10_000
+        differ = mask != expected
+        # Only pixels on a polygon's boundary may go either way (cv2 and matplotlib round edges differently).
+        assert (distance_transform_edt(edges)[differ] <= 1.5).all()
+        assert differ.sum() < 0.02 * (expected != 2).sum()
 
 
 def test_videos(sample: Path) -> None:
