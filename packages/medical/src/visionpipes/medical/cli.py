@@ -222,6 +222,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from visionpipes.medical.runtime.predictor import InferenceConfig
     from visionpipes.medical.training.deploy import DeployConfig, deploy
 
+    if args.format == "bundle":
+        from visionpipes.medical.training.bundle import export_bundle
+
+        inference = parse_config(InferenceConfig, _inference_overrides(args), source="inference settings")
+        out = export_bundle(args.model, args.out, inference=inference, metrics=args.metrics)
+        print(f"MONAI bundle: {out} (configs/metadata.json, configs/inference.json, models/model.pt)")
+        return 0
     settings = params_section(args.params, "deploy")
     if args.formats:
         settings.update(formats=args.formats, runtime=args.formats[0])
@@ -399,6 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=["onnx", "torchscript"],
         help="override deploy.formats (the first is the runtime predict uses)",
+    )
+    export.add_argument(
+        "--format",
+        choices=["deploy", "bundle"],
+        default="deploy",
+        help="deploy: our folder (ONNX/TorchScript, model.json, card; default); bundle: a MONAI Bundle "
+        "(configs/metadata.json, configs/inference.json, models/model.pt) for `python -m monai.bundle run`",
     )
     export.set_defaults(run=_cmd_export)
 

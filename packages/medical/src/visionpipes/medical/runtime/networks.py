@@ -8,8 +8,9 @@ maps `(B, C_in, X, Y, Z)` to region logits.
 
 from __future__ import annotations
 
+import importlib
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ValidationInfo, field_validator
 from torch import nn
@@ -68,6 +69,52 @@ class ModelConfig(ConfigModel):
         return 2 ** (len(self.channels) - 1)
 
 
+def network_spec(config: ModelConfig, in_channels: int, out_channels: int) -> dict[str, Any]:
+    """The network `config` names as a MONAI-bundle style component: `{"_target_": dotted class, **kwargs}`
+    with JSON values only, so `build_model` and an exported bundle's `network_def` build the same network.
+
+    Example:
+        >>> network_spec(ModelConfig(channels=(8, 16), strides=(2,)), 4, 3)["_target_"]
+        'monai.networks.nets.UNet'
+    """
+    if config.name == "unet":
+        return {
+            "_target_": "monai.networks.nets.UNet",
+            "spatial_dims": 3,
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "channels": list(config.channels),
+            "strides": list(config.strides),
+            "num_res_units": config.num_res_units,
+            "norm": "INSTANCE",
+            "dropout": config.dropout,
+        }
+    if config.name == "segresnet":
+        return {
+            "_target_": "monai.networks.nets.SegResNet",
+            "spatial_dims": 3,
+            "init_filters": int(config.channels[0]),
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "dropout_prob": config.dropout or None,
+            "blocks_down": [1, 2, 2, 4][: len(config.channels)],
+            "blocks_up": [1, 1, 1][: len(config.channels) - 1],
+            "num_groups": min(8, int(config.channels[0])),
+        }
+    if config.name == "attention_resunet":
+        return {
+            "_target_": "visionpipes.core.heads.unet.AttentionResUNet",
+            "spatial_dims": 3,
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "channels": list(config.channels),
+            "attn": config.attn,
+            "aspp_rates": list(config.aspp_rates),
+            "dropout": config.dropout,
+        }
+    raise ValueError(f"unknown model {config.name!r}; choose one of {', '.join(MODEL_NAMES)}.")
+
+
 def build_model(config: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
     """The 3-D network `config` names, mapping `in_channels` modalities to `out_channels` region logits.
 
@@ -76,42 +123,6 @@ def build_model(config: ModelConfig, in_channels: int, out_channels: int) -> nn.
         >>> net(torch.randn(1, 4, 16, 16, 16)).shape
         torch.Size([1, 3, 16, 16, 16])
     """
-    if config.name == "unet":
-        from monai.networks.nets import UNet
-
-        return UNet(
-            spatial_dims=3,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            channels=tuple(config.channels),
-            strides=tuple(config.strides),
-            num_res_units=config.num_res_units,
-            norm="INSTANCE",
-            dropout=config.dropout,
-        )
-    if config.name == "segresnet":
-        from monai.networks.nets import SegResNet
-
-        return SegResNet(
-            spatial_dims=3,
-            init_filters=int(config.channels[0]),
-            in_channels=in_channels,
-            out_channels=out_channels,
-            dropout_prob=config.dropout or None,
-            blocks_down=(1, 2, 2, 4)[: len(config.channels)],
-            blocks_up=(1, 1, 1)[: len(config.channels) - 1],
-            num_groups=min(8, int(config.channels[0])),
-        )
-    if config.name == "attention_resunet":
-        from visionpipes.core.heads.unet import AttentionResUNet
-
-        return AttentionResUNet(
-            3,
-            in_channels,
-            out_channels,
-            channels=tuple(config.channels),
-            attn=config.attn,
-            aspp_rates=tuple(config.aspp_rates),
-            dropout=config.dropout,
-        )
-    raise ValueError(f"unknown model {config.name!r}; choose one of {', '.join(MODEL_NAMES)}.")
+    spec = network_spec(config, in_channels, out_channels)
+    module_name, _, class_name = spec.pop("_target_").rpartition(".")
+    return getattr(importlib.import_module(module_name), class_name)(**spec)
