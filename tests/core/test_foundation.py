@@ -130,8 +130,14 @@ def test_read_image_orders_formats_and_budget(tmp_path: Path) -> None:
     assert read_image(_png("L", (3, 2))).shape == (2, 3, 3)
     with pytest.raises(ImageTooLarge, match="3x2 = 6 pixels, over the limit of 5"):
         read_image(_png("L", (3, 2)), max_pixels=5)
-    with pytest.raises(UserError, match="uploaded image is GIF; allowed formats: JPEG, PNG"):
+    with pytest.raises(UserError, match=r"uploaded image is not an image of an allowed format \(JPEG, PNG\)"):
         read_image(_png("L", (3, 2), "GIF"), formats={"png", "jpeg"})
+    # an allowed signature whose body is not that format is refused by Pillow's own parser for it
+    with pytest.raises(UserError, match=r"not a readable image|not an image of an allowed format"):
+        read_image(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, formats={"PNG"})
+    webp = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(webp, "WEBP")
+    assert read_image(webp.getvalue(), formats={"jpeg", "png", "webp"}).shape == (4, 4, 3)
     with pytest.raises(UserError, match=r"b.png is not a readable image"):
         (tmp_path / "b.png").write_bytes(b"\x89PNG garbage")
         read_image(tmp_path / "b.png")

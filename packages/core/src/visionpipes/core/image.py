@@ -19,6 +19,29 @@ from visionpipes.core.errors import UserError
 __all__ = ["ImageTooLarge", "read_image"]
 
 
+#: Leading bytes of the formats an allow-list usually names; checked before Pillow sees the data, so a
+#: refused format never reaches a parser (and never reaches plugin hooks others patch into Image.open).
+_SIGNATURES: dict[str, tuple[bytes, ...]] = {
+    "JPEG": (b"\xff\xd8\xff",),
+    "PNG": (b"\x89PNG\r\n\x1a\n",),
+    "WEBP": (b"RIFF",),  # and "WEBP" at byte 8, checked below
+    "GIF": (b"GIF87a", b"GIF89a"),
+    "BMP": (b"BM",),
+    "TIFF": (b"II*\x00", b"MM\x00*"),
+}
+
+
+def _sniff_allowed(head: bytes, allowed: list[str]) -> bool:
+    """Whether `head` starts like one of the `allowed` formats (True for formats without a known signature)."""
+    for fmt in allowed:
+        sigs = _SIGNATURES.get(fmt)
+        if sigs is None:
+            return True
+        if any(head.startswith(sig) for sig in sigs) and (fmt != "WEBP" or head[8:12] == b"WEBP"):
+            return True
+    return False
+
+
 class ImageTooLarge(UserError):
     """The image's header declares more pixels than the budget allows."""
 
@@ -45,7 +68,8 @@ def read_image(
         The pixels, HxWx3 uint8, in `order`.
 
     Raises:
-        UserError: if the file is missing, not a decodable image, of a format not in `formats`;
+        UserError: if the file is missing, not a decodable image, not of a format in `formats` (only
+            those formats' parsers are tried);
             `ImageTooLarge` (a `UserError`) above `max_pixels`.
 
     Example:
@@ -67,11 +91,18 @@ def read_image(
         if not path.is_file():
             raise UserError(f"{label} does not exist.")
         stream = path
+    allowed = sorted({f.upper() for f in formats}) if formats is not None else None
+    if allowed is not None:
+        if isinstance(stream, io.BytesIO):
+            head = stream.getvalue()[:16]
+        else:
+            with open(stream, "rb") as fh:
+                head = fh.read(16)
+        if not _sniff_allowed(head, allowed):
+            raise UserError(f"{label} is not an image of an allowed format ({', '.join(allowed)}).")
     try:
-        with Image.open(stream) as img:
-            if formats is not None and (img.format or "").upper() not in {f.upper() for f in formats}:
-                allowed = ", ".join(sorted(f.upper() for f in formats))
-                raise UserError(f"{label} is {img.format or 'of an unknown format'}; allowed formats: {allowed}.")
+        # With an allow-list, Pillow only tries those plugins: no other format's parser ever sees the bytes.
+        with Image.open(stream, formats=allowed) as img:
             width, height = img.size
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageTooLarge(
@@ -80,7 +111,11 @@ def read_image(
             pixels = np.asarray(img.convert("RGB"))
     except UserError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, ImportError, Image.DecompressionBombError) as err:
+    except UnidentifiedImageError as err:
+        if allowed is not None:
+            raise UserError(f"{label} is not an image of an allowed format ({', '.join(allowed)}).") from None
+        raise UserError(f"{label} is not a readable image ({err}).") from None
+    except (OSError, ValueError, SyntaxError, ImportError, Image.DecompressionBombError) as err:
         # ImportError: ultralytics patches Image.open process-wide to try an optional HEIF plugin.
         raise UserError(f"{label} is not a readable image ({err}).") from None
     if order == "BGR":

@@ -42,7 +42,7 @@ def _format_name(data: bytes) -> str:
     decoding is `read_image`'s); it names the stored file's suffix."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as img:
+    with Image.open(io.BytesIO(data), formats=sorted(UPLOAD_FORMATS)) as img:
         return (img.format or "png").lower()
 
 
