@@ -163,3 +163,22 @@ def test_auto_device_follows_cuda_without_the_hardware(monkeypatch: pytest.Monke
     monkeypatch.setattr(device, "_mps_available", lambda: False)
     assert device.select_device("auto").type == ("cuda" if cuda else "cpu")
     assert device.select_device(None).type == ("cuda" if cuda else "cpu")
+
+
+def test_model_file_round_trip_and_errors(tmp_path: Path) -> None:
+    from visionpipes.core.checkpoint import load_model_file, load_state_into, save_model_file
+
+    net = torch.nn.Linear(3, 2)
+    save_model_file(tmp_path / "m.pt", Optim(lr=0.5), net.state_dict(), {"note": "x"})
+    config, state, extra = load_model_file(tmp_path / "m.pt", Optim, what="demo model")
+    assert config.lr == 0.5 and extra == {"note": "x"}
+    again = load_state_into(torch.nn.Linear(3, 2), state, path=tmp_path / "m.pt", what="demo model")
+    assert torch.equal(again.weight, net.weight) and not again.training
+    with pytest.raises(UserError, match=r"m.pt is not a demo model saved by visionpipes \(.*size mismatch"):
+        load_state_into(torch.nn.Linear(4, 2), state, path=tmp_path / "m.pt", what="demo model")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="no config and state_dict"):
+        load_model_file(tmp_path / "other.pt", Optim, what="demo model")
+    save_model_file(tmp_path / "bad.pt", Train(), {}, None)
+    with pytest.raises(UserError, match=r"demo model .*bad.pt: config: unknown key 'optim'"):
+        load_model_file(tmp_path / "bad.pt", Optim, what="demo model")

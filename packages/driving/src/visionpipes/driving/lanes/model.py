@@ -15,7 +15,7 @@ import torch
 from pydantic import model_validator
 from torch import nn
 
-from visionpipes.core.checkpoint import load_checkpoint
+from visionpipes.core.checkpoint import load_model_file, load_state_into, save_model_file
 from visionpipes.core.config import ConfigModel, Field, parse_config
 from visionpipes.core.errors import UserError
 from visionpipes.core.heads.encoder import CoreFeatureEncoder
@@ -164,15 +164,12 @@ def build_lane_model(config: LaneModelConfig | None = None) -> LaneNet:
 
 
 def save_lane_model(path: str | os.PathLike, model: LaneNet, extra: Mapping[str, Any] | None = None) -> None:
-    """Save a lane model as `{config, state_dict, extra}` (atomically).
+    """Save a lane model as `{config, state_dict, extra}` (atomically; `core.checkpoint.save_model_file`).
 
     Raises:
         UserError: if the folder does not exist.
     """
-    from visionpipes.core.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save({"config": model.config.to_dict(), "state_dict": model.state_dict(), "extra": dict(extra or {})}, tmp)
+    save_model_file(path, model.config, model.state_dict(), extra)
 
 
 def load_lane_model(path: str | os.PathLike) -> LaneNet:
@@ -181,13 +178,5 @@ def load_lane_model(path: str | os.PathLike) -> LaneNet:
     Raises:
         UserError: if the file is missing or is not a lane model.
     """
-    data = load_checkpoint(path, what="lane model")
-    if not isinstance(data, dict) or not isinstance(data.get("config"), dict) or "state_dict" not in data:
-        raise UserError(f"{path} is not a lane model saved by visionpipes (no config and state_dict).")
-    config = parse_config(LaneModelConfig, data["config"], source=f"lane model {path}: config")
-    model = build_lane_model(config)
-    try:
-        model.load_state_dict(data["state_dict"])
-    except (KeyError, TypeError, RuntimeError) as err:
-        raise UserError(f"{path} is not a lane model saved by visionpipes ({err}).") from None
-    return model.eval()
+    config, state, _ = load_model_file(path, LaneModelConfig, what="lane model")
+    return load_state_into(build_lane_model(config), state, path=path, what="lane model")

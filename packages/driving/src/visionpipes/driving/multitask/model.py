@@ -259,13 +259,9 @@ def save_multitask_model(
     Raises:
         UserError: if the folder does not exist.
     """
-    from visionpipes.core.io import atomic_path
+    from visionpipes.core.checkpoint import save_model_file
 
-    with atomic_path(path) as tmp:
-        torch.save(
-            {"config": model.config.to_dict(), "state_dict": model.state_dict(), "extra": dict(extra or {})},
-            tmp,
-        )
+    save_model_file(path, model.config, model.state_dict(), extra)
 
 
 def load_multitask_model(path: str | os.PathLike) -> MultiTaskNet:
@@ -274,16 +270,7 @@ def load_multitask_model(path: str | os.PathLike) -> MultiTaskNet:
     Raises:
         UserError: if the file is missing or is not a multi-task model.
     """
-    from visionpipes.core.checkpoint import load_checkpoint
-    from visionpipes.core.config import parse_config
+    from visionpipes.core.checkpoint import load_model_file, load_state_into
 
-    data = load_checkpoint(path, what="multi-task model")
-    if not isinstance(data, dict) or not isinstance(data.get("config"), dict) or "state_dict" not in data:
-        raise UserError(f"{path} is not a multi-task model saved by visionpipes (no config and state_dict).")
-    config = parse_config(MultiTaskModelConfig, data["config"], source=f"multi-task model {path}: config")
-    model = MultiTaskNet(config)
-    try:
-        model.load_state_dict(data["state_dict"])
-    except (KeyError, TypeError, RuntimeError) as err:
-        raise UserError(f"{path} is not a multi-task model saved by visionpipes ({err}).") from None
-    return model.eval()
+    config, state, _ = load_model_file(path, MultiTaskModelConfig, what="multi-task model")
+    return load_state_into(MultiTaskNet(config), state, path=path, what="multi-task model")
