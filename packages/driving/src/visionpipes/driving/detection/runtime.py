@@ -124,11 +124,13 @@ def decode_predictions(
         boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
         boxes[:, [0, 2]] = (boxes[:, [0, 2]] - lb.pad_x) / lb.scale
         boxes[:, [1, 3]] = (boxes[:, [1, 3]] - lb.pad_y) / lb.scale
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+        # NMS on the unclipped boxes, clipping after, as ultralytics does (clipping first changes the IoUs
+        # of boxes that cross the frame's edge, so other boxes would survive).
         xywh = np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
         idx = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), classes.tolist(), conf, iou)
         idx = np.asarray(idx, dtype=int).reshape(-1)[:max_det]
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
         out.append((boxes[idx], scores[idx], classes[idx]))
     return out
 
