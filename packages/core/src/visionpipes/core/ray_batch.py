@@ -1,0 +1,234 @@
+"""Sharded, resumable batch inference on Ray Data, shared by the domains' `--engine ray` verbs: join or
+start a Ray cluster (`ray_cluster`), and run a pool of actors, each loading its model once, over shard
+descriptions (`run_shards`); every actor writes its shard's output itself, so a finished shard survives
+a crash and a re-run skips it (the domain decides what "finished" means: see `content_key`).
+
+Ray is the optional extra `visionpipes-core[ray]`, imported only inside these functions. This module is
+runtime: it never imports training code, Lightning, DVCLive, Optuna, nor any domain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from visionpipes.core.errors import UserError
+
+#: The one sentence `--engine ray` answers with when Ray Data is not installed.
+MISSING_RAY = "--engine ray needs Ray Data, which is not installed: install visionpipes-core[ray] (pip install 'visionpipes-core[ray]')."
+
+
+def require_ray() -> Any:
+    """The `ray` module with `ray.data` imported.
+
+    Raises:
+        UserError: "install visionpipes-core[ray]" when Ray Data is not installed.
+    """
+    try:
+        import ray
+        import ray.data  # the extra brings pyarrow and pandas with it
+    except ImportError:
+        raise UserError(MISSING_RAY) from None
+    return ray
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """The cluster a batch job runs on.
+
+    Attributes:
+        address: the GCS address of the cluster.
+        started: whether `ray_cluster` started it (and so stops it at the end).
+        cpus: CPUs the cluster has in all.
+        gpus: GPUs the cluster has in all.
+    """
+
+    address: str
+    started: bool
+    cpus: float
+    gpus: float
+
+
+def _quiet_ray_data(ray: Any) -> None:
+    """No progress bars or per-operator logs from Ray Data: the verbs print their own progress."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.enable_operator_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def ray_cluster(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[ClusterInfo]:
+    """Connect to a Ray cluster for the duration of the block.
+
+    With `address` (`ray://...`, `HOST:PORT` or `auto`) the driver joins that cluster; without it a local
+    one is started (`num_cpus` CPUs, no dashboard) and shut down at the end. A driver already connected
+    (a test session's fixture, a notebook) is reused and left connected.
+
+    Raises:
+        UserError: if Ray is not installed, or the cluster at `address` cannot be reached.
+    """
+    ray = require_ray()
+    _quiet_ray_data(ray)
+    if ray.is_initialized():
+        yield _info(ray, started=False)
+        return
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise UserError(
+            f"cannot connect to the Ray cluster at {address or 'a new local instance'}: {err}"
+        ) from None
+    try:
+        yield _info(ray, started=not address)
+    finally:
+        ray.shutdown()  # stops a local cluster; only disconnects from a joined one
+
+
+def _info(ray: Any, *, started: bool) -> ClusterInfo:
+    resources = ray.cluster_resources()
+    return ClusterInfo(
+        address=str(ray.get_runtime_context().gcs_address),
+        started=started,
+        cpus=float(resources.get("CPU", 0.0)),
+        gpus=float(resources.get("GPU", 0.0)),
+    )
+
+
+class ShardWorker(Protocol):
+    """What `run_shards` runs in each actor: built once per actor (the model loads here), then called
+    once per shard description; it writes the shard's output and returns a JSON-able summary."""
+
+    def __init__(self, *, use_gpu: bool, **kwargs: Any) -> None: ...
+
+    def process(self, shard: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+class ShardActor:
+    """The Ray Data callable class around a `ShardWorker`: one row = one shard description (JSON).
+
+    An exception while processing a shard is caught and returned as the shard's `error`: one bad shard
+    never fails the job, and its output is not written, so a re-run retries it.
+    """
+
+    def __init__(self, worker: type, kwargs: Mapping[str, Any], use_gpu: bool) -> None:
+        self.worker = worker(use_gpu=use_gpu, **kwargs)
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        out = []
+        for text in batch["shard"]:
+            shard = json.loads(text)
+            start = time.perf_counter()
+            try:
+                result = dict(self.worker.process(shard))
+            except Exception as err:  # a shard the worker could not finish is reported, not fatal
+                result = {"error": f"{type(err).__name__}: {err}"}
+            result.update(id=shard["id"], seconds=time.perf_counter() - start, pid=os.getpid())
+            out.append(json.dumps(result))
+        return {"result": np.array(out, dtype=object)}
+
+
+def run_shards(
+    shards: Sequence[Mapping[str, Any]],
+    worker: type,
+    *,
+    worker_kwargs: Mapping[str, Any] | None = None,
+    actors: int = 1,
+    cpus_per_actor: float = 1.0,
+    gpus_per_actor: float | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Process every shard description with a fixed pool of `actors` Ray actors running `worker`.
+
+    `Dataset.map_batches` with a callable class and `compute=ActorPoolStrategy(size=actors)`, one shard
+    per block and per batch, so any idle actor takes the next shard. Call inside `ray_cluster`.
+
+    Args:
+        shards: JSON-able mappings, each with a unique `id`; the worker's `process` receives one.
+        worker: a `ShardWorker` class, importable on the cluster's nodes (it is pickled by reference).
+        worker_kwargs: keyword arguments of its constructor (JSON-able or picklable).
+        actors: actors in the pool.
+        cpus_per_actor: CPUs reserved per actor (its thread count should follow).
+        gpus_per_actor: GPUs per actor; None: 1 where the cluster has GPUs, else 0 (CPU actors).
+        on_result: called with each shard's summary as it arrives (progress).
+
+    Returns:
+        The summaries (the worker's dict plus `id`, `seconds`, `pid`, and `error` for a failed shard),
+        sorted by `id`.
+
+    Raises:
+        UserError: if Ray is not installed or `actors` < 1.
+    """
+    ray = require_ray()
+    if actors < 1:
+        raise UserError(f"--actors must be at least 1, not {actors}.")
+    if not shards:
+        return []
+    if gpus_per_actor is None:
+        gpus_per_actor = 1.0 if ray.cluster_resources().get("GPU", 0.0) >= 1 else 0.0
+    rows = [{"shard": json.dumps(dict(shard))} for shard in shards]
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        ShardActor,
+        fn_constructor_kwargs={
+            "worker": worker,
+            "kwargs": dict(worker_kwargs or {}),
+            "use_gpu": gpus_per_actor > 0,
+        },
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=cpus_per_actor,
+        num_gpus=gpus_per_actor or None,
+    )
+    results = []
+    for row in dataset.iter_rows():
+        result = json.loads(row["result"])
+        results.append(result)
+        if on_result:
+            on_result(result)
+    return sorted(results, key=lambda r: r["id"])
+
+
+def content_key(*parts: Any) -> str:
+    """A sha256 over JSON-able parts (a shard's inputs, the model version): a shard's output carries
+    the key it was computed for, and a re-run recomputes it when the key differs."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """The options every `--engine ray` verb shares: `--engine`, `--address`, `--actors`,
+    `--num-cpus`, `--gpus-per-actor`."""
+    group = parser.add_argument_group("batch engine (Ray Data: install visionpipes-core[ray])")
+    group.add_argument(
+        "--engine", choices=["local", "ray"], default="local",
+        help="local: this process (default); ray: an actor pool on a Ray cluster, resumable shard by shard",
+    )  # fmt: skip
+    group.add_argument(
+        "--address", help="Ray: join this cluster (HOST:PORT, ray://..., auto); default: start a local one"
+    )
+    group.add_argument(
+        "--actors",
+        type=int,
+        default=1,
+        help="Ray: actors in the pool, each loading the model once (default 1)",
+    )
+    group.add_argument(
+        "--num-cpus", type=int, help="Ray: CPUs of the local cluster started without --address (default: all)"
+    )
+    group.add_argument(
+        "--gpus-per-actor", type=float,
+        help="Ray: GPUs per actor (default: 1 where the cluster has GPUs, else CPU actors)",
+    )  # fmt: skip
