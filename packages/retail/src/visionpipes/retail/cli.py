@@ -169,20 +169,25 @@ def _cmd_index(args: argparse.Namespace) -> None:
         records,
         grouped,
         dimension=int(vectors.shape[1]),
-        factory=args.factory,
+        factory=args.factory or ("HNSW" if args.backend == "milvus" else "Flat"),
         model_version=args.model_version or version,
         extra=extra,
+        backend=args.backend,
+        milvus_uri=args.milvus_uri,
     )
     stats = index.stats()
     index.close()
-    _print({k: stats[k] for k in ("products", "vectors", "factory", "dimension", "model_version")} | {"out": args.out})
+    keys = ("products", "vectors", "factory", "dimension", "model_version", "backend")
+    _print({k: stats[k] for k in keys} | {"out": args.out})
 
 
 def _cmd_deploy(args: argparse.Namespace) -> None:
     from visionpipes.retail.training.deploy import DeployParams, deploy_model
 
     section = params_section(args.params, "deploy", required=True)
-    params = _merge(DeployParams, section, {"factory": args.factory}, source=f"{args.params or 'options'}:deploy")
+    overrides = {"factory": args.factory, "backend": args.backend, "milvus_uri": args.milvus_uri,
+                 "milvus_index": args.milvus_index}
+    params = _merge(DeployParams, section, overrides, source=f"{args.params or 'options'}:deploy")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     summary = deploy_model(
         args.model,
@@ -400,7 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", required=True, help=".npz written by vp-retail embed")
     p.add_argument("--catalog", required=True, help="catalog folder (titles, categories, metadata)")
     p.add_argument("--out", required=True, help="index directory to create (must not exist)")
-    p.add_argument("--factory", default="Flat", help="FAISS index_factory string (Flat, IVF256,Flat, HNSW32, ...)")
+    p.add_argument("--factory", help="FAISS index_factory string (default Flat; IVF256,Flat, HNSW32, ...); "
+                   "with --backend milvus a Milvus index type (default HNSW; IVF_FLAT,nlist=256, FLAT)")
+    p.add_argument("--backend", choices=("faiss", "milvus"), default="faiss",
+                   help="vector store: faiss (in process) or milvus (milvus-lite in the index folder, or --milvus-uri)")
+    p.add_argument("--milvus-uri", help="Milvus server for --backend milvus (default $MILVUS_URI, else milvus-lite); "
+                   "token from $MILVUS_TOKEN")
     p.add_argument("--model", help="the .onnx model the embeddings came from (recorded for serve)")
     p.add_argument("--model-version", help="model version to record (default: the one in the embeddings)")
     p.set_defaults(func=_cmd_index)
@@ -412,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-metrics", help="metrics.json of vp-retail evaluate, quoted in the model card")
     p.add_argument("--params", help="params.yaml whose 'deploy' section gives the defaults")
     p.add_argument("--factory", help="FAISS index_factory string")
+    p.add_argument("--backend", choices=("faiss", "milvus"), help="vector store (default: deploy.backend, else faiss)")
+    p.add_argument("--milvus-uri", help="Milvus server for the milvus backend (default $MILVUS_URI, else milvus-lite)")
+    p.add_argument("--milvus-index", help="Milvus index type for the milvus backend (default: deploy.milvus_index, HNSW)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--discard-live-changes", action="store_true",
                    help="replace a deployment whose index holds products added/deleted through the API (they are lost)")

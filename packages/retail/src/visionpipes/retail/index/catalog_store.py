@@ -292,6 +292,10 @@ class CatalogStore:
         """The id the next added vector will get."""
         return int(self._info("main", "next_vector_id") or 0)
 
+    def snapshot_next_vector_id(self) -> int:
+        """The first vector id added after the snapshot (ids below it are the snapshot's)."""
+        return int(self._info("base", "next_vector_id") or 0)
+
     def get(self, product_id: str) -> StoredProduct | None:
         """One product, or None if it is not in the catalog."""
         found = self.get_many([product_id])

@@ -13,7 +13,7 @@ A new index family goes here: `build_faiss_index`, `_family_of` and `VectorIndex
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import faiss
@@ -254,8 +254,9 @@ class VectorIndex:
         self._index.train(np.ascontiguousarray(vectors, dtype=np.float32))
         self.place()
 
-    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        """Add normalised float32 vectors under int64 ids (training first if needed)."""
+    def add(self, vectors: np.ndarray, ids: np.ndarray, categories: Sequence[str] | None = None) -> None:
+        """Add normalised float32 vectors under int64 ids (training first if needed). `categories` is
+        unused here (FAISS filters by id sets, `allowed`); the Milvus store keeps them."""
         if len(vectors) == 0:
             return
         if not self.is_trained:
@@ -319,10 +320,12 @@ class VectorIndex:
         k: int,
         *,
         allowed: np.ndarray | None = None,
+        category: str | None = None,
         nprobe: int | None = None,
         ef_search: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k inner products of each query among live vectors (optionally only ids in `allowed`).
+        """Top-k inner products of each query among live vectors (optionally only ids in `allowed`;
+        `category` is the Milvus store's filter, unused here: `allowed` already holds its ids).
 
         Tombstones and ids outside `allowed` are excluded by an `IDSelector` inside FAISS on CPU, and in
         every case by a post-filter (with over-fetch where FAISS could not filter, e.g. on a GPU).

@@ -19,6 +19,8 @@ from visionpipes.core.io import atomic_path
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "visionpipes-retail-index"
 FORMAT_VERSION = 1
+#: Vector stores an index directory may use (the manifest's `backend`; absent in older manifests: faiss).
+BACKENDS = ("faiss", "milvus")
 
 
 @dataclass
@@ -38,11 +40,12 @@ class Manifest:
         generation: increases on every save; snapshot files live in `snapshot-<generation>/`.
         model_version: the embedding model the vectors came from (refused if a loader expects another).
         dimension: embedding dimension.
-        factory: the FAISS `index_factory` string.
+        factory: the FAISS `index_factory` string (Milvus backend: its index type, e.g. `HNSW`).
         metric: always 'inner_product' (on L2-normalised vectors, i.e. cosine similarity).
         counts: products, vectors, tombstones (HNSW vectors deleted but still in the graph), index_ntotal.
         files: 'index' and 'catalog' entries.
         journal: file name of the journal of changes made after this snapshot.
+        backend: the vector store, 'faiss' (default) or 'milvus' (see `milvus_index`).
     """
 
     generation: int
@@ -56,6 +59,7 @@ class Manifest:
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    backend: str = "faiss"
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as JSON data."""
@@ -118,9 +122,12 @@ def read_manifest(directory: Path) -> Manifest:
             files=files,
             journal=str(data["journal"]),
             extra=dict(data.get("extra", {})),
+            backend=str(data.get("backend", "faiss")),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise UserError(f"manifest {path} is missing or has a malformed field ({err!r}).") from None
+    if manifest.backend not in BACKENDS:
+        raise UserError(f"manifest {path} has backend {manifest.backend!r}; known backends: {', '.join(BACKENDS)}.")
     for name in ("index", "catalog"):
         if name not in manifest.files:
             raise UserError(f"manifest {path} does not list the '{name}' file.")

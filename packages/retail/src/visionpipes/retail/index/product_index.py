@@ -1,8 +1,9 @@
 """Visual product search index: products (string ids, several view vectors each) searchable by image
 embedding, with online add/delete, category filters, and a durable on-disk folder.
 
-`ProductIndex` binds the FAISS layer (`faiss_index.VectorIndex`) to the SQLite catalog
-(`catalog_store`) and the snapshot folder (`snapshot`, `manifest`). It computes no embeddings:
+`ProductIndex` binds a vector store to the SQLite catalog (`catalog_store`) and the snapshot folder
+(`snapshot`, `manifest`): FAISS (`faiss_index.VectorIndex`, the default) or Milvus
+(`milvus_index.MilvusVectorStore`), chosen by the manifest's `backend`. It computes no embeddings:
 vectors come from the caller.
 
 Durability: an add or delete commits to the journal (fsynced) before it reaches FAISS and before the
@@ -31,7 +32,8 @@ from visionpipes.retail.index.faiss_index import (
     min_training_vectors,
     normalize_vectors,
 )
-from visionpipes.retail.index.manifest import Manifest, read_manifest, verify_files
+from visionpipes.retail.index.manifest import BACKENDS, Manifest, read_manifest, verify_files
+from visionpipes.retail.index.milvus_index import MilvusSpec, open_milvus_store
 from visionpipes.retail.index.records import ProductRecord, SearchHit, StoredProduct
 from visionpipes.retail.index.snapshot import (
     DirectoryLock,
@@ -72,20 +74,28 @@ class ProductIndex:
         use_gpu: bool | None = None,
         settings: SearchSettings | None = None,
         extra: dict[str, Any] | None = None,
+        backend: str = "faiss",
+        milvus_uri: str | None = None,
     ) -> ProductIndex:
         """Create an empty index directory and open it.
 
         IVF/PQ indexes are trained on the first `add_many` batch (which must hold enough vectors).
         `extra` (JSON data, e.g. where the model and the catalog images are) is kept in the manifest
-        across saves.
+        across saves. `backend='milvus'` keeps the vectors in Milvus: `factory` is then a Milvus index
+        type ('HNSW', 'IVF_FLAT,nlist=256', 'FLAT'), `milvus_uri` a server (default `$MILVUS_URI`, else
+        milvus-lite inside the directory).
 
         Raises:
-            UserError: if `directory` already exists, or on a bad factory string or dimension.
+            UserError: if `directory` already exists, or on a bad backend, factory string or dimension.
         """
         directory = Path(directory)
-        index, _ = build_faiss_index(factory, dimension)
+        if backend not in BACKENDS:
+            raise UserError(f"index backend {backend!r} is not one of {', '.join(BACKENDS)}.")
+        index = (MilvusSpec.new(factory, dimension, milvus_uri) if backend == "milvus"
+                 else build_faiss_index(factory, dimension)[0])
         create_directory(
-            directory, index, dimension=dimension, factory=factory.strip(), model_version=model_version, extra=extra
+            directory, index, dimension=dimension, factory=factory.strip(), model_version=model_version, extra=extra,
+            backend=backend,
         )
         return cls.open(
             directory, dimension=dimension, model_version=model_version, use_gpu=use_gpu, settings=settings
@@ -104,6 +114,8 @@ class ProductIndex:
         use_gpu: bool | None = None,
         settings: SearchSettings | None = None,
         extra: dict[str, Any] | None = None,
+        backend: str = "faiss",
+        milvus_uri: str | None = None,
     ) -> ProductIndex:
         """Create an index directory from a whole catalog in one go (training on it) and save it.
 
@@ -112,9 +124,8 @@ class ProductIndex:
         """
         directory = Path(directory)
         dim = int(dimension)
-        # Check trainability before anything is written.
-        probe, _ = build_faiss_index(factory, dim)
-        need = min_training_vectors(probe)
+        # Check trainability before anything is written (Milvus trains per segment itself).
+        need = min_training_vectors(build_faiss_index(factory, dim)[0]) if backend == "faiss" else 0
         total = int(sum(len(np.atleast_2d(v)) for v in vectors))
         if need and total < need:
             raise UserError(
@@ -129,6 +140,8 @@ class ProductIndex:
             use_gpu=use_gpu,
             settings=settings,
             extra=extra,
+            backend=backend,
+            milvus_uri=milvus_uri,
         )
         try:
             idx.add_many(records, vectors)
@@ -149,6 +162,7 @@ class ProductIndex:
         model_version: str | None = None,
         use_gpu: bool | None = None,
         settings: SearchSettings | None = None,
+        milvus_token: str | None = None,
     ) -> ProductIndex:
         """Open an index directory: verify the manifest and checksums, load the snapshot, replay the journal.
 
@@ -158,6 +172,7 @@ class ProductIndex:
             model_version: the model the caller embeds queries with; refused if different.
             use_gpu: see `VectorIndex`.
             settings: query-time knobs.
+            milvus_token: token of a Milvus server (Milvus backend; default `$MILVUS_TOKEN`).
 
         Raises:
             UserError: on a missing/garbled manifest, a missing/corrupted file, a count or dimension mismatch,
@@ -183,13 +198,19 @@ class ProductIndex:
             manifest = read_manifest(self.directory)  # re-read under the lock
             verify_files(self.directory, manifest)
             remove_orphans(self.directory, manifest)
-            self._load(manifest, use_gpu)
+            self._load(manifest, use_gpu, milvus_token)
         except BaseException:
             self._dir_lock.release()
             raise
         return self
 
-    def _load(self, manifest: Manifest, use_gpu: bool | None) -> None:
+    def _load(self, manifest: Manifest, use_gpu: bool | None, milvus_token: str | None = None) -> None:
+        if manifest.backend == "milvus":
+            self._manifest = manifest
+            self._store, self._owners, self._vindex = open_milvus_store(
+                self.directory, manifest, self._settings, milvus_token
+            )
+            return
         index = read_snapshot_index(self.directory, manifest)
         store = open_store(self.directory, manifest)
         try:
@@ -261,6 +282,7 @@ class ProductIndex:
                 "dimension": self.dimension,
                 "model_version": self.model_version,
                 "device": self.device,
+                "backend": self._manifest.backend,
             }
 
     # -- mutation --------------------------------------------------------------------------------
@@ -304,7 +326,8 @@ class ProductIndex:
                 for rec in records:
                     if rec.product_id in self._owners.pid_vectors:
                         self._owners.remove(rec.product_id)
-            self._vindex.add(np.concatenate(normed), np.concatenate(new_ids))
+            cats = [r.category for r, ids in zip(records, new_ids) for _ in range(len(ids))]
+            self._vindex.add(np.concatenate(normed), np.concatenate(new_ids), cats)
             for rec, ids in zip(records, new_ids):
                 self._owners.add(rec.product_id, rec.category, ids)
             if trained_now:
@@ -396,7 +419,7 @@ class ProductIndex:
             pending = np.arange(len(q))
             while len(pending):
                 dist, ids = self._vindex.search(
-                    q[pending], fetch, allowed=allowed, nprobe=nprobe, ef_search=ef_search
+                    q[pending], fetch, allowed=allowed, category=category, nprobe=nprobe, ef_search=ef_search
                 )
                 short = []
                 for row, qi in enumerate(pending):
@@ -437,9 +460,12 @@ class ProductIndex:
 
     # -- persistence -----------------------------------------------------------------------------
     def compact(self) -> None:
-        """Rebuild the FAISS index from the catalog's live vectors (drops HNSW tombstones)."""
+        """Rebuild the FAISS index from the catalog's live vectors (drops HNSW tombstones); Milvus: flush."""
         with self._lock:
-            self._vindex.rebuild(self._store.iter_vectors(source="live"))
+            if self._manifest.backend == "milvus":
+                self._vindex.compact()
+            else:
+                self._vindex.rebuild(self._store.iter_vectors(source="live"))
 
     def save(self, *, compact: bool | None = None) -> Manifest:
         """Fold the journal into a new snapshot generation, atomically; returns the new manifest.
@@ -473,6 +499,9 @@ class ProductIndex:
     def close(self) -> None:
         """Close the catalog and release the directory (no save: the journal already holds every change)."""
         with self._lock:
+            vindex = getattr(self, "_vindex", None)
+            if vindex is not None and hasattr(vindex, "close"):
+                vindex.close()
             store = getattr(self, "_store", None)
             if store is not None:
                 store.close()

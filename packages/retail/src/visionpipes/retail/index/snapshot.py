@@ -3,8 +3,10 @@ directory lock, and the checks made when a snapshot is loaded.
 
 Directory format (one index = one folder)::
 
-    manifest.json              binds the snapshot files by sha256 + model version, dimension, factory, counts
-    snapshot-<gen>/index.faiss FAISS index (always written from a CPU copy)
+    manifest.json              binds the snapshot files by sha256 + backend, model version, dimension, factory, counts
+    snapshot-<gen>/index.faiss FAISS index (always written from a CPU copy); with the Milvus backend
+                               index.milvus.json instead (the collection, its index type and server)
+    milvus.db/                 milvus-lite's data (Milvus backend without a server; see `milvus_index`)
     snapshot-<gen>/catalog.sqlite  products, views' image paths and every vector (float32 blobs)
     journal-<gen>.sqlite       changes since that snapshot (SQLite WAL, synchronous=FULL)
     .lock                      held (flock) by the one process that has the index open
@@ -23,6 +25,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import faiss
 
@@ -105,17 +108,26 @@ def reset_journal(directory: Path) -> Path:
     return journal
 
 
+def index_file_name(index: Any) -> str:
+    """The snapshot file name of `index`: `index.faiss` for FAISS, else the index's own `file_name`."""
+    return INDEX_FILE if isinstance(index, faiss.Index) else str(index.file_name)
+
+
 def write_snapshot_files(
-    folder: Path, generation: int, index: faiss.Index, *, writer: Callable[[Path], object]
+    folder: Path, generation: int, index: Any, *, writer: Callable[[Path], object]
 ) -> Path:
-    """Write `folder/snapshot-<generation>/` (the FAISS index, and the catalog through `writer`),
-    fsynced; return the snapshot folder."""
+    """Write `folder/snapshot-<generation>/` (the FAISS index, or another backend's description of its
+    index through its `write_to`, and the catalog through `writer`), fsynced; return the snapshot folder."""
     snap = folder / f"snapshot-{generation}"
     snap.mkdir()
-    faiss.write_index(index, str(snap / INDEX_FILE))
+    name = index_file_name(index)
+    if isinstance(index, faiss.Index):
+        faiss.write_index(index, str(snap / name))
+    else:
+        index.write_to(snap / name)
     writer(snap / CATALOG_FILE)
-    for name in (INDEX_FILE, CATALOG_FILE):
-        fsync_file(snap / name)
+    for written in (name, CATALOG_FILE):
+        fsync_file(snap / written)
     fsync_path(snap)
     return snap
 
@@ -127,6 +139,9 @@ def make_manifest(
     dimension: int,
     factory: str,
     counts: dict[str, int],
+    *,
+    index_file: str = INDEX_FILE,
+    backend: str = "faiss",
 ) -> Manifest:
     """The manifest binding `directory/snapshot-<generation>/` (checksums computed here)."""
     snap = directory / f"snapshot-{generation}"
@@ -138,21 +153,23 @@ def make_manifest(
         metric="inner_product",
         counts=counts,
         files={
-            "index": file_entry(directory, snap / INDEX_FILE),
+            "index": file_entry(directory, snap / index_file),
             "catalog": file_entry(directory, snap / CATALOG_FILE),
         },
         journal=f"journal-{generation}.sqlite",
+        backend=backend,
     )
 
 
 def create_directory(
     directory: Path,
-    index: faiss.Index,
+    index: Any,
     *,
     dimension: int,
     factory: str,
     model_version: str,
     extra: dict[str, object] | None,
+    backend: str = "faiss",
 ) -> None:
     """Write a new index directory holding an empty generation-1 snapshot, atomically.
 
@@ -166,7 +183,9 @@ def create_directory(
     with atomic_path(directory, is_dir=True) as tmp:
         write_snapshot_files(tmp, 1, index, writer=lambda p: write_empty_snapshot(p, dimension=dimension))
         counts = {"products": 0, "vectors": 0, "tombstones": 0, "index_ntotal": 0}
-        manifest = make_manifest(tmp, 1, model_version, dimension, factory, counts)
+        manifest = make_manifest(
+            tmp, 1, model_version, dimension, factory, counts, index_file=index_file_name(index), backend=backend
+        )
         manifest.extra = dict(extra or {})
         create_journal(tmp, manifest)
         write_manifest(tmp, manifest)
@@ -174,7 +193,7 @@ def create_directory(
 
 
 def commit_snapshot(
-    directory: Path, old: Manifest, index: faiss.Index, write_catalog: Callable[[Path], dict[str, int]]
+    directory: Path, old: Manifest, index: Any, write_catalog: Callable[[Path], dict[str, int]]
 ) -> Manifest:
     """Write generation `old.generation + 1` (FAISS `index` and the catalog via `write_catalog`, which
     returns its counts) and commit it by replacing the manifest; return the new manifest."""
@@ -191,7 +210,10 @@ def commit_snapshot(
     shutil.rmtree(tmp)
     fsync_path(directory)
     counts["index_ntotal"] = int(index.ntotal)
-    manifest = make_manifest(directory, gen, old.model_version, old.dimension, old.factory, counts)
+    manifest = make_manifest(
+        directory, gen, old.model_version, old.dimension, old.factory, counts,
+        index_file=index_file_name(index), backend=old.backend,
+    )
     manifest.extra = dict(old.extra)
     create_journal(directory, manifest)
     write_manifest(directory, manifest)  # the commit point

@@ -84,6 +84,11 @@ class VectorOwners:
             self.cache[code] = hit
         return hit[1]
 
+    def categories_of(self, vector_ids: np.ndarray) -> list[str]:
+        """The category of each (live) vector id."""
+        names = {code: name for name, code in self.categories.items()}
+        return [names[int(c)] for c in self.vec_category[np.asarray(vector_ids, dtype=np.int64)]]
+
     def product_of(self, vector_id: int) -> str | None:
         if vector_id < 0 or vector_id >= len(self.owner):
             return None

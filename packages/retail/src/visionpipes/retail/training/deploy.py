@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -54,6 +54,11 @@ class DeployParams(ConfigModel):
 
     Attributes:
         factory: FAISS `index_factory` string ('Flat', 'IVF64,Flat', 'IVF64,PQ16', 'HNSW32', ...).
+        backend: the vector store: 'faiss' (in the server's process) or 'milvus' (milvus-lite inside the
+            index folder, or the Milvus server `milvus_uri`; see `visionpipes.retail.index.milvus_index`).
+        milvus_index: the Milvus index type ('HNSW', 'HNSW,M=32', 'IVF_FLAT,nlist=256', 'FLAT').
+        milvus_uri: a Milvus server (default `$MILVUS_URI`, else milvus-lite); its token is read from
+            `$MILVUS_TOKEN` when the index is built and served, never from params (they are committed).
         nprobe: IVF lists searched per query.
         ef_search: HNSW candidate-list size.
         parity_atol: absolute tolerance of the ONNX parity check (plus the same relative tolerance).
@@ -62,11 +67,19 @@ class DeployParams(ConfigModel):
     """
 
     factory: str = Field("Flat", min_length=1)
+    backend: Literal["faiss", "milvus"] = "faiss"
+    milvus_index: str = Field("HNSW", min_length=1)
+    milvus_uri: str | None = None
     nprobe: int = Field(16, ge=1)
     ef_search: int = Field(64, ge=1)
     parity_atol: float = Field(1e-4, gt=0)
     batch_size: int = Field(64, ge=1)
     check_queries: bool = True
+
+    @property
+    def index_factory(self) -> str:
+        """What the index is built with: the FAISS factory string, or the Milvus index type."""
+        return self.milvus_index if self.backend == "milvus" else self.factory
 
     def search_settings(self) -> SearchSettings:
         """The index's query-time settings."""
@@ -134,7 +147,11 @@ def deploy_model(
     if out.parent and not out.parent.is_dir():
         raise UserError(f"folder {out.parent} for the deploy output does not exist.")
     # Fail on a bad factory string, or one the catalog is too small to train, before the long work.
-    need = min_training_vectors(build_faiss_index(params.factory, config.dimension)[0])
+    if params.backend == "milvus":
+        from visionpipes.retail.index.milvus_index import parse_factory
+
+        parse_factory(params.milvus_index)
+    need = 0 if params.backend == "milvus" else min_training_vectors(build_faiss_index(params.factory, config.dimension)[0])
     if need > catalog.num_views:
         raise UserError(
             f"index factory {params.factory!r} needs at least {need} vectors to train, the catalog has "
@@ -185,10 +202,12 @@ def deploy_model(
             records,
             vectors,
             dimension=config.dimension,
-            factory=params.factory,
+            factory=params.index_factory,
             model_version=version,
             settings=params.search_settings(),
             extra=extra,
+            backend=params.backend,
+            milvus_uri=params.milvus_uri,
         )
         index_seconds = time.perf_counter() - t0
         check: dict[str, Any] = {}
@@ -201,7 +220,9 @@ def deploy_model(
         summary = {
             "products": stats["products"],
             "vectors": stats["vectors"],
-            "factory": params.factory,
+            "factory": params.index_factory,
+            "backend": stats["backend"],
+            "vector_store": stats["device"],
             "dimension": config.dimension,
             "model_version": version,
             "parity_max_abs_diff": report.max_abs_diff,
@@ -213,7 +234,16 @@ def deploy_model(
             "skipped_rows": skipped,
         }
         metrics = read_metrics(eval_metrics, producer="vp-retail evaluate")
-        model_card(config, record, summary, metrics, factory=params.factory, parity_atol=params.parity_atol).write(tmp)
+        card = model_card(config, record, summary, metrics, factory=params.index_factory, parity_atol=params.parity_atol)
+        if params.backend == "milvus":
+            card.section("Vector store", bullets=[
+                f"Milvus (`backend: milvus`, {stats['device']}), index type `{params.index_factory}`, inner product "
+                "on L2-normalised vectors; categories filtered inside Milvus. Recall@10 against exact search "
+                ">= 0.99 on 8,000 random 128-d vectors (tests/retail/test_milvus_backend.py).",
+                "The SQLite catalog and journal stay the source of truth; the collection is reconciled with "
+                "them on every open.",
+            ])
+        card.write(tmp)
         summary["seconds"] = round(time.perf_counter() - start, 2)
         write_json(tmp / "deploy.json", summary)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it 0700
