@@ -18,6 +18,7 @@ from typing import Any
 
 from visionpipes.core.cli_common import params_section, run_main
 from visionpipes.core.errors import UserError
+from visionpipes.core.ray_batch import add_engine_options
 
 
 def _merge(config_cls: type, section: Mapping[str, Any], overrides: Mapping[str, Any], *, source: str) -> Any:
@@ -106,26 +107,35 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     _print({k: v for k, v in metrics.items() if k != "skipped_rows"} | {"skipped_rows": len(metrics["skipped_rows"])})
 
 
-def _cmd_embed(args: argparse.Namespace) -> None:
+def _save_embeddings(out: Path, embedded: Any, model_version: str) -> None:
+    """The `.npz` every engine writes (vectors, product_ids, images, model_version), atomically."""
     import numpy as np
 
     from visionpipes.core.io import atomic_path
-    from visionpipes.retail.catalog import load_catalog
-    from visionpipes.retail.embedding.batch import embed_catalog
-    from visionpipes.retail.embedding.embedders import load_embedder
 
-    embedder = load_embedder(args.model)
-    catalog = load_catalog(args.catalog)
-    embedded = embed_catalog(embedder, catalog, progress=not args.no_progress, batch_size=args.batch_size)
-    out = Path(args.out)
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.savez(
             fh,
             vectors=embedded.vectors,
             product_ids=np.array(embedded.labels),
             images=np.array(embedded.relpaths),
-            model_version=np.array(getattr(embedder, "model_version", "")),
+            model_version=np.array(model_version),
         )
+
+
+def _cmd_embed(args: argparse.Namespace) -> int | None:
+    from visionpipes.retail.catalog import load_catalog
+
+    catalog = load_catalog(args.catalog)
+    out = Path(args.out)
+    if args.engine == "ray":
+        return _embed_ray(args, catalog, out)
+    from visionpipes.retail.embedding.batch import embed_catalog
+    from visionpipes.retail.embedding.embedders import load_embedder
+
+    embedder = load_embedder(args.model)
+    embedded = embed_catalog(embedder, catalog, progress=not args.no_progress, batch_size=args.batch_size)
+    _save_embeddings(out, embedded, getattr(embedder, "model_version", ""))
     for problem in [*catalog.problems, *embedded.problems]:
         print(f"skipped {problem}", file=sys.stderr)
     _print(
@@ -137,6 +147,56 @@ def _cmd_embed(args: argparse.Namespace) -> None:
             "out": str(out),
         }
     )
+    return None
+
+
+def _embed_ray(args: argparse.Namespace, catalog: Any, out: Path) -> int:
+    """`embed --engine ray`: Parquet shards (resumable) on an actor pool, then the same `.npz` as the
+    local engine, assembled from the shards in catalog order; every skipped image is listed, exit 1."""
+    from visionpipes.core.ray_batch import require_ray
+    from visionpipes.retail.embedding.batch import embed_catalog_ray
+
+    require_ray()  # the one clear error before anything loads
+    if not out.parent.is_dir():
+        raise UserError(f"output folder {out.parent} does not exist (for {out}).")
+    shards_dir = Path(args.shards) if args.shards else out.with_suffix(".shards")
+    result = embed_catalog_ray(
+        args.model,
+        catalog,
+        shards_dir,
+        address=args.address,
+        actors=args.actors,
+        num_cpus=args.num_cpus,
+        gpus_per_actor=args.gpus_per_actor,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    embedded = result.embedded
+    problems = [*catalog.problems, *embedded.problems]
+    if not result.failed:
+        _save_embeddings(out, embedded, result.model_version)
+    for problem in problems:
+        print(f"skipped {problem}", file=sys.stderr)
+    for shard, reason in result.failed:
+        print(f"failed: shard {shard} ({result.shards[shard]}): {reason}", file=sys.stderr)
+    _print(
+        {
+            "engine": "ray",
+            "images": len(embedded.labels),
+            "dimension": int(embedded.vectors.shape[1]) if len(embedded.labels) else 0,
+            "shards": len(result.shards),
+            "shards_computed": len(result.computed),
+            "shards_failed": len(result.failed),
+            "seconds": round(embedded.seconds, 2),
+            "skipped_rows": len(problems),
+            "shards_dir": str(shards_dir),
+            "out": str(out) if not result.failed else None,
+        }
+    )
+    if result.failed:
+        print(f"{len(result.failed)} shards failed; {out} not written: re-run to retry them", file=sys.stderr)
+    return 1 if problems or result.failed else 0
 
 
 def _cmd_index(args: argparse.Namespace) -> None:
@@ -399,6 +459,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help=".npz to write (vectors, product_ids, images, model_version)")
     p.add_argument("--batch-size", type=int, default=64, help="images per model run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_engine_options(p)
+    p.add_argument(
+        "--shards",
+        help="Ray: folder of the Parquet shards, kept for resuming and for ray.data.read_parquet (default: OUT "
+        "with .shards for .npz); the .npz is written once every shard is finished",
+    )
+    p.add_argument(
+        "--shard-size", type=int, default=1024, help="Ray: images per shard (a multiple of --batch-size; default 1024)"
+    )
     p.set_defaults(func=_cmd_embed)
 
     p = verbs.add_parser("index", help="build a FAISS + SQLite index directory from embeddings and the catalog")
