@@ -1,3 +1,5 @@
-"""Multi-camera streaming, one module per idea: `cameras` (reader threads), `tracking` (ByteTrack/
-BoT-SORT on the ONNX boxes, tracks as det JSON), `run` (the batching loop, outputs and report).
+"""Multi-camera streaming, one module per idea: `cameras` (reader threads, live sources reconnected
+with capped backoff), `tracking` (ByteTrack/BoT-SORT on the ONNX boxes, tracks as det JSON), `outputs`
+(JSON Lines labels, video segments, status.json), `run` (the batching loop and report), `command` (the
+`vp-driving stream` verb). Runtime only: never imports training code.
 """
