@@ -3,7 +3,10 @@ device choice, checkpoint/resume and progress bars.
 
 Domains bring a `LightningModule` and data loaders; this module owns how they are run. Scale-out
 is Lightning's: set `devices`/`strategy="ddp"`/`num_nodes` in `TrainConfig` and launch with
-`torchrun` (or let Lightning spawn processes); nothing here is home-made distribution.
+`torchrun` (or let Lightning start the processes); nothing here is home-made distribution. DDP
+all-reduces gradients over gloo on CPU and NCCL on GPU (Lightning's default backend per device), and
+gives every rank its share of each data loader through a `DistributedSampler` unless
+`use_distributed_sampler=False` (for loaders whose sampler shards itself by rank).
 """
 
 from __future__ import annotations
@@ -29,9 +32,14 @@ class TrainConfig(ConfigModel):
         max_steps: optimiser steps limit (-1: none).
         max_time: wall-clock limit as `DD:HH:MM:SS`, or None.
         accelerator: `auto`, `cpu`, `cuda`/`gpu`, `mps`.
-        devices: devices per node (`auto`, a count, or a list).
-        strategy: `auto`, `ddp`, `ddp_spawn`, `fsdp`, ... (Lightning's names).
-        num_nodes: nodes for multi-node DDP (launch with torchrun).
+        devices: devices per node (`auto`, a count, or a list); under `torchrun` this is
+            `--nproc_per_node` (on CPU, `auto` is 1 process per node).
+        strategy: `auto`, `ddp`, `ddp_spawn`, `fsdp`, ... (Lightning's names). With `ddp` and
+            `devices: N`, a plain `python`/CLI run starts the other N-1 processes itself (it re-runs
+            the same command); under `torchrun` Lightning joins the processes torchrun started.
+        num_nodes: nodes for multi-node DDP (launch with `torchrun --nnodes`).
+        use_distributed_sampler: let Lightning give each rank a `DistributedSampler` share of every
+            loader (the default); False where the loader's sampler shards itself by rank.
         precision: Lightning precision (`32-true`, `16-mixed`, `bf16-mixed`), or `auto`: bf16 mixed
             precision where the hardware computes bf16 natively (see `resolve_precision`), else 32-true.
         seed: seed of python, numpy and torch (and data-loader workers).
@@ -54,6 +62,7 @@ class TrainConfig(ConfigModel):
     devices: int | str | list[int] = "auto"
     strategy: str = "auto"
     num_nodes: int = Field(1, ge=1)
+    use_distributed_sampler: bool = True
     precision: str = "32-true"
     seed: int = 0
     log_every_n_steps: int = Field(10, ge=1)
@@ -73,7 +82,11 @@ LOGGERS: tuple[str, ...] = get_args(TrainConfig.model_fields["logger"].annotatio
 
 @dataclass
 class FitResult:
-    """What `fit` produced."""
+    """What `fit` produced.
+
+    Under DDP every rank returns one; `world_size` and `global_rank` say which, and only the
+    `is_global_zero` one should write the domain's outputs (checkpoints are rank 0's already).
+    """
 
     best_checkpoint: Path | None
     last_checkpoint: Path | None
@@ -81,6 +94,13 @@ class FitResult:
     epochs: int
     seconds: float
     resumed_from: Path | None
+    world_size: int = 1
+    global_rank: int = 0
+
+    @property
+    def is_global_zero(self) -> bool:
+        """True in the process that writes outputs (rank 0; the only process without DDP)."""
+        return self.global_rank == 0
 
 
 def seed_everything(seed: int) -> int:
@@ -132,6 +152,7 @@ def build_trainer(
         devices=config.devices,
         strategy=config.strategy,
         num_nodes=config.num_nodes,
+        use_distributed_sampler=config.use_distributed_sampler,
         precision=resolve_precision(config.precision, accelerator),
         log_every_n_steps=config.log_every_n_steps,
         check_val_every_n_epoch=config.check_val_every_n_epoch,
@@ -209,4 +230,6 @@ def fit(
         epochs=trainer.current_epoch,
         seconds=seconds,
         resumed_from=ckpt_path,
+        world_size=trainer.world_size,
+        global_rank=trainer.global_rank,
     )
