@@ -112,8 +112,11 @@ class EmbeddingModule(lightning.LightningModule):
         ]
         groups = [g for g in groups if g["params"]]
         optimizer = torch.optim.AdamW(groups, weight_decay=p.weight_decay)
-        total = max(1, p.epochs * self.steps_per_epoch)
-        warmup = int(p.warmup_epochs * self.steps_per_epoch)
+        steps_per_epoch = self.steps_per_epoch
+        if self.trainer.world_size > 1:  # DDP: each rank steps through its share of the batches
+            steps_per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // p.epochs)
+        total = max(1, p.epochs * steps_per_epoch)
+        warmup = int(p.warmup_epochs * steps_per_epoch)
 
         def factor(step: int) -> float:
             if step < warmup:

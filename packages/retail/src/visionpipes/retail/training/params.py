@@ -37,6 +37,11 @@ class TrainParams(ConfigModel):
         seed: random seed.
         pretrained: a local checkpoint seeding the backbone (never downloaded), or None.
         accelerator: Lightning accelerator ('auto', 'cpu', 'gpu').
+        devices: devices (processes) per machine: 'auto', a count or a list of GPU ids (see
+            `core.training.TrainConfig`); with `strategy: ddp` and N > 1 devices, training is DDP.
+        strategy: Lightning strategy ('auto', 'ddp', ...). Under DDP each rank trains its own whole
+            P×K batches (`training.data.PKBatchSampler`): the global batch is ranks x P x K.
+        num_nodes: machines for multi-node DDP (launch with `torchrun --nnodes`).
         precision: Lightning precision; 'auto' is bf16-mixed where the hardware computes bf16
             natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX: ~1.7x faster training
             here), else 32-true.
@@ -64,6 +69,9 @@ class TrainParams(ConfigModel):
     seed: int = 0
     pretrained: str | None = None
     accelerator: str = "auto"
+    devices: int | str | list[int] = "auto"
+    strategy: str = "auto"
+    num_nodes: int = Field(1, ge=1)
     precision: str = "auto"
     num_workers: int = Field(0, ge=0)
     progress: bool = True

@@ -48,7 +48,7 @@ def train_embedding(catalog_path: str | os.PathLike, out_dir: str | os.PathLike,
     seed_everything(params.seed)
     train_items, val_items = split_views(catalog, params.val_views, params.seed)
     labels = [label for _, label in train_items]
-    sampler = pk_sampler(labels, params.products_per_batch, params.views_per_product)
+    sampler = pk_sampler(labels, params.products_per_batch, params.views_per_product, seed=params.seed)
     train_set = ViewDataset(train_items, params.image_size)
     train_loader = DataLoader(
         train_set,
@@ -70,6 +70,11 @@ def train_embedding(catalog_path: str | os.PathLike, out_dir: str | os.PathLike,
     config = TrainConfig(
         max_epochs=params.epochs,
         accelerator=params.accelerator,
+        devices=params.devices,
+        strategy=params.strategy,
+        num_nodes=params.num_nodes,
+        # the P×K sampler shards itself by rank; validation embeds all held-out views on every rank
+        use_distributed_sampler=False,
         precision=precision,
         seed=params.seed,
         log_every_n_steps=max(1, min(10, len(train_loader))),
@@ -89,19 +94,22 @@ def train_embedding(catalog_path: str | os.PathLike, out_dir: str | os.PathLike,
         warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
         result = fit(module, train_loader, val_loaders, config=config, out_dir=out_dir)
     seconds = time.perf_counter() - start
+    batches = sampler.batches_per_rank(result.world_size) * result.world_size
     summary = {
         "products": len(catalog),
         "train_views": len(train_items),
         "val_views": len(val_items),
         "epochs": params.epochs,
         "seconds": round(seconds, 1),
-        "images_per_second": round(params.epochs * len(train_loader) * sampler.batch_size / max(seconds, 1e-9), 1),
+        "images_per_second": round(params.epochs * batches * sampler.batch_size / max(seconds, 1e-9), 1),
         "precision": precision,
         "metrics": {k: round(v, 5) for k, v in result.metrics.items()},
         "resumed_from": str(result.resumed_from) if result.resumed_from else None,
         "skipped_rows": [str(p) for p in problems],
         "params": params.to_dict(),
     }
+    if not result.is_global_zero:  # DDP: rank 0 writes the model folder
+        return summary
     model = module.model.cpu().float().to(memory_format=torch.contiguous_format).eval()
     save_model(out_dir, model, architecture, {"training": summary})
     write_json(out_dir / "train.json", summary)
