@@ -3,6 +3,9 @@ run them through the core Lightning + DVCLive glue; writes checkpoints, `split.j
 
 It trains and checkpoints; it writes no predictions or reports (see `runtime.predictor`, `evaluate`). The
 checkpoint is self-describing (model, regions, modalities, preprocessing), so inference needs nothing else.
+Under DDP (`train.devices`/`strategy: ddp`/`num_nodes`), Lightning gives each rank a `DistributedSampler`
+share of the training crops and of the validation cases (MONAI's Dice gathers all ranks' cases; a case is
+repeated when their number does not divide by the ranks); only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -129,6 +132,8 @@ def train(
     result = fit(module, train_loader, val_loader, config=trainer_config, out_dir=out, resume=resume)
     epochs_run = max(1, result.epochs - start_epoch)
     seconds_per_epoch = result.seconds / epochs_run
+    if not result.is_global_zero:  # DDP: rank 0 writes the summary (and, through Lightning, the checkpoints)
+        return TrainResult(fit=result, split=split, seconds_per_epoch=seconds_per_epoch)
     write_json(
         out / "train.json",
         {
