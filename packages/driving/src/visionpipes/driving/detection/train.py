@@ -8,6 +8,7 @@ Training side: nothing is downloaded; the runtime never imports this module.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -52,7 +53,10 @@ class DetectorConfig(ConfigModel):
         close_mosaic: final epochs trained without mosaic.
         cache: `ram`, `disk` or False (ultralytics' image cache).
         workers: data-loader workers.
-        device: `auto` (CUDA when present), `cpu`, or a CUDA index such as `0`.
+        device: `auto` (CUDA when present), `cpu`, `mps`, a CUDA index such as `0`, or a list of
+            CUDA indices (`0,1,2,3` or `[0, 1, 2, 3]`): ultralytics then trains with its own DDP, one
+            process per GPU, `batch` being the total over them. A CUDA index this machine lacks is a
+            `UserError` when training starts.
         amp: mixed precision on CUDA (ignored on CPU).
         seed: random seed.
         patience: epochs without improvement before stopping.
@@ -83,10 +87,66 @@ class DetectorConfig(ConfigModel):
     @field_validator("device", mode="before")
     @classmethod
     def _device_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, (list, tuple)):
+            return ",".join(str(v) for v in value)
+        return value.replace(" ", "") if isinstance(value, str) else value
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, value: str) -> str:
+        name = value.lower()
+        if name in ("auto", "cpu", "mps", "cuda") or re.fullmatch(r"cuda:\d+", name):
+            return value
+        if re.fullmatch(r"\d+(,\d+)*", name):
+            indices = name.split(",")
+            if len(set(indices)) != len(indices):
+                raise ValueError(f"device {value!r} names a GPU twice")
+            return value
+        raise ValueError(
+            f"device {value!r} is not auto, cpu, mps, a CUDA index (0, cuda:1) or a list of CUDA indices (0,1,2,3)"
+        )
+
+    def cuda_indices(self) -> list[int]:
+        """The CUDA GPUs `device` names explicitly (`0,1` -> [0, 1], `cuda` -> [0]); [] for auto/cpu/mps."""
+        name = ultralytics_device(self.device)
+        if name is None or not re.fullmatch(r"\d+(,\d+)*", name):
+            return []
+        return [int(i) for i in name.split(",")]
+
+    def check_devices(self) -> None:
+        """Refuse CUDA GPUs this machine does not have, before ultralytics starts (or spawns DDP
+        workers for) a training run.
+
+        Raises:
+            UserError: if `device` names a CUDA index and no such GPU is visible.
+        """
+        import torch
+
+        wanted = self.cuda_indices()
+        if not wanted:
+            return
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(
+                f"det.device {self.device!r} asks for CUDA GPU(s) {wanted}, but this machine has none; "
+                "use det.device: cpu (or auto)."
+            )
+        missing = [i for i in wanted if i >= count]
+        if missing:
+            raise UserError(
+                f"det.device {self.device!r} asks for CUDA GPU(s) {missing}, but this machine has {count} "
+                f"(0..{count - 1})."
+            )
 
     def train_args(self) -> dict[str, Any]:
-        """The keyword arguments of `YOLO.train` (without data, project and name)."""
+        """The keyword arguments of `YOLO.train` (without data, project and name).
+
+        Raises:
+            UserError: if `device` names CUDA GPUs this machine does not have (see `check_devices`).
+        """
+        self.check_devices()
         args: dict[str, Any] = {
             "imgsz": self.imgsz,
             "epochs": self.epochs,
