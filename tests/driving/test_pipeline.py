@@ -83,9 +83,52 @@ def test_dvc_repro_tiny_pipeline(tmp_path: Path, console_script) -> None:
     record = read_record(data / "deploy", domain="driving", verify=True)  # every file with its checksum
     assert {"detector", "detector_int8", "lanes"} <= set(record["files"]) and "AP" in record["metrics"]["det"]
     assert "F1" in (data / "deploy" / "MODEL_CARD.md").read_text()
+    # Every file of the deploy folder is declared (and checksummed) in model.json, the int8 detector included.
+    listed = {entry["file"] for entry in record["files"].values()}
+    assert {p.name for p in (data / "deploy").iterdir()} == listed | {"model.json", "MODEL_CARD.md"}
+    assert "detector_int8.onnx" in listed
+    _rescore_saved_predictions(data, metrics)
+    _deployed_detectors_run(data, record)
 
     second = _dvc(["repro", "pipelines/driving/dvc.yaml"], repo)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Running stage" not in second.stdout, second.stdout
     status = _dvc(["status", "pipelines/driving/dvc.yaml"], repo)
     assert "up to date" in status.stdout, status.stdout
+
+
+def _rescore_saved_predictions(data: Path, metrics: dict) -> None:
+    """The saved predictions, scored again by the official metric code, give metrics.json's numbers."""
+    from visionpipes.driving.metrics import evaluate_detection_files, evaluate_lanes
+    from visionpipes.driving.prepare import load_manifest
+
+    dataset = load_manifest(data / "prepared" / "dataset.json")
+    predictions = data / "eval" / "predictions"
+    det = evaluate_detection_files(dataset.det_labels["val"], predictions / "det_val.json").summary()
+    for key in ("AP", "AP_50", "AP_75", "AR_max_100"):
+        assert det[key] == pytest.approx(metrics["det"][key], abs=1e-6), key
+    lanes = evaluate_lanes(dataset.lane_masks["val"], predictions / "lanes")
+    for key in ("F1_pix1", "F1_pix2", "F1_pix5"):
+        assert getattr(lanes, key) == pytest.approx(metrics["lanes"][key], abs=1e-6), key
+    assert len(list((predictions / "lanes").glob("*.png"))) == metrics["images"]
+
+
+def _deployed_detectors_run(data: Path, record: dict) -> None:
+    """The fp32 and int8 detectors and the lane model of the deploy folder load and run on a frame."""
+    import cv2
+    import onnx
+
+    from visionpipes.driving.detection.runtime import OnnxDetector
+    from visionpipes.driving.prepare import load_manifest
+
+    dataset = load_manifest(data / "prepared" / "dataset.json")
+    frame = cv2.imread(str(dataset.images["val"] / dataset.names["val"][0]))
+    assert frame is not None
+    for role in ("detector", "detector_int8"):
+        path = data / "deploy" / record["files"][role]["file"]
+        boxes, scores, classes = OnnxDetector(path, threads=1)([frame], conf=1e-3)[0]
+        assert len(boxes) == len(scores) == len(classes) and boxes.shape[1:] == (4,)
+    int8_ops = {n.op_type for n in onnx.load(str(data / "deploy" / record["files"]["detector_int8"]["file"])).graph.node}
+    assert "QuantizeLinear" in int8_ops
+    lanes = onnx.load(str(data / "deploy" / record["files"]["lanes"]["file"]))
+    assert lanes.graph.input and lanes.graph.output
