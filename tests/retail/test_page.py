@@ -118,4 +118,4 @@ def test_search_page_in_headless_chromium(deployed, serve, browser, tmp_path):
     browser.find_element("id", "file").send_keys(str(bad))
     _wait_state(browser, "error")
     status = browser.find_element("id", "status")
-    assert "not a readable image" in status.text and status.get_attribute("class") == "error"
+    assert "not an image of an allowed format" in status.text and status.get_attribute("class") == "error"
