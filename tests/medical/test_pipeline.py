@@ -80,7 +80,11 @@ def test_pipeline_runs_end_to_end_and_then_skips(tmp_path: Path, console_script)
     assert (data / "eval" / "overlay.png").read_bytes()[:4] == b"\x89PNG"
     deployed = sorted(p.name for p in (data / "deploy").iterdir())
     assert deployed == ["MODEL_CARD.md", "model.json", "model.onnx", "model.pt"]
-    record = json.loads((data / "deploy" / "model.json").read_text())
+    from visionpipes.core.artifact import read_record
+
+    record = read_record(data / "deploy", domain="medical", verify=True)  # every file with its checksum
+    assert sorted(e["file"] for e in record["files"].values()) == ["model.onnx", "model.pt"]
+    _rescore_held_out_cases(tmp_path, data, metrics, held_out)
     assert (
         record["data"]["fingerprint"] == json.loads((data / "raw" / "task.json").read_text())["fingerprint"]
     )
@@ -102,3 +106,44 @@ def test_pipeline_runs_end_to_end_and_then_skips(tmp_path: Path, console_script)
     assert changed_after_editing("training/deploy.py") == {"deploy"}
     assert changed_after_editing("training/fit.py") == {"train", "deploy"}
     assert changed_after_editing("msd/regions.py") == set(STAGES)
+
+
+def _rescore_held_out_cases(repo: Path, data: Path, metrics: dict, held_out: list) -> None:
+    """Each deployed form (ONNX, TorchScript) predicts the held-out cases (`Predictor.load`, what
+    `vp-medical predict` runs, with the inference settings the record holds); MONAI's own `compute_dice` /
+    `compute_hausdorff_distance` on those label maps give metrics.json's numbers (eval scored the
+    checkpoint that the deploy stage exported)."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+
+    from visionpipes.medical.runtime.predictor import Predictor
+
+    task = data / "raw" / json.loads((data / "raw" / "task.json").read_text())["task_dir"]
+    record = json.loads((data / "deploy" / "model.json").read_text())
+    regions = [(name, set(values)) for name, values in record["description"]["regions"]]
+    assert [name for name, _ in regions] == ["TC", "WT", "ET"]
+    ids = [case if isinstance(case, str) else case["case_id"] for case in held_out]
+    for model_file in ("model.onnx", "model.pt"):
+        predictor = Predictor.load(data / "deploy" / model_file)
+        dice: dict[str, list[float]] = {name: [] for name, _ in regions}
+        hd95: dict[str, list[float]] = {name: [] for name, _ in regions}
+        for case_id in ids:
+            out = predictor.predict_file(task / "imagesTr" / f"{case_id}.nii.gz", repo / f"{case_id}_{model_file}.nii.gz")
+            truth_image = nib.load(task / "labelsTr" / f"{case_id}.nii.gz")
+            truth, predicted = np.asarray(truth_image.dataobj), np.asarray(nib.load(out).dataobj)
+            spacing = [float(z) for z in truth_image.header.get_zooms()[:3]]
+            for name, values in regions:
+                p = torch.from_numpy(np.isin(predicted, list(values)))[None, None].float()
+                t = torch.from_numpy(np.isin(truth, list(values)))[None, None].float()
+                if p.any() or t.any():
+                    dice[name].append(float(compute_dice(p, t, include_background=True, ignore_empty=False)))
+                if p.any() and t.any():
+                    hd95[name].append(float(compute_hausdorff_distance(p, t, percentile=95, spacing=spacing)))
+        for name, _ in regions:
+            assert len(dice[name]) == metrics[name]["n_dice"], (model_file, name)
+            assert np.mean(dice[name]) == pytest.approx(metrics[name]["dice"], abs=2e-3), (model_file, name)
+            assert len(hd95[name]) == metrics[name]["n_hd95"], (model_file, name)
+            if hd95[name]:
+                assert np.mean(hd95[name]) == pytest.approx(metrics[name]["hd95"], abs=2e-2), (model_file, name)
