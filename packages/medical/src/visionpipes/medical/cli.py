@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from visionpipes.core.cli_common import params_section, run_main
+from visionpipes.core.ray_batch import add_engine_options
 
 #: The verbs, in the order a user meets them.
 VERBS: tuple[str, ...] = ("synth", "validate", "data", "train", "evaluate", "export", "predict")
@@ -108,6 +109,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not args.input.exists():
         raise UserError(f"input {args.input} does not exist.")
     refuse_overwriting_input(args.input, args.output)  # before anything runs
+    if args.engine == "ray":
+        return _predict_ray(args)
     kind = "file"
     if args.input.is_dir():
         from visionpipes.medical.runtime.dicom_predict import input_kind
@@ -156,6 +159,39 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         written = predictor.predict_file(args.input, args.output, nonfinite=args.nonfinite)
         _print_warnings([w for w in caught if "NonFinite" in type(w.message).__name__])
     print(f"wrote {written}")
+    return 0
+
+
+def _predict_ray(args: argparse.Namespace) -> int:
+    """`predict --engine ray`: a folder of NIfTI scans or a text file listing them, one label map per scan
+    in the --output folder, on a Ray Data actor pool; scans already predicted are skipped."""
+    from visionpipes.core.errors import UserError
+    from visionpipes.core.ray_batch import require_ray
+    from visionpipes.medical.runtime.batch import list_scans, predict_scans_ray
+
+    require_ray()  # the one clear error before anything loads
+    if args.input.is_dir() and not any(p.name.endswith((".nii", ".nii.gz")) for p in args.input.iterdir()):
+        raise UserError(f"--engine ray predicts NIfTI scans; {args.input} holds none (DICOM: use --engine local).")
+    if args.series or args.output_format != "nifti":
+        raise UserError("--series and --output-format are for DICOM input, which --engine ray does not read.")
+    scans = list_scans(args.input)
+    result, done = predict_scans_ray(
+        args.model,
+        scans,
+        args.output,
+        overrides=_inference_overrides(args),
+        nonfinite=args.nonfinite,
+        address=args.address,
+        actors=args.actors,
+        num_cpus=args.num_cpus,
+        gpus_per_actor=args.gpus_per_actor,
+    )
+    print(f"wrote {len(result.written)} label maps to {args.output} ({len(done)} already there, skipped)")
+    for scan, reason in result.failed:
+        print(f"failed: {scan}: {reason}", file=sys.stderr)
+    if result.failed:
+        print(f"{len(result.failed)} of {len(scans)} scans failed", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -432,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--input",
         type=Path,
         required=True,
-        help="a .nii/.nii.gz scan, a folder of them, or a folder of DICOM files (one series per channel)",
+        help="a .nii/.nii.gz scan, a folder of them, or a folder of DICOM files (one series per channel); with "
+        "--engine ray a folder of NIfTI scans or a text file listing them, one per line",
     )
     predict.add_argument(
         "--output",
@@ -460,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="error",
         help="NaN/inf voxels: refuse the scan (default) or set them to 0 with a warning",
     )
+    add_engine_options(predict)
     predict.set_defaults(run=_cmd_predict)
     return parser
 
