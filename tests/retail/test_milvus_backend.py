@@ -86,7 +86,7 @@ def test_deploy_records_the_backend_and_index_type(deployed):
     assert manifest["backend"] == "milvus" and manifest["factory"] == "HNSW"
     assert (index / "milvus.db").is_dir() and manifest["files"]["index"]["path"].endswith("index.milvus.json")
     card = (deployed / "deploy" / "MODEL_CARD.md").read_text()
-    assert "Milvus" in card and "`HNSW`" in card
+    assert "Index: Milvus `HNSW` (milvus backend)" in card and "FAISS `HNSW`" not in card
     assert json.loads((deployed / "deploy" / "deploy.json").read_text())["vector_store"] == "milvus-lite"
 
 

@@ -71,7 +71,8 @@ def model_card(
     )
     check = summary.get("deployed_index") or {}
     deployment = [
-        f"Index: FAISS `{factory}` (inner product on L2-normalised vectors), {summary['products']} products, "
+        f"Index: {_index_name(summary.get('backend', 'faiss'), factory)} (inner product on L2-normalised vectors), "
+        f"{summary['products']} products, "
         f"{summary['vectors']} view vectors; SQLite catalog; manifest with sha256 checksums.",
         f"Catalog embedded with the ONNX model at {summary['embed_images_per_second']} images/s.",
     ]
@@ -92,3 +93,8 @@ def model_card(
         ],
     )
     return card
+
+
+def _index_name(backend: str, factory: str) -> str:
+    """How the card names the vector index: FAISS's factory string, or the Milvus index type."""
+    return f"FAISS `{factory}`" if backend == "faiss" else f"Milvus `{factory}` ({backend} backend)"
