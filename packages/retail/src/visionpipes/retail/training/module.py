@@ -1,6 +1,6 @@
 """The Lightning module of embedding training: `EmbeddingNet` + a `pytorch-metric-learning` loss,
 AdamW with warm-up and cosine decay, validation Recall@1 of held-out views; and the seeding of the
-backbone from a local pretrained checkpoint (`core.checkpoint`, never downloaded).
+backbone from a local pretrained checkpoint (torchvision/timm through `core.pretrained`, never downloaded).
 
 Training side only: runtime modules never import this.
 """
@@ -16,8 +16,8 @@ import lightning
 import numpy as np
 import torch
 
-from visionpipes.core.checkpoint import load_checkpoint, state_dict_of
 from visionpipes.core.errors import UserError
+from visionpipes.core.pretrained import convert_state_dict, read_weights
 from visionpipes.retail.embedding.network import EmbeddingNet
 from visionpipes.retail.training.augment import BatchAugment, normalize_tensor
 from visionpipes.retail.training.losses import build_loss
@@ -25,18 +25,18 @@ from visionpipes.retail.training.params import TrainParams
 
 
 def load_pretrained_backbone(model: EmbeddingNet, path: str | os.PathLike) -> int:
-    """Seed `model` from a local checkpoint (never downloaded): a state dict of the backbone, of a
-    whole `EmbeddingNet`, or a Lightning checkpoint holding one. Returns the number of tensors loaded.
+    """Seed `model` from a local checkpoint (never downloaded): a torchvision or timm ImageNet
+    checkpoint (`.pth` or `.safetensors`, mapped by `core.pretrained`'s tables: the backbone must be
+    that architecture at width x1), or a state dict of the backbone, of a whole `EmbeddingNet`, or a
+    Lightning checkpoint holding one. Returns the number of tensors loaded.
 
     Raises:
-        UserError: if the file is missing, unreadable, or shares no tensor of matching shape.
+        UserError: if the file is missing, unreadable, or fits the backbone neither way.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"pretrained checkpoint {path} does not exist (it is never downloaded).")
-    state = state_dict_of(
-        load_checkpoint(path, what="pretrained checkpoint"), path=path, what="pretrained checkpoint"
-    )
+    state = read_weights(path)
     own = model.backbone.state_dict()
     picked: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -47,7 +47,15 @@ def load_pretrained_backbone(model: EmbeddingNet, path: str | os.PathLike) -> in
                     picked[name] = value
                 break
     if not picked:
-        raise UserError(f"pretrained checkpoint {path} has no tensor that fits the {model.backbone.spec.name} backbone.")
+        # not a visionpipes checkpoint: an ImageNet model of torchvision/timm, through the mapping tables
+        converted, report = convert_state_dict(state, model.backbone, path=path)
+        missing = [k for k in report.missing if ".attn." not in k]
+        if missing:
+            raise UserError(
+                f"pretrained checkpoint {path} leaves {len(missing)} tensors of the {model.backbone.spec.name} "
+                f"backbone unfilled (first: {missing[0]}): not the same architecture."
+            )
+        picked = converted
     model.backbone.load_state_dict(picked, strict=False)
     return len(picked)
 
