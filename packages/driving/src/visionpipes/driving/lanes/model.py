@@ -180,3 +180,34 @@ def load_lane_model(path: str | os.PathLike) -> LaneNet:
     """
     config, state, _ = load_model_file(path, LaneModelConfig, what="lane model")
     return load_state_into(build_lane_model(config), state, path=path, what="lane model")
+
+
+def seed_lane_encoder(model: LaneNet, path: str | os.PathLike) -> int:
+    """Seed the lane model's encoder from local ImageNet weights (never downloaded): a `core:`
+    encoder through `core.pretrained`'s mapping tables; an smp ResNet-family encoder (whose modules
+    are torchvision's) from a torchvision or timm ResNet checkpoint by name, the classifier dropped.
+    Returns the number of tensors loaded.
+
+    Raises:
+        UserError: if the file is unreadable or does not fill the encoder (another architecture).
+    """
+    from visionpipes.core.pretrained import load_pretrained, read_weights
+
+    if isinstance(model.net.encoder, CoreFeatureEncoder):
+        return len(load_pretrained(model.net.encoder.backbone, path).loaded)
+    state = {k: v for k, v in read_weights(path).items() if not k.startswith("fc.")}
+    own = model.net.encoder.state_dict()
+    missing = sorted(k for k in own if k not in state)
+    if missing:
+        raise UserError(
+            f"pretrained weights {path} do not fill the lane encoder {model.config.encoder} "
+            f"({len(missing)} tensors missing, first {missing[0]}): not the same architecture."
+        )
+    for key, value in own.items():
+        if state[key].shape != value.shape:
+            raise UserError(
+                f"pretrained weights {path}: {key} has shape {tuple(state[key].shape)} but the lane encoder's "
+                f"has {tuple(value.shape)}: not the same architecture."
+            )
+    model.net.encoder.load_state_dict({k: state[k] for k in own})
+    return len(own)

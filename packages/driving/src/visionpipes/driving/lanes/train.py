@@ -22,7 +22,12 @@ from visionpipes.core.config import ConfigModel, Field, parse_config
 from visionpipes.core.errors import UserError
 from visionpipes.driving.lanes.data import IGNORE_INDEX, LaneDataset, LaneSample
 from visionpipes.driving.lanes.decode import BACKGROUND_CLASS, CATEGORY_CHANNELS
-from visionpipes.driving.lanes.model import LaneModelConfig, build_lane_model, save_lane_model
+from visionpipes.driving.lanes.model import (
+    LaneModelConfig,
+    build_lane_model,
+    save_lane_model,
+    seed_lane_encoder,
+)
 
 
 class LaneTrainConfig(ConfigModel):
@@ -41,6 +46,11 @@ class LaneTrainConfig(ConfigModel):
         workers: data-loader workers.
         cache: keep resized images in memory.
         limit: use at most this many training images (0: all).
+        pretrained: local ImageNet weights seeding the encoder (torchvision/timm `.pth` or
+            `.safetensors`; never downloaded), or None.
+        encoder_lr_scale: the encoder's learning rate as a share of `lr` (below 1 for a pretrained
+            encoder, so the fresh decoder learns faster than the features it starts from).
+        freeze_encoder_norm: keep the encoder's batch-norm statistics (and affine weights) as loaded.
     """
 
     batch_size: int = Field(8, ge=1)
@@ -54,6 +64,9 @@ class LaneTrainConfig(ConfigModel):
     workers: int = Field(0, ge=0)
     cache: bool = True
     limit: int = Field(0, ge=0)
+    pretrained: str | None = None
+    encoder_lr_scale: float = Field(1.0, gt=0, le=1)
+    freeze_encoder_norm: bool = False
 
 
 class LanesSection(ConfigModel):
@@ -98,6 +111,12 @@ class LaneModule(lightning.LightningModule):
         self.save_hyperparameters()
         self.model = build_lane_model(parse_config(LaneModelConfig, model_config, source="lanes.model"))
         self.train_config = parse_config(LaneTrainConfig, train_config, source="lanes.train")
+        if self.train_config.pretrained:
+            seed_lane_encoder(self.model, self.train_config.pretrained)
+        if self.train_config.freeze_encoder_norm:
+            for module in self._encoder_norms():
+                for param in module.parameters():
+                    param.requires_grad_(False)
         self.total_steps = total_steps
         self.budget_s = budget_s
         self.dice = smp.losses.DiceLoss("multiclass", from_logits=True)
@@ -106,6 +125,16 @@ class LaneModule(lightning.LightningModule):
         self.register_buffer("class_weights", weights, persistent=False)
         self._start = time.monotonic()
         self._val: list[torch.Tensor] = []
+
+    def _encoder_norms(self) -> list[nn.Module]:
+        return [m for m in self.model.net.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def train(self, mode: bool = True) -> LaneModule:
+        super().train(mode)
+        if mode and self.train_config.freeze_encoder_norm:
+            for module in self._encoder_norms():
+                module.eval()  # running statistics stay as loaded
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -156,7 +185,13 @@ class LaneModule(lightning.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         config = self.train_config
-        optimizer = torch.optim.AdamW(self.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        encoder = {id(p) for p in self.model.net.encoder.parameters()}
+        groups = [
+            {"params": [p for p in self.parameters() if id(p) in encoder and p.requires_grad],
+             "lr": config.lr * config.encoder_lr_scale},
+            {"params": [p for p in self.parameters() if id(p) not in encoder and p.requires_grad], "lr": config.lr},
+        ]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=config.weight_decay)
 
         def factor(step: int) -> float:
             return _time_cosine(
