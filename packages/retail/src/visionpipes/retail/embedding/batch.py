@@ -181,13 +181,15 @@ class RayEmbedWorker:
 class ShardedEmbedding:
     """What `embed_catalog_ray` did: the catalog's embeddings assembled from the shards (in catalog order,
     as `embed_catalog` returns them), the shards computed now and those already finished, and the shards
-    that failed (`(shard id, reason)`; not written, retried by a re-run)."""
+    that failed (`(shard id, reason)`; not written, retried by a re-run), and each computed shard's
+    seconds inside its actor (reading, embedding, writing: the job's time less Ray's own)."""
 
     embedded: EmbeddedImages
     model_version: str
     shards: list[Path]
     computed: list[int]
     failed: list[tuple[int, str]]
+    shard_seconds: dict[int, float] = field(default_factory=dict)
 
 
 def embed_catalog_ray(
@@ -266,4 +268,5 @@ def embed_catalog_ray(
         [row for p in parts for row in p.rows],
     )
     computed = sorted(r["id"] for r in results if "error" not in r)
-    return ShardedEmbedding(embedded, version, [Path(s["out"]) for s in plan], computed, failed)
+    seconds = {r["id"]: float(r["seconds"]) for r in results}
+    return ShardedEmbedding(embedded, version, [Path(s["out"]) for s in plan], computed, failed, seconds)
