@@ -58,6 +58,7 @@ def _cards(driver) -> list[tuple[str, str]]:
     ]
 
 
+@pytest.mark.slow  # ~24 s on 2 busy cores (12 s of it the deployed index and the server)
 def test_search_page_in_headless_chromium(deployed, serve, browser, tmp_path):
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
