@@ -34,7 +34,7 @@ CONTRACTS := $(wildcard importlinter/*.ini)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	@for c in $(CONTRACTS); do $(BIN)/lint-imports --no-cache --config $$c || exit 1; done
+	@for c in $(CONTRACTS); do $(BIN)/lint-imports --no-cache $$c || exit 1; done
 
 test: lint
 	$(BIN)/python -m pytest
