@@ -79,8 +79,9 @@ def test_pk_batches_are_shared_out_whole_between_two_ranks(tmp_path: Path) -> No
 
 
 def test_one_process_is_mperclasssampler_unchanged() -> None:
-    from pytorch_metric_learning.samplers import MPerClassSampler
+    from visionpipes.retail.training.losses import metric_learning
 
+    MPerClassSampler = metric_learning().samplers.MPerClassSampler  # noqa: N806 (the library's class)
     np.random.seed(3)  # noqa: NPY002 - MPerClassSampler draws from numpy's global generator
     ours = list(pk_sampler(LABELS, P, K))
     np.random.seed(3)  # noqa: NPY002

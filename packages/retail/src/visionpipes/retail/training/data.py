@@ -115,7 +115,9 @@ def pk_sampler(labels: Sequence[int], p: int, k: int, seed: int = 0) -> PKBatchS
     In one process its draws come from numpy's global generator, which
     `core.training.seed_everything` seeds; under DDP from `seed + epoch`.
     """
-    from pytorch_metric_learning.samplers import MPerClassSampler
+    from visionpipes.retail.training.losses import metric_learning
+
+    MPerClassSampler = metric_learning().samplers.MPerClassSampler
 
     p = max(1, min(p, len(set(int(x) for x in labels))))
     batch = p * k

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,6 +39,32 @@ class MinedLoss(nn.Module):
         return self.loss(embeddings, labels, self.miner(embeddings, labels))
 
 
+def metric_learning() -> Any:
+    """`pytorch_metric_learning`, imported with FAISS left as it was.
+
+    Importing pytorch-metric-learning imports `faiss.contrib.torch_utils`, which replaces the methods
+    of every FAISS index class (and `faiss.knn`) process-wide with torch-aware versions that drop
+    arguments: `search(..., params=...)` then fails, in our index and in milvus-lite's embedded
+    server alike. FAISS keeps each original as `<name>_numpy`; we pass FAISS numpy arrays only, so
+    the originals are put back. The losses, miners and samplers we use never call FAISS.
+    """
+    import faiss
+    import pytorch_metric_learning
+    import pytorch_metric_learning.losses
+    import pytorch_metric_learning.miners
+    import pytorch_metric_learning.samplers
+
+    for owner in [faiss, *(v for v in vars(faiss).values() if isinstance(v, type))]:
+        for attr, original in list(vars(owner).items()):
+            if not attr.endswith("_numpy"):
+                continue
+            base = attr[: -len("_numpy")]
+            current = vars(owner).get(base)
+            if getattr(current, "__name__", "") == f"torch_replacement_{base}":
+                setattr(owner, base, original)
+    return pytorch_metric_learning
+
+
 def build_loss(name: str, num_classes: int, dimension: int, **options: float) -> nn.Module:
     """A loss by name (`LOSSES`), with `DEFAULTS` unless `options` override them.
 
@@ -50,7 +77,8 @@ def build_loss(name: str, num_classes: int, dimension: int, **options: float) ->
     Raises:
         UserError: for an unknown loss or option.
     """
-    from pytorch_metric_learning import losses, miners
+    pml = metric_learning()
+    losses, miners = pml.losses, pml.miners
 
     if name not in DEFAULTS:
         raise UserError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}.")
