@@ -81,7 +81,7 @@ def test_pk_batches_are_shared_out_whole_between_two_ranks(tmp_path: Path) -> No
 def test_one_process_is_mperclasssampler_unchanged() -> None:
     from visionpipes.retail.training.losses import metric_learning
 
-    MPerClassSampler = metric_learning().samplers.MPerClassSampler  # noqa: N806 (the library's class)
+    MPerClassSampler = metric_learning().samplers.MPerClassSampler
     np.random.seed(3)  # noqa: NPY002 - MPerClassSampler draws from numpy's global generator
     ours = list(pk_sampler(LABELS, P, K))
     np.random.seed(3)  # noqa: NPY002
