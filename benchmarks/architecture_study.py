@@ -36,12 +36,13 @@ from typing import Any
 
 import torch
 from arch_study.config import DEFAULT_OUT, SECTIONS, StudyConfig
-from arch_study.report import _cpu_name, write_report
+from arch_study.report import write_report
 from arch_study.runner import measure_section, run_trainings
 from arch_study.tables import summarise
 from arch_study.variants import make_variants
 
 from visionpipes.core.errors import UserError
+from visionpipes.core.hardware import cpu_model_name
 from visionpipes.core.nas.training import ProxyTraining
 
 
@@ -60,7 +61,7 @@ def run_study(config: StudyConfig, sections: Sequence[str], out: Path, *, jobs: 
     rows = summarise(variants, trained, measured)
     meta = {
         "command": command, "date": dt.datetime.now().isoformat(timespec="seconds"), "quick": quick,
-        "cpu": _cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+        "cpu": cpu_model_name(), "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
         "jobs": jobs, "threads": threads, "sections": list(sections),
         "train_cpu_seconds": sum(r["cpu_seconds"] for runs in trained.values() for r in runs),
         "wall_seconds": time.perf_counter() - start,

@@ -29,6 +29,7 @@ import torchvision
 from torch import nn
 
 from visionpipes.core.backbones import build_backbone, list_backbones
+from visionpipes.core.hardware import cpu_model_name
 from visionpipes.core.io import write_json
 from visionpipes.core.profile import LatencyStats, count_flops, count_parameters, time_forward
 from visionpipes.core.settings import apply_runtime_settings
@@ -86,14 +87,6 @@ def interleaved_latency(
     return LatencyStats.from_samples(samples_a), LatencyStats.from_samples(samples_b)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _lat(stats: LatencyStats) -> dict[str, float | int]:
@@ -182,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"batch": args.batch, "size": args.size, "repeats": args.repeats, "warmup": args.warmup,
                      "threads": settings.threads, "inference_mode": True, "memory_format": "contiguous (NCHW)"},
         "machine": {
-            "cpu_model": _cpu_model(),
+            "cpu_model": cpu_model_name(),
             "cpu_count": os.cpu_count(),
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,

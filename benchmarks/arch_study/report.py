@@ -5,7 +5,6 @@ Part of `benchmarks/architecture_study.py`; measures only, changes no library co
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -17,16 +16,6 @@ from arch_study.config import SECTIONS, StudyConfig
 from arch_study.sections import REPORTERS
 from visionpipes.core.io import atomic_path, write_json
 from visionpipes.core.nas.proxy import CLASSES
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_report(rows: dict[str, dict[str, Any]], config: StudyConfig, sections: Sequence[str], out: Path,

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from visionpipes.core.errors import UserError
 
-__all__ = ["Hardware", "probe_hardware"]
+__all__ = ["Hardware", "cpu_model_name", "probe_hardware"]
 
 #: Share of a CPU machine's RAM a plan may spend on training activations (the rest: data, OS, caches).
 CPU_MEMORY_SHARE = 0.5
@@ -37,6 +38,19 @@ class Hardware:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name (`/proc/cpuinfo`; elsewhere what `platform` knows), for benchmark reports."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _ram_gb() -> float:
