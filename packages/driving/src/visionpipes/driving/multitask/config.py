@@ -6,7 +6,7 @@ Pure pydantic and constants: no torch, no ultralytics, so `params.yaml` checks s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
@@ -47,6 +47,14 @@ class MultiTaskModelConfig(ConfigModel):
         aspp_rates: dilation rates of the ASPP on the stride-16 level (in stride-16 cells).
         act: activation of the neck and segmentation heads (`core.layers` names).
         reg_max: DFL bins of the ultralytics `Detect` head.
+        join_gaps, min_area, vote: the lane-level decoding of the lane output (as
+            `LaneModelConfig`'s: join pieces of a lane across gaps up to `join_gaps` x the longer
+            piece, drop pieces under `min_area` of the image, one style per piece); read by the
+            evaluation and written into the ONNX metadata (`lane_decoding`).
+
+    Frames are letterboxed into `width` x `height` (aspect kept, grey 114 padding, as the exported
+    detector's `detection.runtime.letterbox`); segmentation outputs are cropped to the letterboxed
+    image and resized back (`multitask.decode`).
     """
 
     backbone: str | dict[str, Any] = "mobilenet_v2"
@@ -59,6 +67,14 @@ class MultiTaskModelConfig(ConfigModel):
     aspp_rates: list[int] = Field(default_factory=lambda: [2, 4, 6], min_length=1)
     act: str = "silu"
     reg_max: int = Field(16, ge=1)
+    join_gaps: float = Field(3.0, ge=0)
+    min_area: float = Field(0.0002, ge=0, lt=1)
+    vote: bool = True
+
+    def decoding(self) -> dict[str, Any]:
+        """Keyword arguments of `lanes.decode.lane_mask_from_logits` (no `roi_top`: the network
+        sees the whole frame)."""
+        return {"join_gaps": self.join_gaps, "min_area": self.min_area, "vote": self.vote}
 
     @field_validator("aspp_rates")
     @classmethod
@@ -125,11 +141,63 @@ class MultiTaskLossConfig(ConfigModel):
         return self
 
 
+#: The training schedules `MultiTaskTrainConfig.schedule` may name (see `multitask.train`).
+SCHEDULES: tuple[str, ...] = ("joint", "staged")
+
+
+class MultiTaskTrainConfig(ConfigModel):
+    """How to train the multi-task network (`multitask.train` in params.yaml).
+
+    Attributes:
+        batch_size: images per batch.
+        lr: peak learning rate (AdamW).
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up steps.
+        schedule: `joint` (every task from the first step, YOLOP's end-to-end) or `staged`
+            (HybridNets / YOLOP's `ED-S-W`: encoder + detection first, then the segmentation
+            heads on the frozen encoder and detection head, then everything jointly).
+        stages: with `staged`, the shares of the run (time budget or steps, whichever is further
+            along) of the detection phase and of the segmentation phase; the rest is joint.
+        max_minutes: wall-clock training budget in minutes (None: `max_epochs` only).
+        max_epochs: epochs at most.
+        flip: probability of the horizontal flip (boxes, lane and drivable masks flipped alike).
+        workers: data-loader workers.
+        cache: keep the letterboxed images and targets in memory after the first read.
+        limit: use at most this many training images (0: all).
+        seed: seed of the initialisation, the shuffling and the augmentation.
+    """
+
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    schedule: Literal["joint", "staged"] = "joint"
+    stages: list[float] = Field(default_factory=lambda: [0.5, 0.25], min_length=2, max_length=2)
+    max_minutes: float | None = Field(5.0, gt=0)
+    max_epochs: int = Field(200, ge=1)
+    flip: float = Field(0.5, ge=0, le=1)
+    workers: int = Field(0, ge=0)
+    cache: bool = True
+    limit: int = Field(0, ge=0)
+    seed: int = 0
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_shares(cls, stages: list[float]) -> list[float]:
+        if any(s < 0 for s in stages) or sum(stages) >= 1:
+            raise ValueError(f"stage shares must be >= 0 and leave a joint phase (sum below 1), got {stages}")
+        return stages
+
+
 class MultiTaskConfig(ConfigModel):
-    """The `multitask` section of params.yaml: the network and its joint loss."""
+    """The `multitask` section of params.yaml: the network, its joint loss, its training and extra
+    Lightning trainer settings (`core.training.TrainConfig` keys such as `accelerator`,
+    `precision`; `max_epochs`/`max_time` come from `train`)."""
 
     model: MultiTaskModelConfig = Field(default_factory=MultiTaskModelConfig)
     loss: MultiTaskLossConfig = Field(default_factory=MultiTaskLossConfig)
+    train: MultiTaskTrainConfig = Field(default_factory=MultiTaskTrainConfig)
+    trainer: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
     def from_params(cls, data: Any, *, source: str) -> MultiTaskConfig:
@@ -141,3 +209,16 @@ class MultiTaskConfig(ConfigModel):
         config = parse_config(cls, data, source=source)
         config.model = MultiTaskModelConfig.from_params(config.model.to_dict(), source=f"{source}.model")
         return config
+
+
+#: The model families `model.family` may name.
+FAMILIES: tuple[str, ...] = ("two_model", "multitask")
+
+
+class FamilyConfig(ConfigModel):
+    """The `model` section of params.yaml: which driving models the pipeline trains, evaluates and
+    deploys. `two_model`: the YOLO detector and the lane model (no drivable area); `multitask`: those
+    two and the multi-task network beside them (scored side by side; `perception.onnx` deployed).
+    """
+
+    family: Literal["two_model", "multitask"] = "two_model"

@@ -1,0 +1,88 @@
+"""The multi-task network's input and output conventions, outside torch: frames letterboxed into the
+network input (the exported detector's letterbox, grey 114), and the three outputs decoded per frame
+(detections with the detector's class-wise NMS, the official lane mask, the official drivable mask),
+segmentation outputs cropped to the letterboxed image and resized back to the frame.
+
+Runtime: NumPy and OpenCV only; never imports training code. Shared by the evaluation and the deploy
+step (and usable by `multitask.runtime`), so every consumer decodes the graph the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from visionpipes.driving.detection.runtime import Letterbox, decode_predictions, detector_input
+from visionpipes.driving.lanes.decode import lane_mask_from_logits
+
+
+def network_input(
+    frames_bgr: Sequence[np.ndarray], size: tuple[int, int]
+) -> tuple[np.ndarray, list[Letterbox]]:
+    """BGR frames -> (N, 3, height, width) RGB float32 in [0, 1], letterboxed to `size` = (width,
+    height) as the exported detector's input, and each frame's letterbox."""
+    return detector_input(frames_bgr, size)
+
+
+def letterbox_window(info: Letterbox, frame_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The (top, bottom, left, right) rows/columns of the network input that hold the frame
+    (`frame_size` = (width, height)), as `detection.runtime.letterbox` placed it."""
+    width, height = frame_size
+    new_w, new_h = round(width * info.scale), round(height * info.scale)
+    top, left = int(info.pad_y), int(info.pad_x)
+    return top, top + new_h, left, left + new_w
+
+
+def unletterbox(logits: np.ndarray, info: Letterbox, frame_size: tuple[int, int]) -> np.ndarray:
+    """(C, H, W) logits at network size -> (C, h, w) over the frame's part of the input only (the
+    padding cut away), still at network resolution; the decoders resize to the frame."""
+    top, bottom, left, right = letterbox_window(info, frame_size)
+    return logits[:, top:bottom, left:right]
+
+
+def drivable_mask_from_logits(logits: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
+    """(3, h, w) drivable logits -> the official HxW uint8 drivable mask (0 direct, 1 alternative,
+    2 background) at `frame_size` = (width, height): logits resized bilinearly, then arg-max."""
+    import cv2
+
+    logits = np.asarray(logits, dtype=np.float32)
+    if logits.ndim != 3:
+        raise ValueError(f"drivable logits must be (3, h, w), got {logits.shape}.")
+    resized = np.stack([cv2.resize(c, frame_size, interpolation=cv2.INTER_LINEAR) for c in logits])
+    return resized.argmax(0).astype(np.uint8)
+
+
+def decode_outputs(
+    outputs: Sequence[np.ndarray],
+    infos: Sequence[Letterbox],
+    frame_sizes: Sequence[tuple[int, int]],
+    *,
+    lane_decoding: Mapping[str, Any] | None = None,
+    conf: float = 0.25,
+    iou: float = 0.6,
+    max_det: int = 100,
+) -> list[tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray, np.ndarray]]:
+    """The graph's three outputs for a batch -> per frame (detections, lane mask, drivable mask).
+
+    Args:
+        outputs: `predictions` (N, 14, A), `lanes` (N, 13, H, W), `drivable` (N, 3, H, W) (the
+            names and layout of `multitask.export`).
+        infos: each frame's letterbox (`network_input`).
+        frame_sizes: each frame's (width, height).
+        lane_decoding: `lane_mask_from_logits` keywords (`MultiTaskModelConfig.decoding()`).
+        conf, iou, max_det: the detector's decoding (`decode_predictions`).
+
+    Returns:
+        Per frame: ((K, 4) xyxy boxes in frame pixels, (K,) scores, (K,) class ids), the HxW
+        official lane mask (255 background), the HxW official drivable mask.
+    """
+    predictions, lanes, drivable = outputs
+    detections = decode_predictions(predictions, infos, frame_sizes, conf=conf, iou=iou, max_det=max_det)
+    decoding = dict(lane_decoding or {})
+    out = []
+    for det, lane, area, info, size in zip(detections, lanes, drivable, infos, frame_sizes):
+        lane_mask = lane_mask_from_logits(unletterbox(lane, info, size), size, **decoding)
+        out.append((det, lane_mask, drivable_mask_from_logits(unletterbox(area, info, size), size)))
+    return out
