@@ -18,59 +18,8 @@ from urllib.parse import quote
 import numpy as np
 
 from visionpipes.core.errors import UserError
+from visionpipes.retail.index import catalog_schema as tables
 from visionpipes.retail.index.records import ProductExistsError, ProductRecord, StoredProduct
-
-#: Bumped when the tables change; a catalog of another version is refused.
-SCHEMA_VERSION = 1
-
-_TABLES = """
-CREATE TABLE IF NOT EXISTS {s}products (
-    product_id TEXT PRIMARY KEY,
-    title TEXT NOT NULL DEFAULT '',
-    category TEXT NOT NULL DEFAULT '',
-    metadata TEXT NOT NULL DEFAULT '{{}}',
-    image_path TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS {s}products_category ON products (category);
-CREATE TABLE IF NOT EXISTS {s}vectors (
-    vector_id INTEGER PRIMARY KEY,
-    product_id TEXT NOT NULL,
-    image_path TEXT NOT NULL DEFAULT '',
-    vector BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS {s}vectors_product ON vectors (product_id);
-CREATE TABLE IF NOT EXISTS {s}info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-_JOURNAL_ONLY = "CREATE TABLE IF NOT EXISTS removed (product_id TEXT PRIMARY KEY);"
-_SNAPSHOT_ONLY = "CREATE TABLE IF NOT EXISTS {s}tombstones (vector_id INTEGER PRIMARY KEY);"
-_PRODUCT_COLUMNS = "product_id, title, category, metadata, image_path"
-_VECTOR_COLUMNS = "vector_id, product_id, image_path, vector"
-
-
-def create_tables(conn: sqlite3.Connection, *, schema: str = "main", snapshot: bool = True) -> None:
-    """Create the catalog tables in `schema` of `conn` (a snapshot's, or a journal's if not `snapshot`)."""
-    prefix = f"{schema}."
-    conn.executescript(_TABLES.format(s=prefix) + (_SNAPSHOT_ONLY.format(s=prefix) if snapshot else ""))
-    if not snapshot:
-        conn.executescript(_JOURNAL_ONLY)
-
-
-def write_empty_snapshot(path: Path, *, dimension: int) -> None:
-    """Write an empty snapshot catalog (rollback-journal mode: a single self-contained file)."""
-    conn = sqlite3.connect(path)
-    try:
-        create_tables(conn)
-        with conn:
-            conn.executemany(
-                "INSERT INTO info (key, value) VALUES (?, ?)",
-                [
-                    ("schema_version", str(SCHEMA_VERSION)),
-                    ("dimension", str(dimension)),
-                    ("next_vector_id", "0"),
-                ],
-            )
-    finally:
-        conn.close()
 
 
 class CatalogStore:
@@ -114,13 +63,16 @@ class CatalogStore:
             conn.close()
             raise UserError(f"snapshot catalog {snapshot_path} cannot be opened ({err}).") from None
         self._check_info("base", self.snapshot_path)
-        create_tables(conn, snapshot=False)
+        base_deleted = (
+            "UNION SELECT product_id FROM base.deleted" if tables.has_table(conn, "base", "deleted") else ""
+        )
+        tables.create_tables(conn, snapshot=False)
         with self._transaction():
             if self._info("main", "schema_version") is None:
                 conn.executemany(
                     "INSERT INTO main.info (key, value) VALUES (?, ?)",
                     [
-                        ("schema_version", str(SCHEMA_VERSION)),
+                        ("schema_version", str(tables.SCHEMA_VERSION)),
                         ("dimension", str(self.dimension)),
                         ("next_vector_id", self._info("base", "next_vector_id") or "0"),
                     ],
@@ -129,15 +81,18 @@ class CatalogStore:
         conn.executescript(
             f"""
             CREATE TEMP VIEW live_products AS
-                SELECT {_PRODUCT_COLUMNS} FROM main.products
+                SELECT {tables.PRODUCT_COLUMNS} FROM main.products
                 UNION ALL
-                SELECT {_PRODUCT_COLUMNS} FROM base.products
+                SELECT {tables.PRODUCT_COLUMNS} FROM base.products
                 WHERE product_id NOT IN (SELECT product_id FROM main.removed);
             CREATE TEMP VIEW live_vectors AS
-                SELECT {_VECTOR_COLUMNS} FROM main.vectors
+                SELECT {tables.VECTOR_COLUMNS} FROM main.vectors
                 UNION ALL
-                SELECT {_VECTOR_COLUMNS} FROM base.vectors
+                SELECT {tables.VECTOR_COLUMNS} FROM base.vectors
                 WHERE product_id NOT IN (SELECT product_id FROM main.removed);
+            CREATE TEMP VIEW live_deleted AS
+                SELECT product_id FROM main.deleted {base_deleted}
+                EXCEPT SELECT product_id FROM live_products;
             """
         )
 
@@ -154,9 +109,9 @@ class CatalogStore:
             raise UserError(f"catalog database {path} is not a visionpipes catalog ({err}).") from None
         if version is None:
             return
-        if int(version) != SCHEMA_VERSION:
+        if int(version) != tables.SCHEMA_VERSION:
             raise UserError(
-                f"catalog database {path} has schema version {version}, expected {SCHEMA_VERSION}."
+                f"catalog database {path} has schema version {version}, expected {tables.SCHEMA_VERSION}."
             )
         if dim is not None and int(dim) != self.dimension:
             raise UserError(f"catalog database {path} holds {dim}-d vectors, expected {self.dimension}-d.")
@@ -180,6 +135,12 @@ class CatalogStore:
         with contextlib.suppress(sqlite3.DatabaseError):
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._conn.close()
+
+    def leave_wal(self) -> None:
+        """Checkpoint the journal and switch it to rollback-journal mode (its -wal/-shm files go)."""
+        mode = self._conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0]
+        if str(mode).lower() != "delete":
+            raise UserError(f"journal database {self.journal_path} cannot leave WAL mode (it is busy).")
 
     # -- writes ---------------------------------------------------------------------------------
     def add_products(
@@ -231,12 +192,12 @@ class CatalogStore:
             for rec, vecs, meta in zip(records, vectors, metadata_json):
                 paths = list(rec.image_paths) + [""] * (len(vecs) - len(rec.image_paths))
                 conn.execute(
-                    f"INSERT INTO main.products ({_PRODUCT_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                    f"INSERT INTO main.products ({tables.PRODUCT_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
                     (rec.product_id, rec.title, rec.category, meta, paths[0]),
                 )
                 ids = np.arange(next_id, next_id + len(vecs), dtype=np.int64)
                 conn.executemany(
-                    f"INSERT INTO main.vectors ({_VECTOR_COLUMNS}) VALUES (?, ?, ?, ?)",
+                    f"INSERT INTO main.vectors ({tables.VECTOR_COLUMNS}) VALUES (?, ?, ?, ?)",
                     [
                         (int(i), rec.product_id, str(p), np.ascontiguousarray(v, dtype=np.float32).tobytes())
                         for i, p, v in zip(ids, paths, vecs)
@@ -247,12 +208,23 @@ class CatalogStore:
             conn.execute("UPDATE main.info SET value = ? WHERE key = 'next_vector_id'", (str(next_id),))
         return new_ids, removed_ids
 
-    def delete_products(self, product_ids: Iterable[str]) -> dict[str, list[int]]:
-        """Delete products durably; returns, per deleted product, the ids of its vectors (unknown ids skipped)."""
+    def delete_products(
+        self, product_ids: Iterable[str], *, remember_all: bool = False
+    ) -> dict[str, list[int]]:
+        """Delete products durably; returns, per deleted product, the ids of its vectors (unknown ids skipped).
+
+        The deleted ids are remembered (`deleted_ids`) across snapshots; with `remember_all` the
+        unknown ones too (a deletion replayed into a new deployment that lacks the product).
+        """
         out: dict[str, list[int]] = {}
-        with self._transaction():
-            for pid in self._existing(list(product_ids)):
+        ids = list(product_ids)
+        with self._transaction() as conn:
+            for pid in self._existing(ids):
                 out[pid] = self._delete_in_tx(pid)
+            remember = ids if remember_all else list(out)
+            conn.executemany(
+                "INSERT OR IGNORE INTO main.deleted (product_id) VALUES (?)", [(p,) for p in remember]
+            )
         return out
 
     def _existing(self, product_ids: list[str]) -> set[str]:
@@ -315,7 +287,7 @@ class CatalogStore:
             ):
                 vec_ids.setdefault(pid, []).append(vid)
             for pid, title, category, metadata, image in self._conn.execute(
-                f"SELECT {_PRODUCT_COLUMNS} FROM live_products WHERE product_id IN ({marks})", chunk
+                f"SELECT {tables.PRODUCT_COLUMNS} FROM live_products WHERE product_id IN ({marks})", chunk
             ):
                 out[pid] = StoredProduct(
                     pid, title, category, json.loads(metadata), image, tuple(vec_ids.get(pid, ()))
@@ -391,9 +363,22 @@ class CatalogStore:
     def image_paths(self, *, prefix: str = "") -> set[str]:
         """Image paths of the live views starting with `prefix`."""
         rows = self._conn.execute(
-            "SELECT DISTINCT image_path FROM live_vectors WHERE substr(image_path, 1, ?) = ?", (len(prefix), prefix)
+            "SELECT DISTINCT image_path FROM live_vectors WHERE substr(image_path, 1, ?) = ?",
+            (len(prefix), prefix),
         )
         return {r[0] for r in rows}
+
+    def deleted_ids(self) -> list[str]:
+        """Ids deleted through `delete_products` since the index was built and not added again, sorted."""
+        return [r[0] for r in self._conn.execute("SELECT product_id FROM live_deleted ORDER BY product_id")]
+
+    def product_ids_with_images(self, prefix: str) -> list[str]:
+        """Ids of the live products with a view whose image path starts with `prefix`, sorted."""
+        rows = self._conn.execute(
+            "SELECT DISTINCT product_id FROM live_vectors WHERE substr(image_path, 1, ?) = ? ORDER BY product_id",
+            (len(prefix), prefix),
+        )
+        return [r[0] for r in rows]
 
     def categories(self) -> list[str]:
         """Distinct categories of the live products, sorted."""
@@ -416,21 +401,22 @@ class CatalogStore:
         conn = self._conn
         conn.execute("ATTACH DATABASE ? AS snap", (str(path),))
         try:
-            create_tables(conn, schema="snap")
+            tables.create_tables(conn, schema="snap")
             with self._transaction():
                 conn.execute(
-                    f"INSERT INTO snap.products ({_PRODUCT_COLUMNS}) SELECT {_PRODUCT_COLUMNS} FROM live_products"
+                    f"INSERT INTO snap.products ({tables.PRODUCT_COLUMNS}) SELECT {tables.PRODUCT_COLUMNS} FROM live_products"
                 )
                 conn.execute(
-                    f"INSERT INTO snap.vectors ({_VECTOR_COLUMNS}) SELECT {_VECTOR_COLUMNS} FROM live_vectors"
+                    f"INSERT INTO snap.vectors ({tables.VECTOR_COLUMNS}) SELECT {tables.VECTOR_COLUMNS} FROM live_vectors"
                 )
                 conn.executemany(
                     "INSERT INTO snap.tombstones (vector_id) VALUES (?)", [(int(t),) for t in tombstones]
                 )
+                conn.execute("INSERT INTO snap.deleted (product_id) SELECT product_id FROM live_deleted")
                 conn.executemany(
                     "INSERT INTO snap.info (key, value) VALUES (?, ?)",
                     [
-                        ("schema_version", str(SCHEMA_VERSION)),
+                        ("schema_version", str(tables.SCHEMA_VERSION)),
                         ("dimension", str(self.dimension)),
                         ("next_vector_id", str(self.next_vector_id())),
                     ],

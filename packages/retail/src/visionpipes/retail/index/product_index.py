@@ -34,7 +34,8 @@ from visionpipes.retail.index.faiss_index import (
 )
 from visionpipes.retail.index.manifest import BACKENDS, Manifest, read_manifest, verify_files
 from visionpipes.retail.index.milvus_index import MilvusSpec, open_milvus_store
-from visionpipes.retail.index.records import ProductRecord, SearchHit, StoredProduct
+from visionpipes.retail.index.reads import ProductReads
+from visionpipes.retail.index.records import ProductRecord
 from visionpipes.retail.index.snapshot import (
     DirectoryLock,
     commit_snapshot,
@@ -46,7 +47,7 @@ from visionpipes.retail.index.snapshot import (
 from visionpipes.retail.index.vector_owners import VectorOwners
 
 
-class ProductIndex:
+class ProductIndex(ProductReads):
     """Products (string ids, several view vectors each) searchable by image embedding, on disk in one folder.
 
     Use `ProductIndex.create`, `ProductIndex.build` or `ProductIndex.open`; see the module docstring
@@ -91,10 +92,18 @@ class ProductIndex:
         directory = Path(directory)
         if backend not in BACKENDS:
             raise UserError(f"index backend {backend!r} is not one of {', '.join(BACKENDS)}.")
-        index = (MilvusSpec.new(factory, dimension, milvus_uri) if backend == "milvus"
-                 else build_faiss_index(factory, dimension)[0])
+        index = (
+            MilvusSpec.new(factory, dimension, milvus_uri)
+            if backend == "milvus"
+            else build_faiss_index(factory, dimension)[0]
+        )
         create_directory(
-            directory, index, dimension=dimension, factory=factory.strip(), model_version=model_version, extra=extra,
+            directory,
+            index,
+            dimension=dimension,
+            factory=factory.strip(),
+            model_version=model_version,
+            extra=extra,
             backend=backend,
         )
         return cls.open(
@@ -163,6 +172,7 @@ class ProductIndex:
         use_gpu: bool | None = None,
         settings: SearchSettings | None = None,
         milvus_token: str | None = None,
+        lock: DirectoryLock | None = None,
     ) -> ProductIndex:
         """Open an index directory: verify the manifest and checksums, load the snapshot, replay the journal.
 
@@ -173,6 +183,7 @@ class ProductIndex:
             use_gpu: see `VectorIndex`.
             settings: query-time knobs.
             milvus_token: token of a Milvus server (Milvus backend; default `$MILVUS_TOKEN`).
+            lock: the directory's lock, already held by this process (`detach_lock`); taken otherwise.
 
         Raises:
             UserError: on a missing/garbled manifest, a missing/corrupted file, a count or dimension mismatch,
@@ -193,7 +204,7 @@ class ProductIndex:
                 f"index directory {self.directory} was built with model {manifest.model_version!r}, "
                 f"not {model_version!r}; rebuild the index with this model."
             )
-        self._dir_lock = DirectoryLock(self.directory)
+        self._dir_lock = lock if lock is not None else DirectoryLock(self.directory)
         try:
             manifest = read_manifest(self.directory)  # re-read under the lock
             verify_files(self.directory, manifest)
@@ -268,23 +279,6 @@ class ProductIndex:
     def __contains__(self, product_id: object) -> bool:
         return product_id in self._owners.pid_vectors
 
-    def stats(self) -> dict[str, Any]:
-        """Counts and settings, for /health and /metrics."""
-        with self._lock:
-            return {
-                "products": len(self._owners.pid_vectors),
-                "vectors": self._owners.vector_count,
-                "index_ntotal": self._vindex.ntotal,
-                "tombstones": len(self._vindex.tombstones),
-                "journal_changes": self._store.journal_size(),
-                "generation": self._manifest.generation,
-                "factory": self.factory,
-                "dimension": self.dimension,
-                "model_version": self.model_version,
-                "device": self.device,
-                "backend": self._manifest.backend,
-            }
-
     # -- mutation --------------------------------------------------------------------------------
     def add(self, record: ProductRecord, vectors: np.ndarray, *, replace: bool = False) -> np.ndarray:
         """Add one product with its view vectors; durable when it returns. Returns the vector ids.
@@ -338,125 +332,16 @@ class ProductIndex:
         """Delete a product (durable when it returns); False if it was not in the index."""
         return bool(self.delete_many([product_id]))
 
-    def delete_many(self, product_ids: Iterable[str]) -> list[str]:
-        """Delete products durably; returns the ids that were there."""
+    def delete_many(self, product_ids: Iterable[str], *, remember_all: bool = False) -> list[str]:
+        """Delete products durably; returns the ids that were there. The deletions are remembered
+        (`live_changes`), with `remember_all` also those of ids that were not there."""
         with self._lock:
-            deleted = self._store.delete_products(list(product_ids))
+            deleted = self._store.delete_products(list(product_ids), remember_all=remember_all)
             ids = [i for v in deleted.values() for i in v]
             self._vindex.remove(np.asarray(ids, dtype=np.int64))
             for pid in deleted:
                 self._owners.remove(pid)
         return list(deleted)
-
-    # -- queries ---------------------------------------------------------------------------------
-    def get(self, product_id: str) -> StoredProduct | None:
-        """A product's catalog entry, or None."""
-        with self._lock:
-            return self._store.get(product_id)
-
-    def vectors_of(self, product_id: str) -> np.ndarray:
-        """A product's stored (normalised) view vectors."""
-        with self._lock:
-            return self._store.vectors_of(product_id)
-
-    def view_paths(self, product_id: str) -> list[str]:
-        """The image path recorded for each view of a product (empty if unknown)."""
-        with self._lock:
-            return self._store.view_paths(product_id)
-
-    def image_paths(self, *, prefix: str = "") -> set[str]:
-        """The image paths of every live view that start with `prefix` (compaction keeps their files)."""
-        with self._lock:
-            return self._store.image_paths(prefix=prefix)
-
-    def categories(self) -> list[str]:
-        """Distinct categories of the products in the index, sorted."""
-        with self._lock:
-            return self._store.categories()
-
-    def list_products(self, *, category: str | None = None, limit: int = 100, offset: int = 0) -> list[str]:
-        """Product ids in id order, optionally of one category."""
-        with self._lock:
-            return self._store.product_ids(category=category, limit=limit, offset=offset)
-
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int = 10,
-        *,
-        category: str | None = None,
-        exclude: Sequence[str | None] | None = None,
-        nprobe: int | None = None,
-        ef_search: int | None = None,
-    ) -> list[list[SearchHit]]:
-        """The k most similar products for each query embedding (best view per product).
-
-        Args:
-            queries: (n, dimension) or (dimension,) embeddings; normalised here.
-            k: products per query.
-            category: only products of this category.
-            exclude: per query, a product id to leave out (e.g. the product itself for "similar").
-            nprobe: IVF lists to visit (default from settings).
-            ef_search: HNSW candidate list size (default from settings).
-
-        Returns:
-            Per query, up to k hits, best first.
-
-        Raises:
-            UserError: on a wrong query shape or k < 1.
-        """
-        if int(k) < 1:
-            raise UserError(f"k must be at least 1, got {k}.")
-        k = int(k)
-        q = normalize_vectors(queries, dimension=self.dimension, what="query embeddings")
-        exclude = list(exclude) if exclude is not None else [None] * len(q)
-        with self._lock:
-            owners = self._owners
-            allowed = owners.category_ids(category) if category is not None else None
-            candidates = len(allowed) if allowed is not None else owners.vector_count
-            fetch = min(max(candidates, 1), 2 * k + 8)
-            found: list[list[tuple[str, float, int]]] = [[] for _ in range(len(q))]
-            pending = np.arange(len(q))
-            while len(pending):
-                dist, ids = self._vindex.search(
-                    q[pending], fetch, allowed=allowed, category=category, nprobe=nprobe, ef_search=ef_search
-                )
-                short = []
-                for row, qi in enumerate(pending):
-                    hits = owners.best_products(dist[row], ids[row], k, exclude=exclude[qi])
-                    found[qi] = hits
-                    if len(hits) < k and fetch < candidates and (ids[row] >= 0).sum() == fetch:
-                        short.append(qi)
-                pending = np.array(short, dtype=np.int64)
-                fetch = min(candidates, fetch * 4)
-            products = self._store.get_many([pid for hits in found for pid, _, _ in hits])
-        return [
-            [
-                SearchHit(
-                    product_id=pid,
-                    score=float(score),
-                    title=products[pid].title,
-                    category=products[pid].category,
-                    metadata=products[pid].metadata,
-                    image_path=products[pid].image_path,
-                    vector_id=int(vid),
-                )
-                for pid, score, vid in hits
-                if pid in products
-            ]
-            for hits in found
-        ]
-
-    def similar(self, product_id: str, k: int = 10, *, category: str | None = None) -> list[SearchHit]:
-        """Products most similar to a catalog product (its mean view embedding), itself left out.
-
-        Raises:
-            UserError: if `product_id` is not in the index, or k < 1.
-        """
-        vecs = self.vectors_of(product_id)
-        if len(vecs) == 0:
-            raise UserError(f"product_id {product_id!r} is not in the index.")
-        return self.search(vecs.mean(axis=0), k, category=category, exclude=[product_id])[0]
 
     # -- persistence -----------------------------------------------------------------------------
     def compact(self) -> None:
@@ -496,6 +381,20 @@ class ProductIndex:
             remove_orphans(self.directory, manifest)
             return manifest
 
+    def freeze(self) -> None:
+        """Stop writing: the journal is checkpointed and leaves WAL mode (its -wal/-shm files removed), so
+        the directory can be renamed while the index still answers reads (`serve.reload`)."""
+        with self._lock:
+            self._store.leave_wal()
+
+    def detach_lock(self) -> DirectoryLock:
+        """Close the index but keep its directory locked: the returned lock (still held) is handed to
+        `open(lock=...)`, e.g. after the directory was renamed, so that no other process opens it meanwhile."""
+        with self._lock:
+            lock, self._dir_lock = self._dir_lock, None
+            self.close()
+            return lock
+
     def close(self) -> None:
         """Close the catalog and release the directory (no save: the journal already holds every change)."""
         with self._lock:
@@ -515,5 +414,3 @@ class ProductIndex:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-

@@ -31,7 +31,8 @@ import faiss
 
 from visionpipes.core.errors import UserError
 from visionpipes.core.io import atomic_path
-from visionpipes.retail.index.catalog_store import CatalogStore, write_empty_snapshot
+from visionpipes.retail.index.catalog_schema import write_empty_snapshot
+from visionpipes.retail.index.catalog_store import CatalogStore
 from visionpipes.retail.index.manifest import Manifest, file_entry, fsync_path, write_manifest
 
 INDEX_FILE = "index.faiss"
@@ -101,7 +102,9 @@ def reset_journal(directory: Path) -> Path:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for part in (journal, Path(f"{journal}-wal"), Path(f"{journal}-shm")):
             if part.exists():
-                os.replace(part, part.with_name(f"{manifest.journal}.broken-{stamp}{part.name[len(journal.name):]}"))
+                os.replace(
+                    part, part.with_name(f"{manifest.journal}.broken-{stamp}{part.name[len(journal.name) :]}")
+                )
         create_journal(directory, manifest)
     finally:
         lock.release()
@@ -184,7 +187,14 @@ def create_directory(
         write_snapshot_files(tmp, 1, index, writer=lambda p: write_empty_snapshot(p, dimension=dimension))
         counts = {"products": 0, "vectors": 0, "tombstones": 0, "index_ntotal": 0}
         manifest = make_manifest(
-            tmp, 1, model_version, dimension, factory, counts, index_file=index_file_name(index), backend=backend
+            tmp,
+            1,
+            model_version,
+            dimension,
+            factory,
+            counts,
+            index_file=index_file_name(index),
+            backend=backend,
         )
         manifest.extra = dict(extra or {})
         create_journal(tmp, manifest)
@@ -211,8 +221,14 @@ def commit_snapshot(
     fsync_path(directory)
     counts["index_ntotal"] = int(index.ntotal)
     manifest = make_manifest(
-        directory, gen, old.model_version, old.dimension, old.factory, counts,
-        index_file=index_file_name(index), backend=old.backend,
+        directory,
+        gen,
+        old.model_version,
+        old.dimension,
+        old.factory,
+        counts,
+        index_file=index_file_name(index),
+        backend=old.backend,
     )
     manifest.extra = dict(old.extra)
     create_journal(directory, manifest)
@@ -242,7 +258,9 @@ def read_snapshot_index(directory: Path, manifest: Manifest) -> faiss.Index:
     try:
         index = faiss.read_index(str(index_path))
     except RuntimeError as err:
-        raise UserError(f"index file {index_path} cannot be read by FAISS ({str(err).splitlines()[0]}).") from None
+        raise UserError(
+            f"index file {index_path} cannot be read by FAISS ({str(err).splitlines()[0]})."
+        ) from None
     if index.d != manifest.dimension:
         raise UserError(f"index file {index_path} is {index.d}-d, the manifest says {manifest.dimension}-d.")
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
@@ -268,7 +286,9 @@ def open_store(directory: Path, manifest: Manifest) -> CatalogStore:
     if not journal.is_file():
         raise UserError(f"journal {journal} of index {directory} is missing; {recovery}.")
     try:
-        store = CatalogStore(directory / manifest.files["catalog"].path, journal, dimension=manifest.dimension)
+        store = CatalogStore(
+            directory / manifest.files["catalog"].path, journal, dimension=manifest.dimension
+        )
     except UserError as err:
         raise UserError(f"{err} Recovery: {recovery}.") from None
     snap = store.snapshot_counts()

@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -26,14 +25,14 @@ from fastapi.staticfiles import StaticFiles
 from visionpipes.core.errors import UserError
 from visionpipes.retail.embedding.embedders import Embedder, load_embedder
 from visionpipes.retail.index.faiss_index import SearchSettings
-from visionpipes.retail.index.product_index import ProductIndex
-from visionpipes.retail.serve.deployment import find_index_dir, manifest_catalog_root, manifest_model
+from visionpipes.retail.serve.deployment import find_index_dir, manifest_model
 from visionpipes.retail.serve.maintenance import WriteGate
 from visionpipes.retail.serve.metrics import ServerMetrics
+from visionpipes.retail.serve.reload import add_reload_route
 from visionpipes.retail.serve.routes import add_routes
 from visionpipes.retail.serve.security import RequestGuard
+from visionpipes.retail.serve.served import ServedDeployment, open_served
 from visionpipes.retail.serve.settings import APIConfig
-from visionpipes.retail.serve.uploads import UPLOADS_DIR
 
 
 def create_app(
@@ -44,6 +43,8 @@ def create_app(
     config: APIConfig | None = None,
     settings: SearchSettings | None = None,
     catalog_root: str | Path | None = None,
+    root: str | Path | None = None,
+    threads: int | None = None,
 ) -> FastAPI:
     """Open the index at `index_dir` and build the FastAPI app serving it.
 
@@ -56,6 +57,8 @@ def create_app(
         settings: FAISS query settings (nprobe, efSearch).
         catalog_root: the folder catalog image paths are relative to (default: the manifest's
             `catalog_root`, relative to the index directory), for `GET /items/{id}/image`.
+        root: the deployment folder served (default `index_dir`): what `POST /admin/reload` swaps.
+        threads: onnxruntime threads of the models a reload loads.
 
     Returns:
         The app; the index is closed when the app shuts down.
@@ -64,20 +67,22 @@ def create_app(
         UserError: if the index is missing, corrupted, or its dimension or model version differ from the embedder's.
     """
     config = config or APIConfig()
-    version = model_version if model_version is not None else getattr(embedder, "model_version", None)
-    probe = np.asarray(embedder([np.zeros((32, 32, 3), dtype=np.uint8)]))
-    if probe.ndim != 2 or probe.shape[0] != 1:
-        raise UserError(f"the embedder returned shape {probe.shape} for one image, expected (1, dimension).")
-    index = ProductIndex.open(index_dir, dimension=int(probe.shape[1]), model_version=version, settings=settings)
     index_path = Path(index_dir)
-    if catalog_root is None:
-        catalog_root = manifest_catalog_root(index_path, index.manifest.extra)
-    metrics = ServerMetrics(index.stats)
+    first = open_served(
+        Path(root) if root is not None else index_path,
+        index_path,
+        embedder,
+        model_version=model_version,
+        settings=settings,
+        catalog_root=catalog_root,
+    )
+    served = ServedDeployment(first, settings=settings, threads=threads)
+    metrics = ServerMetrics(lambda: served.current.index.stats())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        index.close()
+        served.close()
 
     app = FastAPI(
         title="visionpipes retail search",
@@ -90,7 +95,8 @@ def create_app(
     # generates is read the same way by it.
     app.openapi_version = "3.0.3"
     _offline_docs(app)
-    app.state.index = index
+    app.state.index = first.index  # the deployment opened at start (`app.state.served`: the current one)
+    app.state.served = served
     app.state.config = config
     app.state.metrics = metrics
 
@@ -107,17 +113,10 @@ def create_app(
     async def user_error(request: Request, err: UserError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(err)})
 
-    gate = WriteGate(index, index_path / UPLOADS_DIR, config.compact_every)
+    gate = WriteGate(served, config.compact_every)
     app.state.gate = gate
-    add_routes(
-        app,
-        index=index,
-        embedder=embedder,
-        config=config,
-        uploads=index_path / UPLOADS_DIR,
-        images_root=Path(catalog_root) if catalog_root is not None else None,
-        gate=gate,
-    )
+    add_routes(app, served=served, config=config, gate=gate)
+    add_reload_route(app, served=served, gate=gate)
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
@@ -174,4 +173,4 @@ def app_for_index(
     """
     index_dir = find_index_dir(index)
     embedder = load_embedder(manifest_model(index_dir, model), threads=threads)
-    return create_app(index_dir, embedder, config=config, settings=settings)
+    return create_app(index_dir, embedder, config=config, settings=settings, root=index, threads=threads)

@@ -2,13 +2,12 @@
 product records and photos, categories, health, the search page at `/`.
 
 Each route validates its request (limits from `APIConfig`) and answers one sentence on bad input;
-the index, embedder and folders come from `add_routes`' arguments (no global state).
+the index, embedder and folders come from the served deployment `add_routes` is given (no global
+state), taken once per request so that a reload (`serve.reload`) never mixes two deployments.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -16,12 +15,12 @@ from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse
 
-from visionpipes.retail.index.product_index import ProductIndex
 from visionpipes.retail.index.records import ProductExistsError, ProductRecord
 from visionpipes.retail.serve.maintenance import WriteGate
 from visionpipes.retail.serve.page import SEARCH_PAGE
 from visionpipes.retail.serve.schemas import AddResponse, BatchSearchResponse, Item, SearchResponse, to_hit
 from visionpipes.retail.serve.security import check_lookup_id, check_new_product_id, parse_metadata
+from visionpipes.retail.serve.served import Served, ServedDeployment
 from visionpipes.retail.serve.settings import APIConfig
 from visionpipes.retail.serve.uploads import Upload, decode_upload, resolve_image, save_uploads
 
@@ -29,23 +28,17 @@ from visionpipes.retail.serve.uploads import Upload, decode_upload, resolve_imag
 def add_routes(
     app: FastAPI,
     *,
-    index: ProductIndex,
-    embedder: Callable[[Sequence[np.ndarray]], np.ndarray],
+    served: ServedDeployment,
     config: APIConfig,
-    uploads: Path,
-    images_root: Path | None,
     gate: WriteGate,
 ) -> None:
     """Register every route of the API on `app`.
 
     Args:
         app: the FastAPI app.
-        index: the open product index.
-        embedder: images → (n, dimension) embeddings.
+        served: the deployment served (its index, embedder, uploads and catalog photo folder).
         config: upload/k/batch limits.
-        uploads: the folder photos added with `POST /items` are kept in.
-        images_root: the catalog image folder, for `GET /items/{id}/image` (None: catalog photos unavailable).
-        gate: serialises writes with compaction.
+        gate: serialises writes with compaction and reloads.
     """
 
     def check_k(k: int) -> int:
@@ -77,8 +70,9 @@ def add_routes(
     async def read_images(files: list[UploadFile]) -> list[np.ndarray]:
         return [u.pixels for u in await read_uploads(files)]
 
-    def embed(images: list[np.ndarray]) -> np.ndarray:
-        return np.asarray(embedder(images), dtype=np.float32)
+    def search_with(images: list[np.ndarray], k: int, category: str | None) -> list:
+        with served.use() as s:  # one deployment embeds and searches
+            return s.index.search(s.embed(images), k, category=category)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -88,12 +82,14 @@ def add_routes(
     @app.get("/health")
     def health() -> dict[str, Any]:
         """Liveness and index counts."""
-        return {"status": "ok", **index.stats()}
+        with served.use() as s:
+            return {"status": "ok", **s.index.stats(), "deployment": str(s.root)}
 
     @app.get("/categories")
     def categories() -> dict[str, list[str]]:
         """The categories a search can be filtered by."""
-        return {"categories": index.categories()}
+        with served.use() as s:
+            return {"categories": s.index.categories()}
 
     @app.post("/search", response_model=SearchResponse)
     async def search(
@@ -104,7 +100,7 @@ def add_routes(
         """The k most similar products to an uploaded photo (optionally within one category)."""
         check_k(k)
         images = await read_images([image])
-        hits = (await run_in_threadpool(lambda: index.search(embed(images), k, category=category)))[0]
+        hits = (await run_in_threadpool(search_with, images, k, category))[0]
         return SearchResponse(results=[to_hit(h) for h in hits])
 
     @app.post("/search/batch", response_model=BatchSearchResponse)
@@ -118,13 +114,14 @@ def add_routes(
         if len(images) > config.max_batch:
             raise HTTPException(422, f"at most {config.max_batch} images per batch, got {len(images)}.")
         arrays = await read_images(images)
-        hits = await run_in_threadpool(lambda: index.search(embed(arrays), k, category=category))
+        hits = await run_in_threadpool(search_with, arrays, k, category)
         return BatchSearchResponse(results=[[to_hit(h) for h in row] for row in hits])
 
     @app.get("/items/{product_id}", response_model=Item)
     def get_item(product_id: str) -> Item:
         """A product's stored record."""
-        p = index.get(check_id(product_id))
+        with served.use() as s:
+            p = s.index.get(check_id(product_id))
         if p is None:
             raise HTTPException(404, f"product_id {product_id!r} is not in the index.")
         return Item(
@@ -139,11 +136,15 @@ def add_routes(
     @app.get("/items/{product_id}/image")
     def item_image(product_id: str, view: Annotated[int, Query(ge=0)] = 0) -> FileResponse:
         """A product's photo (its view number `view`), from the catalog or the uploads."""
-        paths = index.view_paths(check_id(product_id))
+        with served.use() as s:
+            paths = s.index.view_paths(check_id(product_id))
+            uploads, images_root = s.uploads, s.images_root
         if not paths:
             raise HTTPException(404, f"product_id {product_id!r} is not in the index.")
         if view >= len(paths):
-            raise HTTPException(404, f"product_id {product_id!r} has {len(paths)} view(s); view {view} does not exist.")
+            raise HTTPException(
+                404, f"product_id {product_id!r} has {len(paths)} view(s); view {view} does not exist."
+            )
         file = resolve_image(paths[view], catalog_root=images_root, uploads=uploads)
         if file is None:
             raise HTTPException(404, f"the image of product_id {product_id!r} view {view} is not available.")
@@ -153,9 +154,12 @@ def add_routes(
     def similar(product_id: str, k: int = 10, category: str | None = None) -> SearchResponse:
         """Products most similar to a catalog product, itself left out."""
         check_k(k)
-        if check_id(product_id) not in index:
-            raise HTTPException(404, f"product_id {product_id!r} is not in the index.")
-        return SearchResponse(results=[to_hit(h) for h in index.similar(product_id, k, category=category)])
+        with served.use() as s:
+            if check_id(product_id) not in s.index:
+                raise HTTPException(404, f"product_id {product_id!r} is not in the index.")
+            return SearchResponse(
+                results=[to_hit(h) for h in s.index.similar(product_id, k, category=category)]
+            )
 
     @app.post("/items", response_model=AddResponse, status_code=201)
     async def add_item(
@@ -177,19 +181,32 @@ def add_routes(
         except ValueError as err:
             raise HTTPException(422, str(err)) from None
         if len(images) > config.max_item_images:
-            raise HTTPException(422, f"at most {config.max_item_images} images per product, got {len(images)}.")
-        existed = product_id in index
+            raise HTTPException(
+                422, f"at most {config.max_item_images} images per product, got {len(images)}."
+            )
+        with served.use() as s:
+            existed = product_id in s.index
         if existed and not replace:
             raise HTTPException(
                 409, f"product_id {product_id!r} already exists (send replace=true to overwrite it)."
             )
         decoded = await read_uploads(images)
-        vectors = await run_in_threadpool(lambda: embed([u.pixels for u in decoded]))
+        pixels = [u.pixels for u in decoded]
 
-        def save_and_add() -> np.ndarray:
-            paths = save_uploads(uploads, decoded)
-            record = ProductRecord(product_id, title=title, category=category, metadata=meta, image_paths=paths)
-            return index.add(record, vectors, replace=replace)
+        def embed_now() -> tuple[Served, np.ndarray]:
+            with served.use() as s:
+                return s, s.embed(pixels)
+
+        embedded_by, vectors = await run_in_threadpool(embed_now)
+
+        def save_and_add(s: Served) -> np.ndarray:
+            # A reload between the embedding and the gate: the new deployment's model embeds again.
+            vecs = vectors if s is embedded_by else s.embed(pixels)
+            paths = save_uploads(s.uploads, decoded)
+            record = ProductRecord(
+                product_id, title=title, category=category, metadata=meta, image_paths=paths
+            )
+            return s.index.add(record, vecs, replace=replace)
 
         try:
             ids = await run_in_threadpool(gate.write, save_and_add)
@@ -200,7 +217,8 @@ def add_routes(
     @app.delete("/items/{product_id}")
     def delete_item(product_id: str) -> dict[str, str]:
         """Delete a product (durable once this returns). Needs the API token."""
-        if not gate.write(lambda: index.delete(check_id(product_id))):
+        check_id(product_id)
+        if not gate.write(lambda s: s.index.delete(product_id)):
             raise HTTPException(404, f"product_id {product_id!r} is not in the index.")
         return {"deleted": product_id}
 
