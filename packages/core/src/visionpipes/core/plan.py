@@ -221,6 +221,10 @@ def plan_hardware(
     """
     from visionpipes.core.hardware import probe_hardware
 
+    if section is not None and not isinstance(section, Mapping):
+        raise UserError(
+            f"{source}: must be a mapping (device, memory_gb, cpu_cores), got {type(section).__name__}."
+        )
     section = dict(section or {})
     unknown = sorted(set(section) - {"device", "memory_gb", "cpu_cores"})
     if unknown:

@@ -120,6 +120,24 @@ def _cmd_data(args: argparse.Namespace) -> None:
     _emit({k: v for k, v in summary.items() if k != "label_files"}, None)
 
 
+def _cmd_plan(args: argparse.Namespace) -> None:
+    from visionpipes.core.io import load_params
+    from visionpipes.core.plan import plan_hardware, write_plan
+    from visionpipes.driving.planning import make_plan
+
+    params = load_params(args.params) if args.params else None
+    hardware = plan_hardware(
+        (params or {}).get("plan"),
+        device=args.device,
+        memory_gb=args.memory_gb,
+        cpu_cores=args.cpu_cores,
+        source=f"{args.params}:plan",
+    )
+    plan = make_plan(args.raw, hardware, params=params)
+    write_plan(args.out, plan)
+    _emit({"plan": str(args.out), **{k: v for k, v in plan.summary().items() if k != "reasons"}}, None)
+
+
 def _cmd_prepare(args: argparse.Namespace) -> None:
     from visionpipes.driving.prepare import PrepareConfig, manifest_summary, prepare_dataset
 
@@ -130,6 +148,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 def _cmd_train_det(args: argparse.Namespace) -> None:
     from visionpipes.driving.detection.train import DetectorConfig, train_detector
+    from visionpipes.driving.planning import resolve_section
     from visionpipes.driving.prepare import load_manifest
 
     section = dict(params_section(args.params, "det"))
@@ -137,6 +156,7 @@ def _cmd_train_det(args: argparse.Namespace) -> None:
         value = getattr(args, key)
         if value is not None:
             section[key] = value
+    section, _ = resolve_section(section, args.plan, "det", source=f"{args.params or 'params'}:det")
     config = DetectorConfig.from_params(section, source=f"{args.params or 'params'}:det")
     dataset = load_manifest(args.dataset)
     print(f"train-det: {config.model} at {config.imgsz} px on {len(dataset.names['train'])} images", flush=True)
@@ -149,10 +169,12 @@ def _cmd_train_lanes(args: argparse.Namespace) -> None:
     from visionpipes.driving.lanes.data import LaneSample
     from visionpipes.driving.lanes.model import LaneModelConfig
     from visionpipes.driving.lanes.train import LanesSection, train_lanes
+    from visionpipes.driving.planning import resolve_section
     from visionpipes.driving.prepare import load_manifest
 
-    section = load_config(LanesSection, args.params, "lanes")
     source = f"{args.params or 'params'}:lanes"
+    raw_section, _ = resolve_section(params_section(args.params, "lanes"), args.plan, "lanes", source=source)
+    section = LanesSection.from_params(raw_section, source=source)
     model_config = LaneModelConfig.from_params(section.model.to_dict(), source=f"{source}.model")
     train_config = section.train
     trainer = dict(section.trainer)
@@ -326,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval_drivable)
 
     p = verbs.add_parser("convert", help="convert BDD100K labels (det JSON -> YOLO; polygons -> masks)")
+    plan = None
+    if args.plan:
+        from visionpipes.core.plan import read_plan
+
+        plan = read_plan(args.plan, domain="driving").summary()
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
     y = kinds.add_parser("yolo", help="det JSON -> the YOLO dataset layout ultralytics trains on")
     y.add_argument("--root", help="BDD100K root (images/100k/<split>, labels/det_20/det_<split>.json)")
@@ -334,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument(
         "--splits", nargs="+", default=["train", "val"], help="splits to convert (default: train val)"
     )
+        plan=plan,
     y.add_argument("--out", required=True, help="dataset folder to write (data.yaml, images/, labels/)")
     y.add_argument("--copy", action="store_true", help="copy images instead of symlinking them")
     y.add_argument("--width", type=int, default=1280, help="image width (default 1280)")
@@ -406,6 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, default=0.25, help="detection score threshold (default 0.25)")
     p.add_argument("--device", default="auto", help="auto, cpu or a CUDA index")
     p.set_defaults(func=_cmd_predict)
+    p = verbs.add_parser("plan", help="plan settings (detector size/batch, lane ROI/size, workers, time budgets) from the data and the hardware")
+    p.add_argument("raw", help="raw data folder (from `vp-driving data`) or a BDD100K root")
+    p.add_argument("--out", required=True, help="plan JSON to write")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="plan for this device (overrides plan.device)")
+    p.add_argument("--memory-gb", type=float, help="memory budget in GB (overrides plan.memory_gb; default: probed)")
+    p.add_argument("--cpu-cores", type=int, help="CPU cores (overrides plan.cpu_cores; default: probed)")
+    p.add_argument("--params", help="params.yaml: its 'plan' section, and the planned keys it sets explicitly")
+    p.set_defaults(func=_cmd_plan)
+
 
     p = verbs.add_parser("evaluate", help="official metrics of the models on a split, with plots")
     p.add_argument("--dataset", required=True, help="dataset.json from `vp-driving prepare`")
@@ -422,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, text in (
         ("export", "ONNX exports of the detector and/or lane model, checked against the eager models"),
         ("deploy", "ONNX exports of both models plus model.json (files with checksums) and a model card"),
+    p.add_argument("--plan", help="plan JSON of `vp-driving plan`: the values of det keys set to auto")
     ):
         p = verbs.add_parser(verb, help=text)
         p.add_argument("--out", required=True, help="folder to write" + (" (replaced)" if verb == "deploy" else ""))
@@ -431,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "deploy":
             p.add_argument("--metrics", help="metrics.json of `vp-driving evaluate`, for the model card")
             p.add_argument("--dataset", help="dataset.json of `vp-driving prepare` (calibrates and scores deploy.det_int8)")
+    p.add_argument("--plan", help="plan JSON of `vp-driving plan`: the values of lanes keys set to auto")
         p.set_defaults(func=_cmd_export if verb == "export" else _cmd_deploy)
 
     from visionpipes.driving.streams.command import add_stream_parser
@@ -465,3 +504,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+            p.add_argument("--plan", help="plan JSON of `vp-driving plan` the models were trained with (recorded)")

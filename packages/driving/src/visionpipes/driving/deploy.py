@@ -182,7 +182,10 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def model_card(
-    report: Mapping[str, Any], metrics: Mapping[str, Any] | None, params: Mapping[str, Any] | None
+    report: Mapping[str, Any],
+    metrics: Mapping[str, Any] | None,
+    params: Mapping[str, Any] | None,
+    plan: Mapping[str, Any] | None = None,
 ) -> ModelCard:
     """The model card: what the models are, how they score, how they were trained, how to run them."""
     metrics = metrics or {}
@@ -252,6 +255,24 @@ def model_card(
                 ],
             ),
         )
+    if plan:
+        hw = plan.get("hardware", {})
+        card.section(
+            "Plan (`vp-driving plan`: settings from the data and the hardware)",
+            table=(
+                ["key", "planned", "used"],
+                [
+                    [f"`{k}`", _fmt(v), _fmt(plan.get("effective", {}).get(k, v)) + (" (params)" if k in plan.get("overridden", {}) else "")]
+                    for k, v in plan.get("values", {}).items()
+                ],
+            ),
+        )
+        card.lines += [
+            f"Planned for {hw.get('device', '?')} with {hw.get('memory_gb', '?')} GB and {hw.get('cpu_cores', '?')} cores"
+            f"{'' if hw.get('probed', True) else ' (given, not probed)'}; data fingerprint sha256 "
+            f"`{str(plan.get('fingerprint_sha256', ''))[:16]}`.",
+            "",
+        ]
     if params:
         card.section("Training parameters", code=("json", json.dumps(params, indent=2, default=str)))
     card.section(
@@ -287,11 +308,13 @@ def deploy(
     params: Mapping[str, Any] | None = None,
     config: DeployConfig | None = None,
     dataset: str | os.PathLike | None = None,
+    plan: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Export both models and write the deploy folder `out_dir` (built in a temporary folder and
     renamed into place): the ONNX files, `model.json` (`core.artifact.write_record`: each file with
     its checksum, the export report, the headline metrics, the parameters) and `MODEL_CARD.md`.
-    `dataset` (dataset.json) is needed for `det_int8`.
+    `dataset` (dataset.json) is needed for `det_int8`; `plan` (`core.plan.Plan.summary()` of the plan
+    the models were trained with) is recorded in `model.json` and the card.
 
     Returns:
         `{"models": export report, "metrics": headline metrics}` (what `model.json` records).
@@ -305,12 +328,13 @@ def deploy(
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out, is_dir=True) as tmp:
         report = export_models(tmp, det_weights=det_weights, lane_model=lane_model, config=config, dataset=dataset)
-        model_card(report, metrics, params).write(tmp)
+        model_card(report, metrics, params, plan).write(tmp)
         summary: dict[str, Any] = {"models": report}
         if metrics:
             summary["metrics"] = {
                 k: {m: v for m, v in metrics[k].items() if not isinstance(v, dict)} for k in ("det", "lanes") if k in metrics
             }
         files = {role: file_entry(tmp, report[role]["file"]) for role in FILE_ROLES if role in report}
-        write_record(tmp, domain=DOMAIN, files=files, **summary, params=dict(params or {}))
+        extra = {"plan": dict(plan)} if plan else {}
+        write_record(tmp, domain=DOMAIN, files=files, **summary, params=dict(params or {}), **extra)
     return summary
