@@ -309,6 +309,11 @@ def _cmd_deploy(args: argparse.Namespace) -> None:
     params = None
     if args.params:
         params = {k: params_section(args.params, k) for k in ("data", "prepare", "det", "lanes")}
+    plan = None
+    if args.plan:
+        from visionpipes.core.plan import read_plan
+
+        plan = read_plan(args.plan, domain="driving").summary()
     summary = deploy(
         args.out,
         det_weights=args.det,
@@ -317,6 +322,7 @@ def _cmd_deploy(args: argparse.Namespace) -> None:
         params=params,
         config=config,
         dataset=args.dataset,
+        plan=plan,
     )
     _emit(summary, None)
 
@@ -348,11 +354,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval_drivable)
 
     p = verbs.add_parser("convert", help="convert BDD100K labels (det JSON -> YOLO; polygons -> masks)")
-    plan = None
-    if args.plan:
-        from visionpipes.core.plan import read_plan
-
-        plan = read_plan(args.plan, domain="driving").summary()
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
     y = kinds.add_parser("yolo", help="det JSON -> the YOLO dataset layout ultralytics trains on")
     y.add_argument("--root", help="BDD100K root (images/100k/<split>, labels/det_20/det_<split>.json)")
@@ -361,7 +362,6 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument(
         "--splits", nargs="+", default=["train", "val"], help="splits to convert (default: train val)"
     )
-        plan=plan,
     y.add_argument("--out", required=True, help="dataset folder to write (data.yaml, images/, labels/)")
     y.add_argument("--copy", action="store_true", help="copy images instead of symlinking them")
     y.add_argument("--width", type=int, default=1280, help="image width (default 1280)")
@@ -395,6 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", help="a real BDD100K root (overrides data.path)")
     p.set_defaults(func=_cmd_data)
 
+    p = verbs.add_parser("plan", help="plan settings (detector size/batch, lane ROI/size, workers, time budgets) from the data and the hardware")
+    p.add_argument("raw", help="raw data folder (from `vp-driving data`) or a BDD100K root")
+    p.add_argument("--out", required=True, help="plan JSON to write")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="plan for this device (overrides plan.device)")
+    p.add_argument("--memory-gb", type=float, help="memory budget in GB (overrides plan.memory_gb; default: probed)")
+    p.add_argument("--cpu-cores", type=int, help="CPU cores (overrides plan.cpu_cores; default: probed)")
+    p.add_argument("--params", help="params.yaml: its 'plan' section, and the planned keys it sets explicitly")
+    p.set_defaults(func=_cmd_plan)
+
     p = verbs.add_parser("prepare", help="YOLO dataset, lane masks and the dataset.json manifest from raw data")
     p.add_argument("--raw", required=True, help="raw data folder (from `vp-driving data`)")
     p.add_argument("--out", required=True, help="prepared folder to write (replaced)")
@@ -411,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="batch size (overrides det.batch)")
     p.add_argument("--time-minutes", type=float, help="training budget in minutes (overrides det.time_minutes)")
     p.add_argument("--device", help="auto, cpu or a CUDA index (overrides det.device)")
+    p.add_argument("--plan", help="plan JSON of `vp-driving plan`: the values of det keys set to auto")
     p.set_defaults(func=_cmd_train_det)
 
     p = verbs.add_parser("train-lanes", help="train the lane-marking model (Lightning + DVCLive)")
@@ -420,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="epochs (overrides lanes.trainer.max_epochs)")
     p.add_argument("--max-time", help="time budget DD:HH:MM:SS (overrides lanes.trainer.max_time)")
     p.add_argument("--device", help="auto, cpu or gpu (overrides lanes.trainer.accelerator)")
+    p.add_argument("--plan", help="plan JSON of `vp-driving plan`: the values of lanes keys set to auto")
     p.add_argument(
         "--keep-checkpoints", action="store_true", help="keep Lightning's checkpoints/ (to resume; large)"
     )
@@ -434,15 +445,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, default=0.25, help="detection score threshold (default 0.25)")
     p.add_argument("--device", default="auto", help="auto, cpu or a CUDA index")
     p.set_defaults(func=_cmd_predict)
-    p = verbs.add_parser("plan", help="plan settings (detector size/batch, lane ROI/size, workers, time budgets) from the data and the hardware")
-    p.add_argument("raw", help="raw data folder (from `vp-driving data`) or a BDD100K root")
-    p.add_argument("--out", required=True, help="plan JSON to write")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="plan for this device (overrides plan.device)")
-    p.add_argument("--memory-gb", type=float, help="memory budget in GB (overrides plan.memory_gb; default: probed)")
-    p.add_argument("--cpu-cores", type=int, help="CPU cores (overrides plan.cpu_cores; default: probed)")
-    p.add_argument("--params", help="params.yaml: its 'plan' section, and the planned keys it sets explicitly")
-    p.set_defaults(func=_cmd_plan)
-
 
     p = verbs.add_parser("evaluate", help="official metrics of the models on a split, with plots")
     p.add_argument("--dataset", required=True, help="dataset.json from `vp-driving prepare`")
@@ -459,7 +461,6 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, text in (
         ("export", "ONNX exports of the detector and/or lane model, checked against the eager models"),
         ("deploy", "ONNX exports of both models plus model.json (files with checksums) and a model card"),
-    p.add_argument("--plan", help="plan JSON of `vp-driving plan`: the values of det keys set to auto")
     ):
         p = verbs.add_parser(verb, help=text)
         p.add_argument("--out", required=True, help="folder to write" + (" (replaced)" if verb == "deploy" else ""))
@@ -469,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "deploy":
             p.add_argument("--metrics", help="metrics.json of `vp-driving evaluate`, for the model card")
             p.add_argument("--dataset", help="dataset.json of `vp-driving prepare` (calibrates and scores deploy.det_int8)")
-    p.add_argument("--plan", help="plan JSON of `vp-driving plan`: the values of lanes keys set to auto")
+            p.add_argument("--plan", help="plan JSON of `vp-driving plan` the models were trained with (recorded)")
         p.set_defaults(func=_cmd_export if verb == "export" else _cmd_deploy)
 
     from visionpipes.driving.streams.command import add_stream_parser
@@ -504,4 +505,3 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-            p.add_argument("--plan", help="plan JSON of `vp-driving plan` the models were trained with (recorded)")
