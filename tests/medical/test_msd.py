@@ -226,7 +226,7 @@ def test_brats2021_numbering_is_mapped_by_name_not_number() -> None:
 
 def test_generic_tasks_get_one_region_per_label() -> None:
     assert regions_from_labels({"0": "background", "1": "spleen"}) == (Region("spleen", frozenset({1})),)
-    liver = regions_from_labels({"0": "background", "1": "liver", "2": "cancer"})
+    liver = regions_from_labels({"0": "background", "1": "liver", "2": "cancer"}, scheme="per_label")
     assert [(r.name, set(r.labels)) for r in liver] == [("liver", {1}), ("cancer", {2})]
     # Task08's "Tumour" is a generic label, not a brain-tumour sub-region.
     assert len(regions_from_labels({"0": "background", "1": "Vessel", "2": "Tumour"})) == 2
@@ -279,7 +279,7 @@ def test_labels_regions_round_trip() -> None:
 
 
 def test_regions_to_labels_disjoint_regions_take_the_more_probable() -> None:
-    regions = regions_from_labels({0: "background", 1: "liver", 2: "cancer"})
+    regions = regions_from_labels({0: "background", 1: "liver", 2: "cancer"}, scheme="per_label")
     probs = np.array([[0.9, 0.6, 0.2, 0.7], [0.1, 0.8, 0.3, 0.6]], np.float32)
     assert regions_to_labels(probs, regions).tolist() == [1, 2, 0, 1]
 

@@ -29,14 +29,26 @@ def _progress(verb: str, every: int = 1) -> Callable[[int, int], None]:
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from visionpipes.core.config import parse_config
+    from visionpipes.medical.msd.ct_synth import CTSynthConfig, write_ct_task
     from visionpipes.medical.msd.synth import SynthConfig, write_synthetic_task
 
-    options = {k: getattr(args, k) for k in ("cases", "size", "seed", "test_cases", "spacing")}
-    config = parse_config(SynthConfig, options, source="vp-medical synth")
+    keys = ["cases", "size", "seed", "test_cases", "spacing"]
+    if args.task != "brain":
+        keys += ["slices", "slice_spacing"]
+    elif args.slices is not None or args.slice_spacing is not None:
+        print(
+            "error: --slices and --slice-spacing apply to the CT tasks (--task liver|lung)", file=sys.stderr
+        )
+        return 2
+    options = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    if args.task == "brain":
+        config = parse_config(SynthConfig, options, source="vp-medical synth")
+        write = write_synthetic_task
+    else:
+        config = parse_config(CTSynthConfig, {**options, "task": args.task}, source="vp-medical synth")
+        write = write_ct_task
     every = max(1, (config.cases + config.test_cases) // 10)
-    out = write_synthetic_task(
-        args.out_dir, config, overwrite=args.overwrite, progress=_progress("synth", every)
-    )
+    out = write(args.out_dir, config, overwrite=args.overwrite, progress=_progress("synth", every))
     print(f"wrote {config.cases} training cases and {config.test_cases} test images to {out}")
     return 0
 
@@ -234,18 +246,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = verbs.add_parser(
         "synth",
-        help="write a synthetic Task01_BrainTumour-format sample",
-        description="Write a complete Task01_BrainTumour-format sample (dataset.json, 4-D FLAIR/T1w/t1gd/T2w "
-        "images, labels 0-3, a few imagesTs), deterministic by seed, written atomically.",
+        help="write a synthetic MSD sample (Task01_BrainTumour, Task03_Liver or Task06_Lung format)",
+        description="Write a complete MSD-format sample, deterministic by seed, written atomically: "
+        "--task brain (default): Task01_BrainTumour (dataset.json, 4-D FLAIR/T1w/t1gd/T2w images, labels 0-3); "
+        "--task liver: Task03_Liver (CT in int16 HU, labels 1 liver, 2 cancer); --task lung: Task06_Lung (CT, "
+        "label 1 cancer); both CT tasks on an anisotropic grid (--spacing in-plane, --slice-spacing along z).",
     )
     synth.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="task folder to create")
-    synth.add_argument("--cases", type=int, default=12, help="training cases (default: 12)")
-    synth.add_argument("--test-cases", type=int, default=2, help="images in imagesTs (default: 2)")
     synth.add_argument(
-        "--size", type=int, default=48, help="edge of each cubic volume in voxels (default: 48)"
+        "--task", choices=("brain", "liver", "lung"), default="brain", help="which task (default: brain)"
     )
-    synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    synth.add_argument("--spacing", type=float, default=1.0, help="voxel size in mm (default: 1.0)")
+    synth.add_argument("--cases", type=int, help="training cases (default: brain 12, CT 20)")
+    synth.add_argument("--test-cases", type=int, help="images in imagesTs (default: 2)")
+    synth.add_argument(
+        "--size",
+        type=int,
+        help="voxels per edge: the brain cube (default 48), the CT in-plane grid (default 64)",
+    )
+    synth.add_argument("--slices", type=int, help="CT: number of slices (default: 24)")
+    synth.add_argument("--seed", type=int, help="random seed (default: 0)")
+    synth.add_argument("--spacing", type=float, help="voxel size in mm (CT: in-plane; default: 1.0)")
+    synth.add_argument("--slice-spacing", type=float, help="CT: slice thickness in mm (default: 2.5)")
     synth.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it is not empty")
     synth.set_defaults(run=_cmd_synth)
 

@@ -1,4 +1,5 @@
-"""The pipeline's data stage: synthesise the default Task01 sample, or validate a real MSD task folder,
+"""The pipeline's data stage: synthesise a sample (Task01 brain tumours by default, or the CT tasks
+Task03_Liver / Task06_Lung with `task: liver|lung`), or validate a real MSD task folder,
 and write `task.json`, which names the folder the later stages read and fingerprints its content.
 
 It checks and points; it never copies or converts a real dataset, and writes its output folder whole or
@@ -15,16 +16,21 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from visionpipes.core.artifact import sha256_file
+from visionpipes.core.config import Field
 from visionpipes.core.errors import UserError
 from visionpipes.core.io import atomic_path, write_json
+from visionpipes.medical.msd.ct_synth import TASK_FOLDERS, CTSynthConfig, write_ct_task
 from visionpipes.medical.msd.dataset_json import load_task
 from visionpipes.medical.msd.synth import SynthConfig, write_synthetic_task
 from visionpipes.medical.msd.validate import validate_task
 
 #: The pointer file the data stage writes beside (or instead of) the task folder.
 TASK_POINTER = "task.json"
-#: Where the synthetic sample goes inside the data stage's output folder.
+#: Where the synthetic brain sample goes inside the data stage's output folder.
 SYNTH_TASK_NAME = "Task01_BrainTumour"
+#: The synthetic samples `data.task` selects, and their folder names.
+SYNTH_TASKS: dict[str, str] = {"brain": SYNTH_TASK_NAME, **TASK_FOLDERS}
+SynthTask = Literal["brain", "liver", "lung"]
 FingerprintMode = Literal["content", "size"]
 FINGERPRINT_MODES: tuple[str, ...] = get_args(FingerprintMode)
 
@@ -33,14 +39,21 @@ class DataStageConfig(SynthConfig):
     """`params.yaml`'s `data:` section: the synthetic sample's settings (`SynthConfig`), or a real folder.
 
     Attributes:
-        path: a real MSD task folder (`.../Task01_BrainTumour`), relative to the params file's folder or
-            absolute; None (the default) synthesises the sample (`cases`, `size`, `seed`, `test_cases`,
-            `spacing`) instead.
+        task: the synthetic sample: `brain` (Task01_BrainTumour, 4-channel MRI, `size`^3 voxels of `spacing`
+            mm), `liver` (Task03_Liver) or `lung` (Task06_Lung): CT in int16 HU on a `size` x `size` x
+            `slices` grid of `spacing` x `spacing` x `slice_spacing` mm.
+        slices, slice_spacing: the CT samples' slice count and thickness (mm); ignored for `brain`.
+        path: a real MSD task folder (`.../Task01_BrainTumour`, `.../Task03_Liver`), relative to the params
+            file's folder or absolute; None (the default) synthesises the sample (`task`, `cases`, `size`,
+            `seed`, `test_cases`, `spacing`) instead.
         fingerprint: `content` hashes every listed file (sha256); `size` hashes names and byte counts
             only (fast for a large real copy, blind to same-size edits).
         strict: treat validation warnings (e.g. an all-background label) as errors.
     """
 
+    task: SynthTask = "brain"
+    slices: int = Field(24, ge=8, le=512)
+    slice_spacing: float = Field(2.5, gt=0)
     path: str | None = None
     fingerprint: FingerprintMode = "content"
     strict: bool = False
@@ -128,7 +141,8 @@ def prepare_data(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the data stage: write `<out_dir>/task.json` (and, without `config.path`, the synthetic sample
-    in `<out_dir>/Task01_BrainTumour`), after validating the task folder by decoding every volume.
+    in `<out_dir>/Task01_BrainTumour`, `Task03_Liver` or `Task06_Lung` as `config.task` says), after
+    validating the task folder by decoding every volume.
 
     Args:
         config: the `data:` settings.
@@ -148,11 +162,21 @@ def prepare_data(
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out, is_dir=True) as tmp:
         if config.path is None:
-            synth = SynthConfig(**config.model_dump(include=set(SynthConfig.model_fields)))
-            task_dir = tmp / SYNTH_TASK_NAME
-            say(f"synthesising {synth.cases} training and {synth.test_cases} test cases of {synth.size}^3")
-            write_synthetic_task(task_dir, synth)
-            recorded = SYNTH_TASK_NAME
+            recorded = SYNTH_TASKS[config.task]
+            task_dir = tmp / recorded
+            if config.task == "brain":
+                synth = SynthConfig(**config.model_dump(include=set(SynthConfig.model_fields)))
+                say(
+                    f"synthesising {synth.cases} training and {synth.test_cases} test cases of {synth.size}^3"
+                )
+                write_synthetic_task(task_dir, synth)
+            else:
+                ct = CTSynthConfig(**config.model_dump(include=set(CTSynthConfig.model_fields)))
+                say(
+                    f"synthesising {recorded}: {ct.cases} training and {ct.test_cases} test CT volumes of "
+                    f"{ct.size}x{ct.size}x{ct.slices} at {ct.spacing}x{ct.spacing}x{ct.slice_spacing} mm"
+                )
+                write_ct_task(task_dir, ct)
         else:
             given = Path(config.path).expanduser()
             task_dir = given if given.is_absolute() else Path(base_dir) / given

@@ -1,6 +1,10 @@
-"""Labels <-> regions of an MSD task: the overlapping regions a model predicts (TC, WT, ET for brain tumours,
-one per label otherwise), derived from the label *names* of `dataset.json`, and the conversions between a
-label map and region channels.
+"""Labels <-> regions of an MSD task: the overlapping regions a model predicts, derived from the label *names*
+of `dataset.json`, and the conversions between a label map and region channels.
+
+The regions are the ones each task's community reports (`REGION_CONVENTIONS` says which, for model cards):
+BraTS' TC/WT/ET for brain tumours (Task01); for an organ with its tumour (Task03_Liver as in LiTS, Task07_Pancreas)
+the organ *including* the tumour and the tumour; for tumour-only tasks (Task06_Lung, Task10_Colon) the tumour;
+one region per label otherwise (Task09_Spleen, Task08_HepaticVessel).
 
 Numpy only; it never reads files.
 """
@@ -17,7 +21,20 @@ import numpy as np
 
 from visionpipes.core.errors import UserError
 
-RegionScheme = Literal["auto", "brain_tumour", "per_label"]
+RegionScheme = Literal["auto", "brain_tumour", "liver", "pancreas", "tumour_only", "per_label"]
+#: Every scheme `regions_from_labels` accepts.
+REGION_SCHEMES: tuple[str, ...] = ("auto", "brain_tumour", "liver", "pancreas", "tumour_only", "per_label")
+#: One sentence per scheme saying which convention its regions follow (model cards, metrics).
+REGION_CONVENTIONS: dict[str, str] = {
+    "brain_tumour": "BraTS convention: TC (tumour core: non-enhancing + enhancing), WT (whole tumour: all "
+    "tumour labels), ET (enhancing tumour).",
+    "liver": "LiTS convention (Task03_Liver): 'liver' is the liver including the tumour (labels 1+2), "
+    "'tumour' the tumour alone (label 2).",
+    "pancreas": "Task07_Pancreas convention: 'pancreas' is the pancreas including the tumour (labels 1+2), "
+    "'tumour' the tumour alone (label 2).",
+    "tumour_only": "Tumour-only convention (Task06_Lung, Task10_Colon): 'tumour' is the tumour label.",
+    "per_label": "One region per label of dataset.json, named after it.",
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,50 @@ def normalise_label_name(name: str) -> str:
         text = text.replace(old, new)
     text = re.sub(r"[-_/,()]+", " ", text)
     return re.sub(r"\s+", " ", text).strip()
+
+
+_TUMOUR_WORDS = frozenset({"tumor", "tumors", "cancer", "cancers", "lesion", "lesions", "primaries", "nodule"})
+#: The organs whose tasks report the organ including its tumour, and the scheme of each.
+_ORGAN_SCHEMES = {"liver": "liver", "pancreas": "pancreas"}
+
+
+def is_tumour_name(name: str) -> bool:
+    """Whether a label name denotes a tumour (`cancer`, `tumour`, `colon cancer primaries`, `lesion` ...).
+
+    Example:
+        >>> is_tumour_name("colon cancer primaries"), is_tumour_name("Tumour"), is_tumour_name("liver")
+        (True, True, False)
+    """
+    return bool(set(normalise_label_name(name).split()) & _TUMOUR_WORDS)
+
+
+def _organ_with_tumour(foreground: Mapping[int, str]) -> tuple[str, int, int] | None:
+    """`(scheme, organ value, tumour value)` when the labels are exactly a known organ and a tumour."""
+    if len(foreground) != 2:
+        return None
+    tumours = [v for v, n in foreground.items() if is_tumour_name(n)]
+    organs = [v for v, n in foreground.items() if normalise_label_name(n) in _ORGAN_SCHEMES]
+    if len(tumours) != 1 or len(organs) != 1:
+        return None
+    return _ORGAN_SCHEMES[normalise_label_name(foreground[organs[0]])], organs[0], tumours[0]
+
+
+def detect_scheme(labels: Mapping[int | str, str]) -> str:
+    """The scheme `auto` picks for these label names (see `regions_from_labels`).
+
+    Example:
+        >>> detect_scheme({0: "background", 1: "liver", 2: "cancer"}), detect_scheme({0: "background", 1: "cancer"})
+        ('liver', 'tumour_only')
+    """
+    foreground = {int(k): v for k, v in labels.items() if int(k) != 0}
+    if any(brain_tumour_class(v) for v in foreground.values()):
+        return "brain_tumour"
+    organ = _organ_with_tumour(foreground)
+    if organ is not None:
+        return organ[0]
+    if foreground and all(is_tumour_name(v) for v in foreground.values()):
+        return "tumour_only"
+    return "per_label"
 
 
 def brain_tumour_class(name: str) -> str | None:
@@ -81,12 +142,16 @@ def regions_from_labels(
     Brain-tumour tasks (some label named edema / enhancing / necrotic ...) give the nested BraTS regions
     in MONAI's order: TC (tumour core: non-enhancing + enhancing), WT (whole tumour: all tumour labels),
     ET (enhancing tumour). For Task01 (1 edema, 2 non-enhancing tumor, 3 enhancing tumour) that is
-    TC={2,3}, WT={1,2,3}, ET={3}; BraTS 2021's 1/2/4 numbering works the same way by name. Every other
-    task gets one region per foreground label, named after it.
+    TC={2,3}, WT={1,2,3}, ET={3}; BraTS 2021's 1/2/4 numbering works the same way by name.
+    An organ and its tumour (`liver` + `cancer`, Task03; `pancreas` + `cancer`, Task07) give the organ
+    including the tumour, named after the organ, and `tumour` (LiTS' convention): liver={1,2}, tumour={2}.
+    Labels that all name tumours (`cancer`, Task06_Lung; `colon cancer primaries`, Task10_Colon) give one
+    region `tumour` (all of them). Every other task gets one region per foreground label, named after it.
 
     Args:
         labels: label value -> name, value 0 the background.
-        scheme: `auto` (decide by the names), `brain_tumour` or `per_label`.
+        scheme: `auto` (decide by the names, `detect_scheme`), `brain_tumour`, `liver`, `pancreas`,
+            `tumour_only` or `per_label`.
         source: the file named in errors.
 
     Returns:
@@ -94,7 +159,9 @@ def regions_from_labels(
 
     Raises:
         UserError: if a brain-tumour task has a label name that is not a known sub-region, lacks one of
-            edema / non-enhancing / enhancing tumour, or if there is no foreground label.
+            edema / non-enhancing / enhancing tumour; if a `liver` / `pancreas` / `tumour_only` scheme is
+            asked of labels that are not that organ and a tumour / only tumours; or if there is no
+            foreground label.
 
     Example:
         >>> regions_from_labels({0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"})
@@ -105,13 +172,35 @@ Region(name='ET', labels=frozenset({3})))
     foreground = {k: v for k, v in sorted(names.items()) if k != 0}
     if not foreground:
         raise UserError(f"{source}: 'labels' declares no foreground label, so there is nothing to segment.")
-    if scheme not in ("auto", "brain_tumour", "per_label"):
-        raise ValueError(f"scheme must be 'auto', 'brain_tumour' or 'per_label', not {scheme!r}.")
+    if scheme not in REGION_SCHEMES:
+        raise ValueError(f"scheme must be one of {', '.join(REGION_SCHEMES)}, not {scheme!r}.")
     classes = {k: brain_tumour_class(v) for k, v in foreground.items()}
     if scheme == "auto":
-        scheme = "brain_tumour" if any(classes.values()) else "per_label"
+        scheme = detect_scheme(names)
     if scheme == "per_label":
         return tuple(Region(name, frozenset({value})) for value, name in foreground.items())
+    if scheme in _ORGAN_SCHEMES.values():
+        organ = _organ_with_tumour(foreground)
+        if organ is None or organ[0] != scheme:
+            raise UserError(
+                f"{source}: region scheme '{scheme}' needs exactly two labels, '{scheme}' and a tumour "
+                f"(e.g. 'cancer'), but 'labels' names {list(foreground.values())}."
+            )
+        _, organ_value, tumour_value = organ
+        return (
+            Region(normalise_label_name(foreground[organ_value]), frozenset({organ_value, tumour_value})),
+            Region("tumour", frozenset({tumour_value})),
+        )
+    if scheme == "tumour_only":
+        not_tumour = [v for v in foreground.values() if not is_tumour_name(v)]
+        if not_tumour:
+            raise UserError(
+                f"{source}: region scheme 'tumour_only' needs tumour labels only (cancer, tumour, lesion ...), "
+                f"but 'labels' also names {not_tumour}."
+            )
+        if len(foreground) > 1:  # several tumour kinds: one region each, under their names
+            return tuple(Region(name, frozenset({value})) for value, name in foreground.items())
+        return (Region("tumour", frozenset(foreground)),)
     for value, cls in classes.items():
         if cls is None:
             raise UserError(
@@ -134,6 +223,23 @@ Region(name='ET', labels=frozenset({3})))
         Region("WT", core | by_class["edema"]),
         Region("ET", by_class["enhancing"]),
     )
+
+
+def region_convention(regions: Sequence[Region]) -> str:
+    """The sentence of `REGION_CONVENTIONS` that `regions` follow (for model cards and reports).
+
+    Example:
+        >>> region_convention(regions_from_labels({0: "background", 1: "liver", 2: "cancer"}))[:16]
+        'LiTS convention '
+    """
+    names = [r.name for r in regions]
+    if names == ["TC", "WT", "ET"]:
+        return REGION_CONVENTIONS["brain_tumour"]
+    if len(regions) == 2 and names[1] == "tumour" and regions[1].labels < regions[0].labels:
+        return REGION_CONVENTIONS.get(names[0], f"'{names[0]}' includes the tumour; 'tumour' is the tumour alone.")
+    if names == ["tumour"]:
+        return REGION_CONVENTIONS["tumour_only"]
+    return REGION_CONVENTIONS["per_label"]
 
 
 def labels_to_regions(label_map: np.ndarray, regions: Sequence[Region]) -> np.ndarray:
