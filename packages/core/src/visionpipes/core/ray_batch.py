@@ -129,17 +129,57 @@ class ShardActor:
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        out = []
-        for text in batch["shard"]:
-            shard = json.loads(text)
-            start = time.perf_counter()
-            try:
-                result = dict(self.worker.process(shard))
-            except Exception as err:  # a shard the worker could not finish is reported, not fatal
-                result = {"error": f"{type(err).__name__}: {err}"}
-            result.update(id=shard["id"], seconds=time.perf_counter() - start, pid=os.getpid())
-            out.append(json.dumps(result))
+        out = [json.dumps(process_shard(self.worker, json.loads(text))) for text in batch["shard"]]
         return {"result": np.array(out, dtype=object)}
+
+
+def process_shard(worker: Any, shard: Mapping[str, Any]) -> dict[str, Any]:
+    """One shard through a constructed worker: its summary plus `id`, `seconds` and `pid`; an exception
+    becomes the summary's `error` (`"<Type>: <message>"`), so one bad shard never fails the job."""
+    start = time.perf_counter()
+    try:
+        result = dict(worker.process(shard))
+    except Exception as err:  # a shard the worker could not finish is reported, not fatal
+        result = {"error": f"{type(err).__name__}: {err}"}
+    result.update(id=shard["id"], seconds=time.perf_counter() - start, pid=os.getpid())
+    return result
+
+
+def cpus_per_actor(cluster: ClusterInfo, actors: int) -> int:
+    """Each actor's whole share of the cluster's CPUs (at least 1): the CPUs it reserves and the intra-op
+    threads its model session should use, so `actors` actors never oversubscribe the cores (with one
+    actor on one machine, the same thread count as the local engine)."""
+    return max(1, int(cluster.cpus // max(actors, 1)))
+
+
+def run_shards_local(
+    shards: Sequence[Mapping[str, Any]],
+    worker: Any,
+    *,
+    worker_kwargs: Mapping[str, Any] | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """The local engine of a `--engine` verb: the same shards through the same worker as `run_shards`,
+    one after the other in this process (no Ray), with the same summaries.
+
+    Args:
+        shards: as for `run_shards`.
+        worker: a `ShardWorker` class (constructed here with `use_gpu=False` and `worker_kwargs`) or an
+            already constructed worker.
+        on_result: called with each shard's summary as it is done.
+
+    Returns:
+        The summaries, sorted by `id`.
+    """
+    if isinstance(worker, type):
+        worker = worker(use_gpu=False, **dict(worker_kwargs or {}))
+    results = []
+    for shard in shards:
+        result = process_shard(worker, json.loads(json.dumps(dict(shard))))  # what an actor receives
+        results.append(result)
+        if on_result:
+            on_result(result)
+    return sorted(results, key=lambda r: r["id"])
 
 
 def run_shards(

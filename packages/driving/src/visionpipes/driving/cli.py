@@ -230,9 +230,44 @@ def _image_files(paths: Sequence[str]) -> list[Path]:
     return files
 
 
-def _cmd_predict(args: argparse.Namespace) -> None:
+def _cmd_predict_batch(args: argparse.Namespace) -> int:
+    """`predict --deploy`: the deploy folder's ONNX models over image folders and video files, one
+    BDD100K JSON per input, on the local engine or a Ray actor pool (`driving.batch`); finished inputs
+    are skipped, failed ones listed at the end (exit 1)."""
+    from visionpipes.driving.batch import list_inputs, predict_inputs
+
+    if args.deploy is None:
+        raise UserError("--engine ray runs a deploy folder's ONNX models: pass --deploy (from `vp-driving deploy`).")
+    if args.det is not None or args.lanes is not None or args.imgsz is not None:
+        raise UserError("--deploy brings the models and their input size: drop --det, --lanes and --imgsz.")
+    if args.engine == "ray":
+        from visionpipes.core.ray_batch import require_ray
+
+        require_ray()  # the one clear error before anything loads
+    inputs = list_inputs(args.images)
+    result = predict_inputs(
+        args.deploy, inputs, args.out, engine=args.engine, conf=args.conf, lanes=not args.no_lanes,
+        address=args.address, actors=args.actors, num_cpus=args.num_cpus, gpus_per_actor=args.gpus_per_actor,
+    )  # fmt: skip
+    print(
+        f"wrote {len(result.written)} prediction files ({result.frames} frames, {result.boxes} boxes) to {args.out} "
+        f"({len(result.skipped)} already there, skipped)"
+    )
+    for file, reason in result.failed:
+        print(f"failed: {file}: {reason}", file=sys.stderr)
+    if result.failed:
+        print(f"{len(result.failed)} input files failed (of {len(inputs)} inputs)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int | None:
     from visionpipes.core.io import atomic_path
 
+    if args.deploy is not None or args.engine == "ray":
+        return _cmd_predict_batch(args)
+    if args.no_lanes:
+        raise UserError("--no-lanes is for --deploy; without it, leave out --lanes.")
     if args.det is None and args.lanes is None:
         raise UserError("predict needs a detector (--det), a lane model (--lanes), or both.")
     from visionpipes.driving.devices import model_device, ultralytics_device
@@ -267,6 +302,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
             predict_lane_masks(net, images, tmp, device=device)
         result["lanes"] = str(out / "lanes")
     _emit(result, None)
+    return None
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -286,15 +322,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         predictions_dir=args.predictions,
         config=config,
         split=args.split,
-        drivable_pred=args.drivable_pred,
     )
     short: dict[str, Any] = {"metrics": str(result.metrics_path), "plots": [p.name for p in result.plots]}
     if "det" in result.metrics:
         short["det"] = {k: result.metrics["det"][k] for k in ("AP", "AP_50", "AP_75")}
     if "lanes" in result.metrics:
         short["lanes"] = {k: result.metrics["lanes"][k] for k in ("F1_pix1", "F1_pix2", "F1_pix5")}
-    if "drivable" in result.metrics:
-        short["drivable"] = {k: result.metrics["drivable"][k] for k in ("mIoU", "IoU")}
     _emit(short, None)
 
 
@@ -439,25 +472,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_train_lanes)
 
-    p = verbs.add_parser("predict", help="detections (det JSON) and lane masks (PNG) for images")
-    p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--out", required=True, help="folder for det.json and lanes/*.png")
+    p = verbs.add_parser(
+        "predict",
+        help="detections (det JSON) and lane masks (PNG) for images; with --deploy, for image folders and videos",
+    )
+    p.add_argument("images", nargs="+", help="image files or folders (with --deploy also video files)")
+    p.add_argument(
+        "--out", required=True,
+        help="folder for det.json and lanes/*.png (with --deploy: <input name>.json and <input name>.lanes/)",
+    )  # fmt: skip
+    p.add_argument(
+        "--deploy", help="deploy folder (vp-driving deploy): its ONNX models, one BDD100K JSON per input; resumable",
+    )  # fmt: skip
+    p.add_argument("--no-lanes", action="store_true", help="--deploy: skip the lane model's masks")
     p.add_argument("--det", help="detector weights (.pt)")
     p.add_argument("--lanes", help="lane model (lane_model.pt)")
     p.add_argument("--imgsz", type=int, help="detector input size (default: its training size)")
     p.add_argument("--conf", type=float, default=0.25, help="detection score threshold (default 0.25)")
     p.add_argument("--device", default="auto", help="auto, cpu or a CUDA index")
+    from visionpipes.core.ray_batch import add_engine_options
+
+    add_engine_options(p)  # --engine local|ray, --address, --actors, ... (ray: with --deploy)
     p.set_defaults(func=_cmd_predict)
 
     p = verbs.add_parser("evaluate", help="official metrics of the models on a split, with plots")
     p.add_argument("--dataset", required=True, help="dataset.json from `vp-driving prepare`")
     p.add_argument("--det", help="detector weights (.pt)")
     p.add_argument("--lanes", help="lane model (lane_model.pt)")
-    p.add_argument(
-        "--drivable-pred",
-        metavar="DIR",
-        help="folder of predicted drivable masks (official PNGs, <image stem>.png) to score as `drivable`",
-    )
     p.add_argument("--metrics", required=True, help="metrics.json to write")
     p.add_argument("--plots", required=True, help="folder for the PNG plots (replaced)")
     p.add_argument("--predictions", required=True, help="folder for the predictions (replaced)")
@@ -496,14 +537,14 @@ def run(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            args.func(args)
+            code = args.func(args)
         finally:
             from visionpipes.driving.bdd100k.labels import BDD100KWarning
 
             for w in caught:
                 if issubclass(w.category, BDD100KWarning):
                     print(f"warning: {w.message}", file=sys.stderr)
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
