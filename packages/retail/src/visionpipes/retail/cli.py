@@ -260,6 +260,10 @@ def _cmd_deploy(args: argparse.Namespace) -> None:
         discard_live_changes=args.discard_live_changes,
     )
     _print({k: v for k, v in summary.items() if k != "skipped_rows"} | {"skipped_rows": len(summary["skipped_rows"])})
+    if args.reload_url:
+        from visionpipes.retail.serve.command import request_reload
+
+        _print({"reload": request_reload(args.reload_url, args.out, None)})
 
 
 #: Environment variable holding the API token of `vp-retail serve` (so it stays out of `ps`).
@@ -353,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--milvus-uri", help="Milvus server for the milvus backend (default $MILVUS_URI, else milvus-lite)")
     p.add_argument("--milvus-index", help="Milvus index type for the milvus backend (default: deploy.milvus_index, HNSW)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--reload-url", help="then ask the server at this URL to switch to OUT (a folder beside the one it "
+                   "serves), keeping its live changes (token from $VP_RETAIL_TOKEN); see vp-retail reload")
     p.add_argument("--discard-live-changes", action="store_true",
                    help="replace a deployment whose index holds products added/deleted through the API (they are lost)")
     p.set_defaults(func=_cmd_deploy)

@@ -1,6 +1,7 @@
 """The serving verbs of `vp-retail`: `serve` (the HTTP API and page, behind a token, a Host allow-list
-and upload limits), `compact` (fold the journal into a snapshot) and `query` (one photo against an
-index or a running server). Runtime only: nothing here imports the training modules.
+and upload limits), `reload` (a running server switches to a new deployment, keeping its live
+changes), `compact` (fold the journal into a snapshot) and `query` (one photo against an index or a
+running server). Runtime only: nothing here imports the training modules.
 """
 
 from __future__ import annotations
@@ -164,6 +165,43 @@ def _query_http(url: str, image: Path, k: int, category: str | None) -> dict[str
 
 
 
+def request_reload(url: str, deployment: str, token: str | None, *, timeout: float = 600) -> dict[str, Any]:
+    """Ask the server at `url` to switch to `deployment` (`POST /admin/reload`); its answer.
+
+    Raises:
+        UserError: without a token, if the server cannot be reached, or if it refuses (its reason).
+    """
+    import os
+
+    import httpx
+
+    token = token or os.environ.get(TOKEN_ENV)
+    if not token:
+        raise UserError(f"reload needs the server's API token (--token or ${TOKEN_ENV}).")
+    try:
+        r = httpx.post(
+            url.rstrip("/") + "/admin/reload",
+            json={"deployment": str(Path(deployment).resolve())},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+        )
+    except httpx.HTTPError as err:
+        raise UserError(f"server {url} cannot be reached ({err}).") from None
+    if r.status_code != 200:
+        try:
+            detail = r.json().get("detail")
+        except ValueError:
+            detail = r.text[:200]
+        raise UserError(f"server {url} refused the reload ({r.status_code}): {detail}")
+    return r.json()
+
+
+def cmd_reload(args: argparse.Namespace) -> None:
+    if not Path(args.deployment).is_dir():
+        raise UserError(f"new deployment {args.deployment} does not exist (vp-retail deploy --out it first).")
+    _print(request_reload(args.url, args.deployment, args.token))
+
+
 def add_serving_verbs(verbs: Any) -> None:
     """Add `serve`, `compact` and `query` to the `vp-retail` sub-parsers `verbs`."""
     p = verbs.add_parser("serve", help="serve the search API and page over HTTP (uvicorn)")
@@ -193,6 +231,14 @@ def add_serving_verbs(verbs: Any) -> None:
     )
     p.add_argument("--log-level", default="warning", help="uvicorn log level")
     p.set_defaults(func=cmd_serve)
+
+    p = verbs.add_parser(
+        "reload", help="switch a running server to a new deploy folder beside the served one, keeping its live changes"
+    )
+    p.add_argument("deployment", help="the new deploy folder (vp-retail deploy --out it beside the served one)")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the running server (default http://127.0.0.1:8000)")
+    p.add_argument("--token", help=f"the server's API token (default: ${TOKEN_ENV})")
+    p.set_defaults(func=cmd_reload)
 
     p = verbs.add_parser("compact", help="fold the journal into a new snapshot, drop tombstones and unused uploads")
     p.add_argument("--index", required=True, help="index directory or deploy folder (no server may have it open)")

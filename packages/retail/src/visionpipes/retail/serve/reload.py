@@ -14,8 +14,9 @@ The new deployment is a finished deploy folder beside the served one (`vp-retail
 4. swaps the two folders in one `renameat2(RENAME_EXCHANGE)` (the served path now holds the new
    deployment, the new one's path the old), reopens the new index at the served path under the lock it
    already holds, and switches the server to it in memory; writes resume;
-5. closes the old deployment once the reads still using it are done; it stays on disk at the new
-   deployment's former path, journal included (a way back: reload it the same way).
+5. closes the old deployment once the reads still using it are done and moves it aside to
+   `<served>.previous-<time>`, journal included (a way back: reload it the same way), so that the next
+   deploy can use the same `<served>.next` name.
 
 A crash (kill -9) before step 4's exchange restarts on the old deployment with every acknowledged
 write (the new folder holds a partial, re-playable replay); after it, on the new deployment with every
@@ -238,9 +239,16 @@ class Reloader:
                 open_new.index.close()
         drained = self.served.drain(old)
         old.index.close()
+        # The old deployment (its journal included: a way back) moves aside, freeing the new one's name
+        # for the next `vp-retail deploy --out <served>.next`.
+        previous = root.resolve().parent / f"{root.resolve().name}.previous-{time.strftime('%Y%m%d-%H%M%S')}"
+        if previous.exists():
+            previous = previous.with_name(f"{previous.name}-{os.getpid()}-{int(time.time() * 1000) % 1000:03d}")
+        os.replace(target, previous)
+        fsync_path(previous.parent)
         self.last = {
             "deployment": str(root),
-            "previous_deployment_now_at": str(target),
+            "previous_deployment": str(previous),
             "model_version": new.index.model_version,
             "previous_model_version": old.index.model_version,
             **replayed,
