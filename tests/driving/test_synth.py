@@ -189,6 +189,81 @@ def test_drivable_masks_fill_the_labelled_areas(sample: Path) -> None:
         assert differ.sum() < 0.02 * (expected != 2).sum()
 
 
+def _x_at_rows(points: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """x of a lane line (dense points, y monotonic along it) at the given rows; held for one row past
+    its ends (a filled polygon's last row rounds either way), NaN further out."""
+    order = np.argsort(points[:, 1])
+    y, x = points[order, 1], points[order, 0]
+    out = np.interp(rows, y, x)
+    out[(rows < y[0] - 1) | (rows > y[-1] + 1)] = np.nan
+    return out
+
+
+def test_drivable_areas_lie_between_the_labelled_lane_lines(sample: Path) -> None:
+    """Independent geometry: the lane lines of the lane JSON (Bernstein curves, as above) and the boxes
+    of the det JSON. The ego lane (the one under the image centre at the bottom row) is direct, whole
+    and only between its two lines, up to the vehicle ahead; the lanes beside it are alternative; the
+    sky and every other lane are background. Pixels within 2 px of a line may go either way."""
+    from scipy.ndimage import distance_transform_edt
+
+    lane_frames = json.loads((sample / "labels" / "lane" / "polygons" / "lane_train.json").read_text())
+    det = {f.name: f for f in load_frames(sample / "labels" / "det_20" / "det_train.json")}
+    rows = np.arange(720, dtype=np.float64)
+    cols = np.arange(1280)[None, :]
+    vehicles_checked = 0
+    for frame in lane_frames:
+        mask = cv2.imread(
+            str(sample / "labels" / "drivable" / "masks" / "train" / (Path(frame["name"]).stem + ".png")),
+            cv2.IMREAD_UNCHANGED,
+        )
+        assert mask.shape == (720, 1280) and set(np.unique(mask)) <= {0, 1, 2}
+        assert (mask[: int(0.40 * 720)] == 2).all(), "the sky (above the lowest horizon) is drivable"
+        assert mask[719, 640] == 0, "the road under the camera is not direct"
+        dense = [
+            _dense_centre_line(p["vertices"], p["types"])
+            for lab in frame["labels"]
+            if lab["attributes"]["laneDirection"] == "parallel"  # not the crosswalk edges
+            for p in lab["poly2d"]
+        ]
+        off_line = np.ones(mask.shape, bool)
+        for points in dense:
+            xy = np.round(points).astype(int)
+            keep = (xy[:, 0] >= 0) & (xy[:, 0] < 1280) & (xy[:, 1] >= 0) & (xy[:, 1] < 720)
+            off_line[xy[keep, 1], xy[keep, 0]] = False
+        clear = distance_transform_edt(off_line) > 2.0  # pixels more than 2 px from every line
+        lines = sorted((_x_at_rows(points, rows)[:, None] for points in dense), key=lambda x: x[719, 0])
+        ego = next(k for k in range(len(lines) - 1) if lines[k][719] < 640 < lines[k + 1][719])
+
+        def lane(k: int, lines: list[np.ndarray] = lines) -> np.ndarray:
+            """Pixels between line k and line k + 1 (none for a lane the road does not have)."""
+            if k < 0 or k + 1 >= len(lines):
+                return np.zeros((720, 1280), bool)
+            with np.errstate(invalid="ignore"):
+                return (cols >= lines[k]) & (cols <= lines[k + 1])
+
+        direct = mask == 0
+        assert not (direct & ~lane(ego) & clear).any(), "a direct pixel outside the ego lane"
+        beside = lane(ego - 1) | lane(ego + 1)
+        assert not ((mask == 1) & ~beside & clear).any(), "an alternative pixel outside the lanes beside"
+        direct_rows = np.flatnonzero(direct.any(1))
+        top = direct_rows.min()
+        assert np.array_equal(direct_rows, np.arange(top, 720)), "the direct area has a gap between rows"
+        inner = lane(ego) & clear
+        assert direct[top + 2 :][inner[top + 2 :]].all(), "a hole in the ego lane's direct area"
+        for label in det[frame["name"]].labels:  # an area ends at the vehicle ahead in its lane
+            if label.category not in ("car", "truck") or label.attributes["truncated"]:
+                continue
+            cx, y2 = round((label.box2d.x1 + label.box2d.x2) / 2), round(label.box2d.y2)
+            for k, value in ((ego, 0), (ego - 1, 1), (ego + 1, 1)):
+                if (lane(k) & clear)[y2, cx]:
+                    beyond = mask[: y2 - 2][(lane(k) & clear)[: y2 - 2]]
+                    assert not (beyond == value).any(), (
+                        f"the drivable area of lane {k} runs on past the {label.category} in it"
+                    )
+                    vehicles_checked += 1
+    assert vehicles_checked >= 2
+
+
 def test_videos(sample: Path) -> None:
     for cam in range(2):
         cap = cv2.VideoCapture(str(sample / "videos" / f"cam{cam}.mp4"))
@@ -246,7 +321,11 @@ def test_same_seed_same_labels(tmp_path: Path) -> None:
     config = SynthConfig(images=3, seed=11, cameras=0, image_size=(256, 144))
     write_sample(tmp_path / "a", config)
     write_sample(tmp_path / "b", config)
-    for rel in ("labels/det_20/det_train.json", "labels/lane/polygons/lane_val.json"):
+    for rel in (
+        "labels/det_20/det_train.json",
+        "labels/lane/polygons/lane_val.json",
+        "labels/drivable/polygons/drivable_train.json",
+    ):
         assert (tmp_path / "a" / rel).read_text() == (tmp_path / "b" / rel).read_text()
     write_sample(tmp_path / "a", SynthConfig(images=2, seed=12, cameras=0, image_size=(256, 144)))  # replaced
     assert len(list((tmp_path / "a" / "images" / "100k" / "train").glob("*.jpg"))) == 1

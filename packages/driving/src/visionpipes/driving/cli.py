@@ -322,12 +322,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         predictions_dir=args.predictions,
         config=config,
         split=args.split,
+        drivable_pred=args.drivable_pred,
     )
     short: dict[str, Any] = {"metrics": str(result.metrics_path), "plots": [p.name for p in result.plots]}
     if "det" in result.metrics:
         short["det"] = {k: result.metrics["det"][k] for k in ("AP", "AP_50", "AP_75")}
     if "lanes" in result.metrics:
         short["lanes"] = {k: result.metrics["lanes"][k] for k in ("F1_pix1", "F1_pix2", "F1_pix5")}
+    if "drivable" in result.metrics:
+        short["drivable"] = {k: result.metrics["drivable"][k] for k in ("mIoU", "IoU")}
     _emit(short, None)
 
 
@@ -499,6 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="dataset.json from `vp-driving prepare`")
     p.add_argument("--det", help="detector weights (.pt)")
     p.add_argument("--lanes", help="lane model (lane_model.pt)")
+    p.add_argument(
+        "--drivable-pred",
+        metavar="DIR",
+        help="folder of predicted drivable masks (official PNGs, <image stem>.png) to score as `drivable`",
+    )
     p.add_argument("--metrics", required=True, help="metrics.json to write")
     p.add_argument("--plots", required=True, help="folder for the PNG plots (replaced)")
     p.add_argument("--predictions", required=True, help="folder for the predictions (replaced)")

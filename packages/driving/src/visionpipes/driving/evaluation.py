@@ -141,21 +141,28 @@ def evaluate_models(
     predictions_dir: str | os.PathLike,
     config: EvalConfig | None = None,
     split: str = "val",
+    drivable_pred: str | os.PathLike | None = None,
 ) -> EvalResult:
     """Predict on a split with the detector and/or the lane model and score with the official metrics.
 
     Writes `predictions_dir/det_<split>.json` (det JSON with scores), `predictions_dir/lanes/*.png`
     (official lane masks at the image size), `metrics_path` (`det`: the 12 official numbers and AP
-    per class; `lanes`: F1 at 1/2/5 pixels and the per-sub-task breakdown) and PNG plots in
-    `plots_dir`. Each folder and file is written atomically.
+    per class; `lanes`: F1 at 1/2/5 pixels and the per-sub-task breakdown; `drivable`: with
+    `drivable_pred`, a folder of predicted official drivable masks, the official IoU per class and mIoU,
+    0-100, see `drivable_eval.evaluate_drivable`) and PNG plots in `plots_dir`. Each folder and file is
+    written atomically.
 
     Raises:
-        UserError: when neither model is given, or a model, image or label file is missing.
+        UserError: when no model and no drivable predictions are given, or a model, image, label or mask
+            file is missing or malformed.
     """
     from visionpipes.driving.metrics import evaluate_detection, evaluate_lanes
 
-    if det_weights is None and lane_model is None:
-        raise UserError("evaluate needs a detector (--det), a lane model (--lanes), or both.")
+    if det_weights is None and lane_model is None and drivable_pred is None:
+        raise UserError(
+            "evaluate needs a detector (--det), a lane model (--lanes), drivable predictions "
+            "(--drivable-pred), or several of them."
+        )
     config = config or EvalConfig()
     if split not in dataset.names:
         raise UserError(f"the dataset has no split {split!r} (splits: {', '.join(dataset.names)}).")
@@ -215,6 +222,11 @@ def evaluate_models(
             plots.extend(
                 write_lane_overlays(images, dataset.lane_masks[split], preds_tmp / "lanes", plots_tmp, config.overlays)
             )
+        if drivable_pred is not None:
+            from visionpipes.driving.drivable_eval import evaluate_drivable
+
+            print(f"drivable: scoring the masks in {drivable_pred} on {split}", flush=True)
+            metrics["drivable"] = evaluate_drivable(dataset, drivable_pred, split=split).as_dict()
         write_json(metrics_out, metrics)
     final_plots = [plots_out / p.name for p in plots]
     return EvalResult(metrics, metrics_out, final_plots, preds_out)

@@ -1,5 +1,6 @@
 """The pipeline's data steps: obtain a BDD100K root (a synthetic sample, or a pointer to a real copy)
-and prepare what training reads from it (the YOLO dataset, lane masks, and a manifest of paths).
+and prepare what training reads from it (the YOLO dataset, lane masks, drivable-area masks where the
+data has them, and a manifest of paths).
 
 It converts and records paths; it never trains or scores. A real BDD100K copy is only read, never
 written to: everything derived from it goes under the prepared folder.
@@ -9,13 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from visionpipes.core.config import ConfigModel, Field
 from visionpipes.core.errors import UserError
 from visionpipes.core.io import atomic_path, write_json
+from visionpipes.driving.bdd100k.drivable import (
+    drivable_masks_dir,
+    drivable_polygons_file,
+    write_drivable_masks_from_polygons,
+)
 from visionpipes.driving.bdd100k.labels import IMAGE_SIZE, frames_to_json, load_frames
 from visionpipes.driving.bdd100k.masks import lane_polygons_to_masks
 from visionpipes.driving.bdd100k.yolo import YoloSplit, det_to_yolo
@@ -67,6 +73,8 @@ def _fingerprint(root: Path) -> dict[str, Any]:
         counts[split] = sum(1 for _ in folder.iterdir()) if folder.is_dir() else 0
         masks = root / "labels" / "lane" / "masks" / split
         counts[f"lane_masks_{split}"] = sum(1 for _ in masks.iterdir()) if masks.is_dir() else 0
+        drivable = drivable_masks_dir(root, split)
+        counts[f"drivable_masks_{split}"] = sum(1 for _ in drivable.iterdir()) if drivable else 0
     return {"label_files": files, "counts": counts}
 
 
@@ -153,6 +161,9 @@ class PreparedDataset:
     images: dict[str, Path]
     lane_masks: dict[str, Path]
     names: dict[str, list[str]]
+    #: split -> folder of official drivable masks (`<image stem>.png`); no entry for a split without
+    #: drivable labels. In `dataset.json` as `drivable_masks`, left out when empty.
+    drivable_masks: dict[str, Path] = field(default_factory=dict)
 
     def to_json(self, base: Path) -> dict[str, Any]:
         def rel(p: Path) -> str:
@@ -161,7 +172,7 @@ class PreparedDataset:
             except ValueError:
                 return str(p.resolve())
 
-        return {
+        data: dict[str, Any] = {
             "root": str(self.root),
             "source": self.source,
             "data_yaml": rel(self.data_yaml),
@@ -170,13 +181,18 @@ class PreparedDataset:
             "lane_masks": {k: rel(v) for k, v in self.lane_masks.items()},
             "names": self.names,
         }
+        if self.drivable_masks:
+            data["drivable_masks"] = {k: rel(v) for k, v in self.drivable_masks.items()}
+        return data
 
 
 def prepare_dataset(
     raw_dir: str | os.PathLike, out_dir: str | os.PathLike, config: PrepareConfig | None = None
 ) -> PreparedDataset:
     """Prepare the training inputs from a raw folder: the (possibly subset) det labels, the YOLO
-    dataset ultralytics trains on, lane masks (drawn from polygons when the copy has none), and the
+    dataset ultralytics trains on, lane masks (drawn from polygons when the copy has none), drivable
+    masks (`labels/drivable/masks/<split>/` read in place; else drawn from
+    `labels/drivable/polygons/drivable_<split>.json` for the kept images; else none), and the
     manifest `dataset.json`. Built in a temporary folder and renamed into place.
 
     Raises:
@@ -190,7 +206,7 @@ def prepare_dataset(
     with atomic_path(out, is_dir=True) as tmp:
         (tmp / "labels").mkdir()
         yolo_splits = []
-        det_labels, images, lane_masks, names = {}, {}, {}, {}
+        det_labels, images, lane_masks, names, drivable_masks = {}, {}, {}, {}, {}
         for split in SPLITS:
             frames = load_frames(root / "labels" / "det_20" / f"det_{split}.json")
             frames = sorted(frames, key=lambda f: f.name)
@@ -215,17 +231,29 @@ def prepare_dataset(
                 )
                 masks = out / "lane_masks" / split
             lane_masks[split] = masks
+            drivable = drivable_masks_dir(root, split)
+            polygons = drivable_polygons_file(root, split)
+            if drivable is not None:
+                drivable_masks[split] = drivable
+            elif polygons is not None:
+                write_drivable_masks_from_polygons(
+                    polygons, tmp / "drivable_masks" / split, IMAGE_SIZE[1], IMAGE_SIZE[0], names=names[split]
+                )
+                drivable_masks[split] = out / "drivable_masks" / split
         det_to_yolo(yolo_splits, tmp / "yolo")
         # det_to_yolo records its own folder: point it at the final place.
         data_yaml = tmp / "yolo" / "data.yaml"
         data_yaml.write_text(data_yaml.read_text().replace(str((tmp / "yolo").resolve()), str(out / "yolo")))
-        dataset = PreparedDataset(root, source, out / "yolo" / "data.yaml", det_labels, images, lane_masks, names)
+        dataset = PreparedDataset(
+            root, source, out / "yolo" / "data.yaml", det_labels, images, lane_masks, names, drivable_masks
+        )
         write_json(tmp / MANIFEST, dataset.to_json(out))
     return dataset
 
 
 def load_manifest(path: str | os.PathLike) -> PreparedDataset:
-    """Read `dataset.json` (paths relative to its folder).
+    """Read `dataset.json` (paths relative to its folder; one without `drivable_masks`, written before
+    drivable masks existed, reads with none).
 
     Raises:
         UserError: if the file is missing or not a manifest written by `prepare_dataset`.
@@ -246,6 +274,7 @@ def load_manifest(path: str | os.PathLike) -> PreparedDataset:
             images={k: base / v for k, v in data["images"].items()},
             lane_masks={k: base / v for k, v in data["lane_masks"].items()},
             names={k: list(v) for k, v in data["names"].items()},
+            drivable_masks={k: base / v for k, v in data.get("drivable_masks", {}).items()},
         )
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
         raise UserError(f"{path} is not a dataset manifest written by `vp-driving prepare`.") from None

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from visionpipes.driving.bdd100k.labels import Box2D, Label
-from visionpipes.driving.synth.scene import Scene, SceneObject
+from visionpipes.driving.synth.scene import VISIBLE_DEPTHS, Scene, SceneObject
 
 # ------------------------------------------------------------------------------------------ drawing
 
@@ -266,7 +266,7 @@ def render_scene(
     img = np.zeros((height, width, 3), dtype=np.uint8)
     _draw_background(scene, img, size)
     _draw_markings(scene, img, size, t)
-    visible = [o for o in scene.objects if 0.02 < o.depth < 0.95]
+    visible = [o for o in scene.objects if VISIBLE_DEPTHS[0] < o.depth < VISIBLE_DEPTHS[1]]
     parts: list[tuple[str, tuple, SceneObject]] = []
     for obj in sorted(visible, key=lambda o: -o.depth):  # far to near
         parts.extend((cat, box, obj) for cat, box in _draw_object(scene, obj, img, size))

@@ -17,7 +17,8 @@ from pydantic import model_validator
 from visionpipes.core.config import ConfigModel, Field
 from visionpipes.core.errors import UserError
 from visionpipes.core.io import atomic_path
-from visionpipes.driving.bdd100k.categories import LANE_CATEGORIES
+from visionpipes.driving.bdd100k.categories import DRIVABLE_CATEGORIES, LANE_CATEGORIES
+from visionpipes.driving.bdd100k.drivable import write_drivable_mask
 from visionpipes.driving.bdd100k.labels import IMAGE_SIZE, Frame, Label, Poly2D
 from visionpipes.driving.bdd100k.masks import (
     LaneAttributes,
@@ -29,7 +30,7 @@ from visionpipes.driving.bdd100k.masks import (
     write_mask,
 )
 from visionpipes.driving.synth.render import render_scene, to_pixels
-from visionpipes.driving.synth.scene import Scene, make_scene
+from visionpipes.driving.synth.scene import VISIBLE_DEPTHS, Scene, make_scene
 
 MARKER = "synth.json"
 
@@ -87,18 +88,38 @@ def _lane_labels(scene: Scene, size: tuple[int, int]) -> list[Label]:
     return labels
 
 
-def _drivable_labels(scene: Scene, size: tuple[int, int]) -> list[Label]:
+#: Objects that end the drivable area of their lane (BDD100K's areas stop at the vehicle ahead).
+_BLOCKING = ("car", "truck")
+
+
+def drivable_labels(scene: Scene, size: tuple[int, int], *, far: float = 0.97) -> list[Label]:
+    """The drivable areas of a scene as BDD100K labels: the ego lane (between its two lane markings)
+    `direct`, the lanes beside it `alternative`, nothing elsewhere (background).
+
+    Each area is the closed polygon between the lane's left and right boundaries (the lines the lane
+    labels mark), from the bottom row (depth 0) to the nearest visible car or truck in that lane (the
+    bottom edge of its box: the road beyond it is hidden) or to depth `far`.
+    """
     labels = []
-    far = 0.97
     for lane in range(scene.lanes):
         if abs(lane - scene.ego) > 1:
             continue
-        left = poly2d_points(Poly2D(scene.boundary_bezier(float(lane), far), "LCCL"), samples_per_curve=16)
+        end = min(
+            [far]
+            + [
+                obj.depth
+                for obj in scene.objects
+                if obj.kind in _BLOCKING
+                and VISIBLE_DEPTHS[0] < obj.depth < VISIBLE_DEPTHS[1]
+                and int(obj.lane) == lane
+            ]
+        )
+        left = poly2d_points(Poly2D(scene.boundary_bezier(float(lane), end), "LCCL"), samples_per_curve=32)
         right = poly2d_points(
-            Poly2D(scene.boundary_bezier(float(lane + 1), far), "LCCL"), samples_per_curve=16
+            Poly2D(scene.boundary_bezier(float(lane + 1), end), "LCCL"), samples_per_curve=32
         )
         ring = to_pixels(np.concatenate([left, right[::-1]]), size)
-        category = "direct" if lane == scene.ego else "alternative"
+        category = DRIVABLE_CATEGORIES[0] if lane == scene.ego else DRIVABLE_CATEGORIES[1]
         labels.append(
             Label(
                 str(len(labels)), category, poly2d=[Poly2D([tuple(p) for p in ring], "L" * len(ring), True)]
@@ -200,9 +221,10 @@ def write_sample(out_dir: str | os.PathLike, config: SynthConfig | None = None) 
                     lane_dir / mask_name(name),
                     rasterize_lanes(lane_labels, config.image_size, thickness=config.lane_thickness),
                 )
-                area_labels = _drivable_labels(scene, config.image_size)
+                area_labels = drivable_labels(scene, config.image_size)
                 drivable.append(Frame(name, area_labels, attributes=dict(scene.attributes)))
-                write_mask(drivable_dir / mask_name(name), rasterize_drivable(area_labels, config.image_size))
+                area = rasterize_drivable(area_labels, config.image_size)
+                write_drivable_mask(drivable_dir / mask_name(name), area)
             for path, frames in (
                 (tmp / "labels" / "det_20" / f"det_{split}.json", det),
                 (tmp / "labels" / "lane" / "polygons" / f"lane_{split}.json", lanes),

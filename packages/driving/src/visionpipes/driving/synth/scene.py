@@ -22,6 +22,10 @@ _DIVIDERS = (
 )
 
 
+#: Depths (0 bottom row, 1 horizon) between which an object is drawn and labelled.
+VISIBLE_DEPTHS: tuple[float, float] = (0.02, 0.95)
+
+
 @dataclass
 class Marking:
     category: str
@@ -132,15 +136,21 @@ def make_scene(rng: np.random.Generator) -> Scene:
         kind = "truck" if rng.random() < 0.3 else "car"
         lane = int(rng.integers(0, lanes)) + 0.5 + float(rng.uniform(-0.1, 0.1))
         scene.objects.append(
-            SceneObject(kind, lane, float(rng.uniform(0.12, 0.8)), float(rng.uniform(-0.08, 0.08)), color(), 0)
+            SceneObject(
+                kind, lane, float(rng.uniform(0.12, 0.8)), float(rng.uniform(-0.08, 0.08)), color(), 0
+            )
         )
     for _ in range(int(rng.integers(0, 4))):  # pedestrians on the sidewalks
         side = -float(rng.uniform(0.3, 1.2)) if rng.random() < 0.5 else lanes + float(rng.uniform(0.3, 1.2))
-        scene.objects.append(SceneObject("pedestrian", side, float(rng.uniform(0.08, 0.7)), -0.12, color(), 0))
+        scene.objects.append(
+            SceneObject("pedestrian", side, float(rng.uniform(0.08, 0.7)), -0.12, color(), 0)
+        )
     for _ in range(int(rng.integers(0, 3))):  # riders near the road edges
         lane = 0.25 if rng.random() < 0.5 else lanes - 0.25
         scene.objects.append(
-            SceneObject("rider", lane, float(rng.uniform(0.08, 0.65)), -0.05, color(), int(rng.integers(0, 2)))
+            SceneObject(
+                "rider", lane, float(rng.uniform(0.08, 0.65)), -0.05, color(), int(rng.integers(0, 2))
+            )
         )
     for _ in range(int(rng.integers(1, 4))):  # signs beside the road
         side = -float(rng.uniform(0.25, 0.6)) if rng.random() < 0.5 else lanes + float(rng.uniform(0.25, 0.6))
