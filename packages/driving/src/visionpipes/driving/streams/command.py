@@ -15,6 +15,10 @@ EPILOG = """\
 sources: a video file ends ("ended"); a camera index (0), /dev/videoN, an RTSP/HTTP URL or a
 GStreamer pipeline (a string with '!') is live: when it drops it is reconnected for ever (or for
 --reconnect-max seconds) with a wait that doubles from --backoff up to --reconnect-cap.
+model family: --model-family auto (default) runs the multi-task perception.onnx (detections, lanes
+and drivable area from one graph) when the --deploy folder holds it, else the detector and lane model;
+two_model or multitask chooses. With the multi-task model each JSON frame also holds the drivable
+area as BDD100K `area/drivable` / `area/alternative` polygons.
 outputs in --out: camK.jsonl (labels as they come), camK.json (BDD100K det JSON, at the end),
 camK.mp4 (a new segment camK-1.mp4, ... when the frame size changes) and status.json.
 SIGINT (Ctrl-C) or SIGTERM ends the run cleanly: outputs finalised, exit code 0; a second signal
@@ -34,10 +38,20 @@ def add_stream_parser(verbs: Any) -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="+", help="video files, camera indices, /dev/videoN, RTSP/HTTP URLs, GStreamer pipelines")
     p.add_argument("--out", required=True, help="folder for camK.jsonl, camK.json, camK.mp4 and status.json")
     p.add_argument(
-        "--deploy", help="a deploy folder of `vp-driving deploy` (its model.json; detector_int8.onnx preferred, lanes.onnx)"
+        "--deploy",
+        help="a deploy folder of `vp-driving deploy` (its model.json: perception.onnx, or detector_int8.onnx "
+        "preferred and lanes.onnx)",
+    )
+    p.add_argument(
+        "--model-family",
+        default="auto",
+        choices=["two_model", "multitask", "auto"],
+        help="two_model: detector + lane model; multitask: perception.onnx; auto (default): multitask when "
+        "the deploy folder (or --perception) gives one",
     )
     p.add_argument("--det", help="exported detector (.onnx)")
     p.add_argument("--lanes", help="exported lane model (.onnx)")
+    p.add_argument("--perception", help="exported multi-task model (perception.onnx)")
     p.add_argument("--no-lanes", action="store_true", help="run the detector only")
     p.add_argument("--lanes-every", type=int, default=1, help="run the lane model every n-th tick (default 1)")
     p.add_argument("--conf", type=float, default=0.25, help="detection score threshold (default 0.25)")
@@ -74,16 +88,11 @@ def cmd_stream(args: argparse.Namespace) -> None:
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be a positive number of seconds.")
     check_sources(args.sources, live=args.live or None)  # before reading any model
-    det, lanes = args.det, args.lanes
-    if args.deploy is not None:
-        from visionpipes.driving.deployment import read_deploy_folder
+    from visionpipes.driving.deployment import resolve_models
 
-        # model.json names the files (checksums verified); the int8 detector when deploy wrote one
-        deployed = read_deploy_folder(args.deploy)
-        det = det or str(deployed.detector)
-        lanes = lanes or (str(deployed.lanes) if deployed.lanes is not None else None)
-    if det is None:
-        raise UserError("stream needs the exported detector: --det detector.onnx or --deploy FOLDER.")
+    family, det, lanes, perception = resolve_models(
+        args.deploy, args.model_family, det=args.det, lanes=args.lanes, perception=args.perception
+    )
     config = StreamConfig(
         conf=args.conf,
         tracker=args.tracker,
@@ -100,5 +109,9 @@ def cmd_stream(args: argparse.Namespace) -> None:
         threads=args.threads,
         write_video=not args.no_video,
     )
-    report = run_streams(args.sources, args.out, detector_path=det, lanes_path=lanes, config=config)
+    if family == "multitask":
+        report = run_streams(args.sources, args.out, perception_path=perception, config=config)
+    else:
+        report = run_streams(args.sources, args.out, detector_path=det, lanes_path=lanes, config=config)
     print(json.dumps(report.as_dict(), indent=2))
+

@@ -1,6 +1,7 @@
 """What a stream run writes while it runs: per camera a JSON Lines label log (flushed per batch,
-converted to the BDD100K JSON at the end) and an annotated video in segments (one per frame size),
-and the cameras' `status.json`.
+converted to the BDD100K JSON at the end; with the multi-task model each frame also carries its
+drivable area as Scalabel `area/drivable` / `area/alternative` polygons) and an annotated video in
+segments (one per frame size), and the cameras' `status.json`.
 
 Runtime: OpenCV and the standard library only; no per-frame fsync (throughput), no training code.
 """
@@ -15,7 +16,53 @@ from typing import Any
 import numpy as np
 
 from visionpipes.core.io import atomic_path, write_json
-from visionpipes.driving.bdd100k.labels import Frame
+from visionpipes.driving.bdd100k.categories import DRIVABLE_BACKGROUND
+from visionpipes.driving.bdd100k.labels import Frame, Label, Poly2D
+
+#: Scalabel categories of the drivable-area polygons, by drivable-mask value (0 direct, 1 alternative),
+#: as BDD100K's `drivable_{split}.json` names them (`bdd100k.masks.drivable_category` reads them back).
+DRIVABLE_LABEL_CATEGORIES: tuple[str, str] = ("area/drivable", "area/alternative")
+
+
+def drivable_labels(mask: np.ndarray, *, first_id: int = 0, epsilon: float = 1.0, min_area: float = 4.0) -> list[Label]:
+    """A drivable mask as BDD100K drivable-area labels: one label per area type present, its
+    `poly2d` the closed outlines of its regions and of their holes (OpenCV contours, simplified by
+    Douglas-Peucker with `epsilon` pixels). `bdd100k.masks.rasterize_drivable` fills them back
+    into the mask (even-odd: a hole's outline cuts it out).
+
+    Args:
+        mask: HxW uint8 official drivable mask (0 direct, 1 alternative, 2 background).
+        first_id: the id of the first label (the frame's boxes come before).
+        epsilon: simplification tolerance in pixels (0: every contour vertex).
+        min_area: regions (with their holes) and holes smaller than this many pixels are left out.
+
+    Returns:
+        Up to two labels, `area/drivable` then `area/alternative`.
+    """
+    import cv2
+
+    mask = np.asarray(mask)
+    labels: list[Label] = []
+    for value, category in enumerate(DRIVABLE_LABEL_CATEGORIES):
+        if value == DRIVABLE_BACKGROUND:
+            continue
+        region = (mask == value).astype(np.uint8)
+        if not region.any():
+            continue
+        contours, hierarchy = cv2.findContours(region, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        areas = [cv2.contourArea(c) for c in contours]
+        polys: list[Poly2D] = []
+        for k, contour in enumerate(contours):
+            parent = hierarchy[0][k][3]  # RETR_CCOMP: outer outlines have none, holes their region
+            if areas[k] < min_area or (parent >= 0 and areas[parent] < min_area):
+                continue
+            points = (cv2.approxPolyDP(contour, epsilon, True) if epsilon > 0 else contour).reshape(-1, 2)
+            if len(points) < 3:
+                continue
+            polys.append(Poly2D([(float(x), float(y)) for x, y in points], "L" * len(points), True))
+        if polys:
+            labels.append(Label(id=str(first_id + len(labels)), category=category, poly2d=polys))
+    return labels
 
 
 class LabelLog:

@@ -1,5 +1,6 @@
 """Several camera streams at once: batches the cameras' newest frames into one detection call and one
-lane call of the exported (ONNX) models, tracks, and writes per camera an annotated video, the labels
+lane call of the exported (ONNX) models — or into one call of the multi-task graph (`perception.onnx`:
+detections, lanes and drivable area) — tracks, and writes per camera an annotated video, the labels
 as JSON Lines while it runs and a BDD100K-format JSON at the end, plus a `status.json` of the cameras.
 
 Runtime: loads exported models (or a deploy folder); never trains or exports. A camera that fails
@@ -23,7 +24,7 @@ from visionpipes.core.errors import UserError
 from visionpipes.driving.detection.runtime import OnnxDetector
 from visionpipes.driving.drawing import annotate
 from visionpipes.driving.streams.cameras import CameraReader, is_live_source, parse_source
-from visionpipes.driving.streams.outputs import LabelLog, VideoSegments, write_status
+from visionpipes.driving.streams.outputs import LabelLog, VideoSegments, drivable_labels, write_status
 from visionpipes.driving.streams.tracking import make_tracker, track, tracks_to_frame
 
 
@@ -35,7 +36,8 @@ class StreamConfig:
         conf: detection score threshold.
         iou: NMS IoU threshold.
         tracker: `bytetrack` or `botsort`.
-        lanes_every: run the lane model on every n-th tick (0: never).
+        lanes_every: run the lane model on every n-th tick (0: never); with the multi-task model,
+            decode its lane output on every n-th tick (its graph computes all three tasks each call).
         max_seconds: stop after this long (None: when every camera has ended or failed).
         max_frames: stop after this many processed frames per camera (None: no limit).
         realtime: pace video files at their frame rate.
@@ -152,13 +154,19 @@ def run_streams(
     sources: Sequence[str],
     out_dir: str | os.PathLike,
     *,
-    detector_path: str | os.PathLike,
+    detector_path: str | os.PathLike | None = None,
     lanes_path: str | os.PathLike | None = None,
+    perception_path: str | os.PathLike | None = None,
     config: StreamConfig | None = None,
     printer: Callable[[str], None] = print,
     capture_factory: Callable[[int | str], Any] | None = None,
 ) -> StreamReport:
-    """Run the exported detector (and lane model) on several camera streams at once.
+    """Run the exported detector (and lane model), or the multi-task graph, on several camera streams at once.
+
+    With `perception_path` (a `perception.onnx` or a deploy folder holding one) the multi-task
+    graph replaces both models: one call per tick gives every camera's detections, lane mask and
+    drivable mask, and each JSON frame also holds the drivable area (`area/drivable` and
+    `area/alternative` polygons, `streams.outputs.drivable_labels`).
 
     Writes, per camera `camK`: `camK.jsonl` (one BDD100K det frame per line, flushed after each
     batch, so an interrupted run keeps what it saw), `camK.json` at the end (the same frames as a
@@ -174,9 +182,20 @@ def run_streams(
     """
     config = config or StreamConfig()
     parsed = check_sources(sources, live=config.live)
-    detector = OnnxDetector(detector_path, threads=config.threads)
+    detector: Any = None
+    perception: Any = None
+    if perception_path is not None:
+        from visionpipes.driving.multitask.runtime import PerceptionRuntime
+
+        perception = PerceptionRuntime(perception_path, threads=config.threads)
+        class_names = perception.class_names
+    elif detector_path is not None:
+        detector = OnnxDetector(detector_path, threads=config.threads)
+        class_names = detector.class_names
+    else:
+        raise UserError("stream needs a model: the exported detector or the multi-task perception.onnx.")
     lanes = None
-    if lanes_path is not None and config.lanes_every:
+    if perception is None and lanes_path is not None and config.lanes_every:
         from visionpipes.driving.lanes.runtime import OnnxLaneModel
 
         lanes = OnnxLaneModel(lanes_path, threads=config.threads)
@@ -204,16 +223,22 @@ def run_streams(
     last_index = [-1] * len(readers)
     last_lane: list[np.ndarray | None] = [None] * len(readers)
 
-    def finish_frame(i: int, frame: np.ndarray, timestamp: float, index: int, dets: Any, mask: Any) -> None:
+    def finish_frame(
+        i: int, frame: np.ndarray, timestamp: float, index: int, dets: Any, mask: Any, drivable: Any = None
+    ) -> None:
         """Tracking, the JSON Lines frame and the annotated video frame of one camera frame."""
         boxes, scores, classes = dets
         if mask is not None:
             last_lane[i] = mask
         tracks = track(trackers[i], boxes, scores, classes, frame)
-        logs[i].write(tracks_to_frame(names[i], index, timestamp, tracks, detector.class_names))
+        labelled = tracks_to_frame(names[i], index, timestamp, tracks, class_names)
+        if drivable is not None:
+            labelled.labels = [*(labelled.labels or []), *drivable_labels(drivable, first_id=len(labelled.labels or []))]
+        logs[i].write(labelled)
         if config.write_video:
             lane_now = last_lane[i] if last_lane[i] is not None and last_lane[i].shape == frame.shape[:2] else None
-            videos[i].write(annotate(frame, tracks, lane_now, detector.class_names), readers[i].fps or 10.0)
+            shown = drivable_overlay(frame, drivable) if drivable is not None else frame
+            videos[i].write(annotate(shown, tracks, lane_now, class_names), readers[i].fps or 10.0)
 
     def flush_batch() -> None:
         for log in logs:
@@ -258,14 +283,22 @@ def run_streams(
                     continue
                 ticks += 1
                 images = [frame for _, frame, _, _ in batch]
-                detections = detector(images, conf=config.conf, iou=config.iou)
+                lanes_now = bool(config.lanes_every) and (ticks - 1) % config.lanes_every == 0
                 masks: list[np.ndarray | None] = [None] * len(batch)
-                if lanes is not None and (ticks - 1) % config.lanes_every == 0:
-                    masks = list(lanes(images))
-                for (i, frame, timestamp, index), dets, mask in zip(batch, detections, masks):
+                drivables: list[np.ndarray | None] = [None] * len(batch)
+                if perception is not None:
+                    results = perception.predict(images, conf=config.conf, iou=config.iou, lanes=lanes_now)
+                    detections = [r.detections for r in results]
+                    masks = [r.lanes for r in results]
+                    drivables = [r.drivable_mask for r in results]
+                else:
+                    detections = detector(images, conf=config.conf, iou=config.iou)
+                    if lanes is not None and lanes_now:
+                        masks = list(lanes(images))
+                for (i, frame, timestamp, index), dets, mask, drivable in zip(batch, detections, masks, drivables):
                     last_index[i] = index
                     processed[i] += 1
-                    post.put((i, frame, timestamp, index, dets, mask))
+                    post.put((i, frame, timestamp, index, dets, mask, drivable))
                 post.end_batch()
                 post.raise_if_failed()
                 now = time.monotonic()
@@ -311,12 +344,37 @@ def run_streams(
         write_status(out / "status.json", status(seconds))
     total = sum(processed)
     printer(_status_line(names, processed, seconds, readers))
+    if perception is not None:
+        extra = {"model_family": "multitask", "models": {"perception": str(perception.path)}}
+    else:
+        extra = {"model_family": "two_model", "models": {"detector": str(detector_path)}}
+        if lanes is not None:
+            extra["models"]["lanes"] = str(lanes_path)
     return StreamReport(
-        cameras, round(seconds, 2), round(total / seconds, 2) if seconds > 0 else 0.0, ticks, stopped_by=stop.name
+        cameras,
+        round(seconds, 2),
+        round(total / seconds, 2) if seconds > 0 else 0.0,
+        ticks,
+        extra=extra,
+        stopped_by=stop.name,
     )
 
 
 _BATCH_END = ("batch-end",)
+#: BGR tint of the drivable area in the annotated videos: direct, alternative.
+DRIVABLE_COLORS: tuple[tuple[int, int, int], tuple[int, int, int]] = ((255, 0, 255), (255, 191, 0))
+
+
+def drivable_overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.35) -> np.ndarray:
+    """The frame with its drivable area tinted (direct magenta, alternative light blue)."""
+    if mask.shape != frame.shape[:2]:
+        return frame
+    out = frame.copy()
+    for value, color in enumerate(DRIVABLE_COLORS):
+        area = mask == value
+        if area.any():
+            out[area] = ((1 - alpha) * out[area] + alpha * np.asarray(color, np.float32)).astype(np.uint8)
+    return out
 
 
 class _PostProcessor:

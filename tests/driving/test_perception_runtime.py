@@ -1,0 +1,288 @@
+"""The multi-task graph at run time (`multitask.runtime.PerceptionRuntime`): its outputs equal the torch
+model's (raw within 1e-4, identical after the shared decoding); `vp-driving stream` on a deploy folder
+holding perception.onnx labels each frame with its drivable area (polygons that fill back into the
+model's mask), `--model-family two_model` on the same folder still runs the detector and lane model,
+and a bad or foreign model file is one error line with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from visionpipes.core.errors import UserError
+
+#: A small NAS-style backbone (strides 4/8/16/32): the graph stays tiny and exports in seconds.
+TINY = {
+    "backbone": {
+        "name": "tiny",
+        "stem": "conv",
+        "stem_width": 8,
+        "stages": [
+            {"block": "depthwise_separable", "depth": 1, "width": 16, "stride": 2},
+            {"block": "inverted_residual", "depth": 1, "width": 24, "stride": 2, "expand_ratio": 3},
+            {"block": "inverted_residual", "depth": 1, "width": 32, "stride": 2, "expand_ratio": 3},
+            {"block": "basic", "depth": 1, "width": 48, "stride": 2},
+        ],
+    },
+    "width": 128,
+    "height": 64,
+    "neck_width": 16,
+    "seg_width": 16,
+    "lane_head_width": 8,
+    "drivable_head_width": 8,
+}
+
+
+def _frames(video: Path, n: int) -> list[np.ndarray]:
+    import cv2
+
+    capture = cv2.VideoCapture(str(video))
+    frames = []
+    for _ in range(n):
+        ok, frame = capture.read()
+        assert ok
+        frames.append(frame)
+    capture.release()
+    return frames
+
+
+@pytest.fixture(scope="module")
+def deploy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A seeded, untrained multi-task model whose `car` score and drivable classes depend on the
+    image (biases shifted on the video's first frame so that a few anchors score above 0.5 and about
+    a third of the pixels are `direct`, a third `alternative`), exported to perception.onnx; beside it
+    a YOLOv8n detector and a lane model (the two-model family), all listed in one model.json."""
+    import torch
+    from ultralytics.utils import ROOT
+
+    from visionpipes.core.artifact import file_entry, write_record
+    from visionpipes.driving.bdd100k.categories import DET_CATEGORIES
+    from visionpipes.driving.detection.export import export_detector_onnx
+    from visionpipes.driving.detection.train import DetectorConfig, build_detector
+    from visionpipes.driving.lanes.model import LaneModelConfig, build_lane_model
+    from visionpipes.driving.lanes.runtime import export_lane_onnx
+    from visionpipes.driving.multitask.decode import network_input, unletterbox
+    from visionpipes.driving.multitask.export import export_multitask_onnx
+    from visionpipes.driving.multitask.model import build_multitask_model
+    from visionpipes.driving.synth.sample import SynthConfig, write_sample
+
+    work = tmp_path_factory.mktemp("perception")
+    write_sample(
+        work / "bdd",
+        SynthConfig(images=1, val_fraction=0.0, cameras=1, video_frames=4, video_size=(128, 72), seed=3),
+    )
+    video = work / "bdd" / "videos" / "cam0.mp4"
+    (first,) = _frames(video, 1)
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = build_multitask_model(TINY).eval()
+        x, infos = network_input([first], (TINY["width"], TINY["height"]))
+        with torch.no_grad():
+            predictions, _, drivable = model(torch.from_numpy(x))
+            car = DET_CATEGORIES.index("car")
+            scores = predictions[0, 4 + car].clamp(1e-7, 1 - 1e-7)
+            logits = torch.log(scores / (1 - scores))
+            shift = -float(torch.quantile(logits, 1 - 6 / logits.numel()))
+            for branch in model.detect.cv3:  # the class branch of each detection level
+                branch[-1].bias[car] += shift
+            # drivable: direct where channel 0 is in its top third over the frame, alternative in the middle third
+            area = torch.from_numpy(
+                unletterbox(drivable[0].numpy(), infos[0], (first.shape[1], first.shape[0]))
+            )
+            classifier = model.drivable_head.classifier
+            classifier.bias[0] += float(torch.quantile(area[2] - area[0], 2 / 3))
+            classifier.bias[1] += float(torch.quantile(area[2] - area[1], 1 / 3))
+        folder = work / "deploy"
+        folder.mkdir()
+        export_multitask_onnx(model, folder / "perception.onnx")
+        yaml_text = (ROOT / "cfg" / "models" / "v8" / "yolov8.yaml").read_text().replace("nc: 80", "nc: 10")
+        (work / "yolov8n.yaml").write_text(yaml_text)
+        detector = build_detector(DetectorConfig(model=str(work / "yolov8n.yaml")))
+        export_detector_onnx(detector, folder / "detector.onnx", imgsz=64)
+        lane_config = LaneModelConfig(width=64, height=64, encoder_depth=3, decoder_channels=[16, 8, 8])
+        export_lane_onnx(build_lane_model(lane_config), folder / "lanes.onnx")
+    finally:
+        torch.set_num_threads(threads)
+    files = {role: file_entry(folder, f"{role}.onnx") for role in ("detector", "lanes", "perception")}
+    write_record(folder, domain="driving", files=files)
+    return {"folder": folder, "video": video, "model": model, "work": work}
+
+
+# The runtime against the torch model
+# --------------------------------------------------------------------------------------------------
+
+
+def test_runtime_equals_the_torch_model_decoded_the_same_way(deploy: dict[str, Path]) -> None:
+    import torch
+
+    from visionpipes.driving.detection.runtime import decode_predictions
+    from visionpipes.driving.multitask.decode import decode_outputs, network_input
+    from visionpipes.driving.multitask.runtime import PerceptionRuntime
+
+    runtime = PerceptionRuntime(deploy["folder"], threads=1)  # read through model.json
+    assert runtime.path == deploy["folder"] / "perception.onnx" and (runtime.width, runtime.height) == (
+        128,
+        64,
+    )
+    frames = _frames(deploy["video"], 3)
+    frames.append(np.ascontiguousarray(frames[0][:, ::-1]))  # a 4th camera
+    raw, infos = runtime.raw(frames)
+    with torch.no_grad():
+        eager = [t.numpy() for t in deploy["model"](torch.from_numpy(network_input(frames, (128, 64))[0]))]
+    for name, ours, theirs in zip(("predictions", "lanes", "drivable"), raw, eager):
+        assert ours.shape == theirs.shape and ours.shape[0] == 4, name
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4, err_msg=name)
+
+    results = runtime.predict(frames, conf=0.25)
+    sizes = [(f.shape[1], f.shape[0]) for f in frames]
+    expected = decode_predictions(eager[0], infos, sizes, conf=0.25)
+    assert sum(len(r.detections[0]) for r in results) > 0  # the shifted car scores give boxes
+    for result, (boxes, scores, classes) in zip(results, expected):
+        np.testing.assert_array_equal(result.detections[2], classes)
+        np.testing.assert_allclose(result.detections[0], boxes, atol=1e-3)
+        np.testing.assert_allclose(result.detections[1], scores, atol=1e-5)
+    decoded = decode_outputs(eager, infos, sizes, lane_decoding=runtime.lane_decoding, conf=0.25)
+    for result, (_, lane_mask, drivable_mask), frame in zip(results, decoded, frames):
+        assert result.drivable_mask.shape == result.lanes.shape == frame.shape[:2]
+        assert result.drivable_mask.dtype == np.uint8 and set(np.unique(result.drivable_mask)) <= {0, 1, 2}
+        assert (result.drivable_mask == drivable_mask).mean() > 0.999
+        assert (result.lanes == lane_mask).mean() > 0.999
+    assert {0, 1} <= set(np.unique(results[0].drivable_mask))  # both drivable classes are present
+    # one session call per batch, lanes optional
+    assert all(r.lanes is None for r in runtime.predict(frames[:2], lanes=False))
+
+
+def test_bad_model_files_are_one_clear_error(deploy: dict[str, Path], tmp_path: Path) -> None:
+    from visionpipes.driving.multitask.runtime import PerceptionRuntime
+
+    with pytest.raises(UserError, match="does not exist"):
+        PerceptionRuntime(tmp_path / "perception.onnx")
+    (tmp_path / "garbage.onnx").write_bytes(b"not an onnx model")
+    with pytest.raises(UserError, match=r"garbage\.onnx cannot be loaded by onnxruntime") as err:
+        PerceptionRuntime(tmp_path / "garbage.onnx")
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match=r"detector\.onnx: metadata task is None, not 'multitask'"):
+        PerceptionRuntime(deploy["folder"] / "detector.onnx")
+    lonely = tmp_path / "two_model"
+    lonely.mkdir()
+    shutil.copy(deploy["folder"] / "detector.onnx", lonely)
+    from visionpipes.core.artifact import file_entry, write_record
+
+    write_record(lonely, domain="driving", files={"detector": file_entry(lonely, "detector.onnx")})
+    with pytest.raises(UserError, match=r"holds no multi-task model"):
+        PerceptionRuntime(lonely)
+
+
+def test_model_family_resolution(deploy: dict[str, Path], tmp_path: Path) -> None:
+    from visionpipes.driving.deployment import read_deploy_folder, resolve_models
+
+    folder = deploy["folder"]
+    models = read_deploy_folder(folder)
+    assert models.perception == folder / "perception.onnx" and models.detector == folder / "detector.onnx"
+    assert resolve_models(folder, "auto")[0] == "multitask"
+    family, det, lanes, perception = resolve_models(folder, "two_model")
+    assert (family, Path(det), Path(lanes), perception) == (
+        "two_model",
+        folder / "detector.onnx",
+        folder / "lanes.onnx",
+        None,
+    )
+    with pytest.raises(UserError, match="cannot run with --model-family two_model"):
+        resolve_models(folder, "two_model", perception=str(folder / "perception.onnx"))
+    only = tmp_path / "only"
+    only.mkdir()
+    shutil.copy(folder / "perception.onnx", only)
+    from visionpipes.core.artifact import file_entry, write_record
+
+    write_record(only, domain="driving", files={"perception": file_entry(only, "perception.onnx")})
+    assert resolve_models(only, "auto")[0] == "multitask"
+    with pytest.raises(UserError, match=r"holds no detector for the two-model family"):
+        resolve_models(only, "two_model")
+
+
+# The stream
+# --------------------------------------------------------------------------------------------------
+
+
+def _report(out: str) -> dict:
+    """The JSON report `stream` prints after its status lines."""
+    lines = out.splitlines()
+    return json.loads("\n".join(lines[lines.index("{") :]))
+
+
+def _stream_argv(deploy: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return ["stream", str(deploy["video"]), "--deploy", str(deploy["folder"]), "--out", str(out),
+            "--no-realtime", "--max-frames", "3", "--threads", "1", "--no-video", *extra]  # fmt: skip
+
+
+def test_stream_with_a_multitask_deploy_folder_labels_the_drivable_area(
+    deploy: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from visionpipes.driving import cli
+    from visionpipes.driving.bdd100k.labels import load_frames
+    from visionpipes.driving.bdd100k.masks import rasterize_drivable
+    from visionpipes.driving.multitask.runtime import PerceptionRuntime
+
+    assert cli.run(_stream_argv(deploy, tmp_path / "out", "--conf", "0.25")) == 0
+    report = _report(capsys.readouterr().out)
+    assert report["extra"]["model_family"] == "multitask" and report["cameras"][0]["frames"] == 3
+    frames = load_frames(tmp_path / "out" / "cam0.json", image_size=None)
+    assert [f.frame_index for f in frames] == [0, 1, 2]
+    expected = PerceptionRuntime(deploy["folder"] / "perception.onnx", threads=1).predict(
+        _frames(deploy["video"], 3)
+    )
+    for frame, result in zip(frames, expected):
+        labels = frame.labels or []
+        areas = [label for label in labels if label.category.startswith("area/")]
+        boxes = [label for label in labels if label.box2d is not None]
+        assert {a.category for a in areas} == {"area/drivable", "area/alternative"}
+        assert all(p.closed and len(p.vertices) >= 3 for a in areas for p in a.poly2d or [])
+        assert len({label.id for label in labels}) == len(labels)  # ids unique across boxes and areas
+        mask = result.drivable_mask
+        filled = rasterize_drivable(areas, (mask.shape[1], mask.shape[0]))
+        assert (filled == mask).mean() > 0.97  # the polygons fill back into the model's mask
+        if frame.frame_index >= 1:  # ByteTrack confirms a track on its second frame
+            assert len(boxes) >= 1
+
+
+def test_model_family_two_model_on_a_folder_with_both_runs_the_two_models(
+    deploy: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from visionpipes.driving import cli
+
+    assert cli.run(_stream_argv(deploy, tmp_path / "out", "--model-family", "two_model")) == 0
+    report = _report(capsys.readouterr().out)
+    assert report["extra"]["model_family"] == "two_model"
+    assert report["extra"]["models"] == {
+        "detector": str(deploy["folder"] / "detector.onnx"),
+        "lanes": str(deploy["folder"] / "lanes.onnx"),
+    }
+    frames = json.loads((tmp_path / "out" / "cam0.json").read_text())
+    assert len(frames) == 3
+    assert not any(label["category"].startswith("area/") for f in frames for label in f.get("labels", []))
+
+
+def _vp_driving(*args: str) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).with_name("vp-driving")
+    argv = [str(script)] if script.is_file() else [sys.executable, "-m", "visionpipes.driving.cli"]
+    return subprocess.run([*argv, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_a_bad_perception_model_is_one_error_line_and_exit_2(deploy: dict[str, Path], tmp_path: Path) -> None:
+    bad = tmp_path / "perception.onnx"
+    bad.write_bytes(b"not an onnx model")
+    result = _vp_driving(
+        "stream", str(deploy["video"]), "--perception", str(bad), "--out", str(tmp_path / "out")
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(bad) in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()
