@@ -78,11 +78,33 @@ def _cmd_data(args: argparse.Namespace) -> None:
     _print({k: v for k, v in summary.items() if k != "config"} | {"out": str(args.out), "source": "synthetic"})
 
 
+def _cmd_plan(args: argparse.Namespace) -> None:
+    from visionpipes.core.io import load_params
+    from visionpipes.core.plan import plan_hardware, write_plan
+    from visionpipes.retail.planning import make_plan
+
+    params = load_params(args.params) if args.params else None
+    hardware = plan_hardware(
+        (params or {}).get("plan"),
+        device=args.device,
+        memory_gb=args.memory_gb,
+        cpu_cores=args.cpu_cores,
+        source=f"{args.params}:plan",
+    )
+    plan = make_plan(args.catalog, hardware, params=params)
+    write_plan(args.out, plan)
+    _print({"plan": str(args.out), **{k: v for k, v in plan.summary().items() if k != "reasons"}})
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
+    from visionpipes.retail.planning import resolve_train_section
     from visionpipes.retail.training.params import TrainParams
     from visionpipes.retail.training.train import train_embedding
 
     section = params_section(args.params, "train", required=True)
+    section, plan = resolve_train_section(section, args.plan, source=f"{args.params or 'options'}:train")
+    if plan is not None:
+        section["plan"] = plan.summary()
     overrides = {
         "epochs": args.epochs,
         "loss": args.loss,
@@ -292,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", help="the real catalog's queries.csv (default: beside its catalog.csv)")
     p.set_defaults(func=_cmd_data)
 
+    p = verbs.add_parser("plan", help="plan training settings (image size, embedding dimension, P x K batch, epochs) from the catalog and the hardware")
+    p.add_argument("catalog", help="catalog folder (catalog.csv or image-folder layout)")
+    p.add_argument("--out", required=True, help="plan JSON to write")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="plan for this device (overrides plan.device)")
+    p.add_argument("--memory-gb", type=float, help="memory budget in GB (overrides plan.memory_gb; default: probed)")
+    p.add_argument("--cpu-cores", type=int, help="CPU cores (overrides plan.cpu_cores; default: probed)")
+    p.add_argument("--params", help="params.yaml: its 'plan' section, train.val_views, and the planned keys it sets explicitly")
+    p.set_defaults(func=_cmd_plan)
+
     p = verbs.add_parser("train", help="train the embedding model on a catalog (metric learning over product ids)")
     p.add_argument("--catalog", required=True, help="catalog folder (catalog.csv or image-folder layout)")
     p.add_argument("--out", required=True, help="model folder to write (model.pt, model.json, checkpoints, dvclive)")
@@ -304,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--pretrained", help="local checkpoint seeding the backbone (never downloaded)")
     p.add_argument("--accelerator", help="auto, cpu or gpu")
+    p.add_argument("--plan", help="plan JSON of `vp-retail plan`: the values of train keys set to auto (recorded in the model)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
 

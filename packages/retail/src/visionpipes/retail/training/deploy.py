@@ -161,6 +161,7 @@ def deploy_model(
     sample_views = [v.path for _, v in catalog.views()[:8]]
     sample = np.stack([read_view(p, config.image_size) for p in sample_views])
     final_index = (out / INDEX_DIR).resolve()
+    plan = (meta.get("training", {}).get("params") or {}).get("plan")  # `vp-retail train --plan`
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         t0 = time.perf_counter()
@@ -182,6 +183,7 @@ def deploy_model(
             parity=parity,
             trained_model_version=meta.get("version"),
             training=meta.get("training", {}),
+            **({"plan": plan} if plan else {}),
         )
         embedder = OnnxEmbedder(tmp / MODEL_ONNX, image_size=config.image_size, model_version=version,
                                 batch_size=params.batch_size)
@@ -243,6 +245,24 @@ def deploy_model(
                 "The SQLite catalog and journal stay the source of truth; the collection is reconciled with "
                 "them on every open.",
             ])
+        if plan:
+            card.section(
+                "Plan (`vp-retail plan`: settings from the catalog and the hardware)",
+                table=(
+                    ["key", "planned", "used"],
+                    [
+                        [f"`{k}`", str(v), str(plan.get("effective", {}).get(k, v)) + (" (params)" if k in plan.get("overridden", {}) else "")]
+                        for k, v in plan.get("values", {}).items()
+                    ],
+                ),
+            )
+            hw = plan.get("hardware", {})
+            card.lines += [
+                f"Planned for {hw.get('device', '?')} with {hw.get('memory_gb', '?')} GB and {hw.get('cpu_cores', '?')} cores"
+                f"{'' if hw.get('probed', True) else ' (given, not probed)'}; catalog fingerprint sha256 "
+                f"`{str(plan.get('fingerprint_sha256', ''))[:16]}`.",
+                "",
+            ]
         card.write(tmp)
         summary["seconds"] = round(time.perf_counter() - start, 2)
         write_json(tmp / "deploy.json", summary)

@@ -48,6 +48,12 @@ class TrainParams(ConfigModel):
         num_workers: data-loader worker processes.
         progress: show progress bars.
         logger: 'dvclive', 'csv' or 'none' (see `core.training.TrainConfig`).
+        plan: the summary of the `vp-retail plan` this training resolved its `auto` keys from
+            (`core.plan.Plan.summary()`: planned, overridden and effective values, hardware,
+            fingerprint hash); set by `vp-retail train --plan`, recorded in the model and the deployed
+            model, not written in params.yaml. `image_size`, `dimension`, `products_per_batch`,
+            `views_per_product`, `epochs` and `num_workers` may be `auto` in params.yaml
+            (`retail.planning.PLANNED_KEYS`); `--plan` replaces them before validation.
     """
 
     backbone: str | dict[str, Any] = "resnet18"
@@ -76,6 +82,7 @@ class TrainParams(ConfigModel):
     num_workers: int = Field(0, ge=0)
     progress: bool = True
     logger: str = "dvclive"
+    plan: dict[str, Any] | None = None
 
     @field_validator("backbone")
     @classmethod
