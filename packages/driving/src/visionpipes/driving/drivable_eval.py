@@ -85,7 +85,8 @@ def evaluate_drivable(
             matches no image of the split, or a mask (file or array) has the wrong mode, shape or values.
 
     Example:
-        >>> evaluate_drivable("data/driving/prepared/dataset.json", "predictions/drivable").as_dict()["mIoU"]  # doctest: +SKIP
+        >>> result = evaluate_drivable("prepared/dataset.json", "preds/drivable")  # doctest: +SKIP
+        >>> result.as_dict()["mIoU"]  # doctest: +SKIP
     """
     data = _dataset(dataset)
     if split not in data.names:
@@ -121,7 +122,6 @@ def evaluate_drivable(
 
     size = len(DRIVABLE_CATEGORIES)
     hist = np.zeros((size, size), dtype=np.int64)
-    gt_ids: set[int] = set()
     missing = 0
     for image, gt_path in pairs:
         gt = read_drivable_mask(gt_path)
@@ -139,8 +139,9 @@ def evaluate_drivable(
             else:  # as the official evaluation: a missing prediction is all background
                 missing += 1
                 pred = np.full_like(gt, DRIVABLE_BACKGROUND)
-        gt_ids |= set(np.unique(gt).tolist()) - {DRIVABLE_BACKGROUND}
         hist += drivable_histogram(gt, pred)
+    # the classes in the ground truth: the histogram's non-empty rows (every non-background gt pixel counts)
+    gt_ids = {k for k in range(size - 1) if hist[k].sum() > 0}
     return DrivableEvaluation(drivable_scores(hist, gt_ids, len(pairs)), missing, split)
 
 

@@ -124,7 +124,8 @@ def check_drivable_array(
     """An in-memory drivable mask as (H, W) uint8, checked like a file.
 
     Raises:
-        UserError: naming `what` when it is not a 2-D integer array (of `expected_shape`) with values in {0, 1, 2}.
+        UserError: naming `what` when it is not a 2-D integer array (of `expected_shape`) with values
+            in {0, 1, 2}.
     """
     mask = np.asarray(mask)
     if mask.ndim != 2 or not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == bool):
@@ -199,7 +200,8 @@ def drivable_masks_from_polygons(
     See `iter_drivable_masks_from_polygons` (the same masks one at a time, for large files).
 
     Example:
-        >>> masks = drivable_masks_from_polygons("labels/drivable/polygons/drivable_val.json", 720, 1280)  # doctest: +SKIP
+        >>> path = "labels/drivable/polygons/drivable_val.json"
+        >>> masks = drivable_masks_from_polygons(path, 720, 1280)  # doctest: +SKIP
     """
     return dict(iter_drivable_masks_from_polygons(json_path, height, width, names=names))
 
@@ -212,7 +214,11 @@ def write_drivable_masks_from_polygons(
     *,
     names: Collection[str] | None = None,
 ) -> int:
-    """Rasterise a drivable polygon JSON into `out_dir/<image stem>.png` (official masks); returns the count."""
+    """Rasterise a drivable polygon JSON into `out_dir/<image stem>.png` (official masks).
+
+    Returns:
+        The number of masks written.
+    """
     out = Path(out_dir)
     count = 0
     for name, mask in iter_drivable_masks_from_polygons(json_path, height, width, names=names):
