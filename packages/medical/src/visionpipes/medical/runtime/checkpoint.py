@@ -18,7 +18,15 @@ from visionpipes.core.errors import UserError
 from visionpipes.medical.runtime.networks import ModelConfig, build_model
 
 #: What inference needs besides the weights (saved as the training module's hyper-parameters).
-DESCRIPTION_KEYS: tuple[str, ...] = ("model", "regions", "modality", "labels", "roi_size", "pixdim")
+DESCRIPTION_KEYS: tuple[str, ...] = (
+    "model",
+    "regions",
+    "modality",
+    "labels",
+    "roi_size",
+    "pixdim",
+    "normalization",
+)
 
 
 def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -38,7 +46,8 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def model_description(hparams: Mapping[str, Any]) -> dict[str, Any]:
     """What inference needs besides the weights, from a checkpoint's hyper-parameters: the network
-    (`model`), `regions`, `modality`, `labels`, `roi_size` and `pixdim`."""
+    (`model`), `regions`, `modality`, `labels`, `roi_size`, `pixdim` and `normalization` (per-channel
+    entries of `planning.normalization`; None in checkpoints from before it: non-zero z-score per channel)."""
     out = {k: hparams.get(k) for k in DESCRIPTION_KEYS}
     out["labels"] = {str(k): v for k, v in (out["labels"] or {}).items()}
     return out

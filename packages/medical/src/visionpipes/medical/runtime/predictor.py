@@ -1,5 +1,5 @@
 """Whole-volume prediction with a trained region model: the training's preprocessing (RAS orientation,
-optional resampling, per-channel z-score), MONAI's `sliding_window_inference` with Gaussian blending,
+optional resampling, the per-channel normalisation it was trained with: z-score, or CT's clip + z-score), MONAI's `sliding_window_inference` with Gaussian blending,
 optional flip test-time augmentation, region channels turned back into the MSD label map, written as NIfTI
 with the input's affine and header.
 
@@ -92,6 +92,12 @@ def refuse_overwriting_input(input_path: str | os.PathLike, output_path: str | o
         )
 
 
+def is_nonzero_zscore(normalization: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether per-channel entries are all the non-zero z-score (MONAI's `NormalizeIntensity(nonzero=True,
+    channel_wise=True)`, which runs for them, so that Task01 models predict exactly as before)."""
+    return all(e.get("scheme") == "zscore" and e.get("use_nonzero_mask") for e in normalization)
+
+
 def foreground_box(image: torch.Tensor, margin: int) -> tuple[slice, ...]:
     """Bounding box (one slice per spatial axis) of the voxels non-zero in any channel of `(C, *spatial)`,
     grown by `margin`; the whole grid if every voxel is zero."""
@@ -118,6 +124,8 @@ class Predictor:
         config: window, blending and TTA settings.
         device: where the network runs.
         labels: the task's `{label value: name}` (dataset.json `labels`), for outputs that name labels.
+        normalization: per-channel entries (`planning.normalization`, e.g. CT's `{"scheme": "ct", "clip",
+            "mean", "std"}`); None z-scores the non-zero voxels of each channel (the Task01 default).
 
     Example:
         >>> predictor = Predictor.from_checkpoint("runs/medical/checkpoints/best.ckpt")  # doctest: +SKIP
@@ -135,8 +143,10 @@ class Predictor:
         config: InferenceConfig | None = None,
         device: str | torch.device = "cpu",
         labels: Mapping[int | str, str] | None = None,
+        normalization: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         self.config = config or InferenceConfig()
+        self.normalization = None if normalization is None else [dict(e) for e in normalization]
         self.labels = {int(k): str(v) for k, v in (labels or {}).items()}
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
@@ -176,6 +186,7 @@ class Predictor:
             config=config,
             device=select_device(device),
             labels=description.get("labels"),
+            normalization=description.get("normalization"),
         )
 
     @classmethod
@@ -259,17 +270,27 @@ class Predictor:
             probs /= 4
         return probs
 
+    def normalise(self, volume: torch.Tensor) -> torch.Tensor:
+        """The training's intensity normalisation of a `(C, X, Y, Z)` volume (model grid)."""
+        if self.normalization is None or is_nonzero_zscore(self.normalization):
+            from monai.transforms import NormalizeIntensity
+
+            return NormalizeIntensity(nonzero=True, channel_wise=True)(volume)
+        from visionpipes.medical.planning.normalization import normalize_channels
+
+        values = normalize_channels(np.asarray(volume.detach().cpu()), self.normalization)
+        return torch.from_numpy(values)
+
     def predict_array(self, image: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """Label map (input grid) of an image `(C, X, Y, Z)` with its voxel-to-world `affine`.
 
-        Reorients (and resamples) as in training, normalises non-zero voxels per channel, predicts, and
+        Reorients (and resamples) and normalises as in training (`normalise`), predicts, and
         maps the probabilities back onto the input grid before thresholding.
 
         Raises:
             UserError: if the channel count differs from the model's.
         """
         from monai.data import MetaTensor
-        from monai.transforms import NormalizeIntensity
 
         if image.shape[0] != self.num_channels:
             raise UserError(
@@ -279,7 +300,7 @@ class Predictor:
         volume = spatial(
             MetaTensor(torch.from_numpy(np.ascontiguousarray(image)), affine=torch.as_tensor(affine))
         )
-        normalised = NormalizeIntensity(nonzero=True, channel_wise=True)(volume)
+        normalised = self.normalise(volume)
         probs = self.region_probabilities(normalised)
         probs = MetaTensor(probs, meta=volume.meta, applied_operations=volume.applied_operations)
         probs = spatial.inverse(probs)

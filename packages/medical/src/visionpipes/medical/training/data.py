@@ -55,18 +55,84 @@ def spatial_transforms(keys: Sequence[str], pixdim: Sequence[float] | None) -> l
     return out
 
 
-def build_transforms(regions: Sequence[Region], config: DataConfig, *, train: bool, seed: int = 0):
+def resolve_normalization(task: MSDTask, config: DataConfig) -> list[dict[str, Any]]:
+    """Per-channel normalisation entries for `config.normalization` (see `DataConfig`).
+
+    `auto` gives CT channels the dataset-wide clip + z-score of nnU-Net, with statistics of the training
+    cases' foreground (label > 0) voxels from `planning.fingerprint.compute_fingerprint`, and every other
+    channel the per-image z-score of its non-zero voxels.
+
+    Raises:
+        UserError: if explicit entries are malformed or their number differs from the task's channels, or
+            a CT channel has no foreground voxel to take statistics from.
+    """
+    from visionpipes.medical.planning.normalization import check_normalization, expand_normalization
+
+    spec = config.normalization
+    source = "train.data.normalization"
+    n = task.num_channels
+    try:
+        if isinstance(spec, list):
+            return check_normalization(spec, n, source=source)
+        if spec != "auto":
+            return expand_normalization(spec, n)
+    except ValueError as err:
+        raise UserError(f"{err}.") from None
+    entries = expand_normalization("zscore_nonzero", n)
+    ct = [c for c, name in enumerate(task.modality_names) if name.strip().casefold() == "ct"]
+    if ct:
+        from visionpipes.medical.planning.fingerprint import compute_fingerprint
+
+        stats = compute_fingerprint(task.root)["foreground_intensity_properties_per_channel"]
+        for c in ct:
+            s = stats[c]
+            if s.get("mean") is None:
+                raise UserError(
+                    f"{task.root / 'dataset.json'}: channel {c} (CT) has no foreground voxel in the training "
+                    "labels, so its clip window and z-score cannot be computed."
+                )
+            entries[c] = {
+                "scheme": "ct",
+                "clip": [round(s["percentile_00_5"], 4), round(s["percentile_99_5"], 4)],
+                "mean": round(s["mean"], 4),
+                "std": round(s["std"], 4),
+            }
+    return entries
+
+
+def _normalize_step(normalization: Sequence[Mapping[str, Any]] | None):
+    """MONAI's non-zero z-score for the default entries (as before), `NormalizeChannelsd` otherwise."""
+    from monai.transforms import NormalizeIntensityd
+
+    from visionpipes.medical.runtime.predictor import is_nonzero_zscore
+
+    if normalization is None or is_nonzero_zscore(normalization):
+        return NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True)
+    from visionpipes.medical.planning.normalization import NormalizeChannelsd
+
+    return NormalizeChannelsd(keys="image", normalization=list(normalization))
+
+
+def build_transforms(
+    regions: Sequence[Region],
+    config: DataConfig,
+    *,
+    train: bool,
+    seed: int = 0,
+    normalization: Sequence[Mapping[str, Any]] | None = None,
+):
     """MONAI transforms from `{"image": path, "label": path}` to normalised image and region channels.
 
     Training adds foreground cropping, `num_samples` positive/negative crops of `roi_size`, flips and
-    intensity jitter; validation keeps whole volumes.
+    intensity jitter; validation keeps whole volumes. `normalization` holds per-channel entries
+    (`resolve_normalization`); None z-scores each channel's non-zero voxels. A CT image (not zero outside
+    the body) is neither cropped to its non-zero box nor restricted to it for negative crops.
     """
     from monai.transforms import (
         Compose,
         CropForegroundd,
         EnsureChannelFirstd,
         LoadImaged,
-        NormalizeIntensityd,
         RandCropByPosNegLabeld,
         RandFlipd,
         RandScaleIntensityd,
@@ -79,12 +145,16 @@ def build_transforms(regions: Sequence[Region], config: DataConfig, *, train: bo
         LoadImaged(keys=keys, image_only=True),
         EnsureChannelFirstd(keys=keys),
         *spatial_transforms(keys, config.pixdim),
-        NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
+        _normalize_step(normalization),
     ]
+    zero_background = normalization is None or all(
+        e.get("scheme") == "zscore" and e.get("use_nonzero_mask") for e in normalization
+    )
     if train:
         roi = tuple(int(s) for s in config.roi_size)
+        if zero_background:
+            steps.append(CropForegroundd(keys=keys, source_key="image", allow_smaller=True))
         steps += [
-            CropForegroundd(keys=keys, source_key="image", allow_smaller=True),
             SpatialPadd(keys=keys, spatial_size=roi),
             RandCropByPosNegLabeld(
                 keys=keys,
@@ -93,7 +163,7 @@ def build_transforms(regions: Sequence[Region], config: DataConfig, *, train: bo
                 pos=config.pos,
                 neg=config.neg,
                 num_samples=config.num_samples,
-                image_key="image",
+                image_key="image" if zero_background else None,
                 image_threshold=0.0,
             ),
         ]
