@@ -28,7 +28,8 @@ class ModelConfig(ConfigModel):
         name: `unet` (MONAI UNet), `segresnet` (MONAI SegResNet) or `attention_resunet` (core blocks).
         channels: feature channels per resolution level (UNet, attention_resunet; SegResNet uses the
             first as `init_filters`).
-        strides: down-sampling per level after the first (UNet; the others halve at each level).
+        strides: down-sampling per level after the first (UNet; the others halve at each level): an int, or
+            one per axis (`[2, 2, 1]`: an anisotropic level, as a plan for thick-slice CT gives).
         num_res_units: residual units per UNet block.
         attn: attention of attention_resunet's residual blocks: `se`, `cbam` or `none`.
         aspp_rates: dilation rates of attention_resunet's ASPP bottleneck.
@@ -37,7 +38,7 @@ class ModelConfig(ConfigModel):
 
     name: ModelName = "unet"
     channels: tuple[int, ...] = Field((16, 32, 64, 128), min_length=2)
-    strides: tuple[int, ...] = (2, 2, 2)
+    strides: tuple[int | tuple[int, int, int], ...] = (2, 2, 2)
     num_res_units: int = Field(2, ge=0)
     attn: Literal["se", "cbam", "none"] = "se"
     aspp_rates: tuple[int, ...] = Field((1, 2, 4), min_length=1)
@@ -45,9 +46,12 @@ class ModelConfig(ConfigModel):
 
     @field_validator("channels", "strides", "aspp_rates")
     @classmethod
-    def _positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if any(v < 1 for v in value):
-            raise ValueError(f"every entry must be at least 1, not {list(value)}")
+    def _positive(cls, value: tuple) -> tuple:
+        flat = [x for v in value for x in (v if isinstance(v, tuple) else (v,))]
+        if any(v < 1 for v in flat):
+            raise ValueError(
+                f"every entry must be at least 1, not {[list(v) if isinstance(v, tuple) else v for v in value]}"
+            )
         return value
 
     @field_validator("strides")
@@ -62,11 +66,18 @@ class ModelConfig(ConfigModel):
         return value
 
     @property
-    def divisor(self) -> int:
-        """Spatial sizes the network needs to be divisible by."""
+    def divisors(self) -> tuple[int, int, int]:
+        """Per axis, what the spatial size must be divisible by."""
         if self.name == "unet":
-            return math.prod(self.strides)
-        return 2 ** (len(self.channels) - 1)
+            return tuple(  # type: ignore[return-value]
+                math.prod(s[axis] if isinstance(s, tuple) else s for s in self.strides) for axis in range(3)
+            )
+        return (2 ** (len(self.channels) - 1),) * 3
+
+    @property
+    def divisor(self) -> int:
+        """Spatial sizes the network needs to be divisible by (the largest over the axes)."""
+        return max(self.divisors)
 
 
 def network_spec(config: ModelConfig, in_channels: int, out_channels: int) -> dict[str, Any]:
@@ -84,7 +95,7 @@ def network_spec(config: ModelConfig, in_channels: int, out_channels: int) -> di
             "in_channels": in_channels,
             "out_channels": out_channels,
             "channels": list(config.channels),
-            "strides": list(config.strides),
+            "strides": [list(s) if isinstance(s, tuple) else s for s in config.strides],
             "num_res_units": config.num_res_units,
             "norm": "INSTANCE",
             "dropout": config.dropout,
