@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from visionpipes.core.errors import UserError
-from visionpipes.core.ray_batch import MISSING_RAY, content_key, ray_cluster, require_ray, run_shards
+from visionpipes.core.ray_batch import (
+    MISSING_RAY,
+    content_key,
+    ray_cluster,
+    recorded_runs,
+    require_ray,
+    run_shards,
+    run_shards_local,
+)
 
 
 class CountingWorker:
@@ -27,7 +35,11 @@ class CountingWorker:
         if shard["id"] == 3:
             raise ValueError("shard 3 is unreadable")
         (self.out / f"{shard['id']}.txt").write_text(str(shard["value"] * 2))
-        return {"doubled": shard["value"] * 2, "gpu": self.use_gpu}
+        return {
+            "doubled": shard["value"] * 2,
+            "gpu": self.use_gpu,
+            "threads": os.environ.get("VISIONPIPES_THREADS"),
+        }
 
 
 @pytest.fixture(scope="session")
@@ -42,10 +54,15 @@ def test_actor_pool_runs_every_shard_once_and_reports_a_failing_one(ray_local, t
     assert ray_local.cpus == 2 and ray_local.gpus == 0
     shards = [{"id": i, "value": i} for i in range(8)]
     seen = []
-    results = run_shards(
-        shards, CountingWorker, worker_kwargs={"out": str(tmp_path)}, actors=2, on_result=seen.append
-    )
+    with recorded_runs() as runs:
+        results = run_shards(
+            shards, CountingWorker, worker_kwargs={"out": str(tmp_path)}, actors=2, on_result=seen.append
+        )
     assert [r["id"] for r in results] == list(range(8)) and len(seen) == 8
+    assert all(r["threads"] == "1" for r in results if r["id"] != 3)  # each actor's CPU share, not all cores
+    (run,) = runs
+    assert run["engine"] == "ray" and run["actors"] == 2 and run["summaries"] == results
+    assert all(run["called"] <= r["start"] <= r["end"] <= run["returned"] for r in results)
     assert results[3]["error"] == "ValueError: shard 3 is unreadable"
     assert all(r["doubled"] == 2 * r["id"] and r["gpu"] is False for r in results if r["id"] != 3)
     assert sorted(p.name for p in tmp_path.glob("?.txt")) == [f"{i}.txt" for i in range(8) if i != 3]
@@ -53,6 +70,23 @@ def test_actor_pool_runs_every_shard_once_and_reports_a_failing_one(ray_local, t
     pids = {r["pid"] for r in results}
     assert len(loads) == len(pids) <= 2  # one model load per actor, never one per shard
     assert all(name.endswith("-1") for name in loads)
+
+
+def test_the_local_engine_runs_the_same_worker_with_the_same_summaries(tmp_path: Path) -> None:
+    shards = [{"id": i, "value": i} for i in (2, 3, 0, 1)]
+    seen = []
+    with recorded_runs() as runs:
+        results = run_shards_local(
+            shards, CountingWorker, worker_kwargs={"out": str(tmp_path)}, on_result=seen.append
+        )
+    assert [r["id"] for r in seen] == [2, 3, 0, 1] and [r["id"] for r in results] == [0, 1, 2, 3]
+    assert results[3]["error"] == "ValueError: shard 3 is unreadable"
+    assert [r["doubled"] for r in results if r["id"] != 3] == [0, 2, 4]
+    assert {r["pid"] for r in results} == {os.getpid()} and all(r["cpu_seconds"] >= 0 for r in results)
+    assert len(list(tmp_path.glob("load-*"))) == 1  # the worker is built once
+    assert [run["engine"] for run in runs] == ["local"]
+    worker = CountingWorker(use_gpu=False, out=str(tmp_path))  # or an already built one
+    assert run_shards_local([{"id": 0, "value": 5}], worker)[0]["doubled"] == 10
 
 
 def test_joining_a_running_cluster_leaves_it_running(ray_local) -> None:

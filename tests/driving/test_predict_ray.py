@@ -1,8 +1,8 @@
 """`vp-driving predict --deploy ... --engine ray` on a real local Ray instance (2 CPUs): a tiny deploy folder
 (seeded YOLOv8n detector whose car scores depend on the image + untrained lane model, both ONNX, with
 model.json) over a video and a folder of images gives the same BDD100K JSON and lane masks as the local
-engine, byte for byte; a re-run predicts only the input whose JSON was deleted; a corrupt video and a
-corrupt image are listed at the end with exit 1 while the other inputs are written."""
+engine, byte for byte; a re-run predicts only the input whose JSON was deleted, and lists a corrupt video
+and a corrupt image at the end with exit 1 while the other inputs are written."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def _tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_ray_outputs_equal_the_local_engine_and_resume_by_input(
+def test_ray_outputs_equal_the_local_engine_resume_and_bad_files(
     ray_local, deploy: Path, inputs: dict[str, Path], tmp_path: Path, capsys
 ) -> None:
     sources = [inputs["video"], inputs["folder"]]
@@ -134,38 +134,23 @@ def test_ray_outputs_equal_the_local_engine_and_resume_by_input(
     assert sum(name.startswith("drive.lanes/") for name in local) == 6
     assert sum(name.startswith("shots.lanes/") for name in local) == 3
 
+    # resume: only the input whose JSON is gone is predicted again; a corrupt video and a corrupt image
+    # added meanwhile are listed at the end (exit 1) and the job goes on
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "ray").iterdir()}
     (tmp_path / "ray" / "shots.json").unlink()
-    code, out, err = _predict(deploy, sources, tmp_path / "ray", capsys, *ray)
-    assert code == 0 and "wrote 1 prediction files (3 frames" in out and "1 already there" in out, out + err
-    assert (tmp_path / "ray" / "drive.json").stat().st_mtime_ns == stamps[tmp_path / "ray" / "drive.json"]
-    assert (tmp_path / "ray" / "shots.json").read_bytes() == local["shots.json"]
-
-
-def test_bad_files_are_listed_and_the_others_written(
-    ray_local, deploy: Path, inputs: dict[str, Path], tmp_path: Path, capsys
-) -> None:
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video at all" * 20)
     (inputs["folder"] / "torn.png").write_bytes(b"\x89PNG\r\n\x1a\n torn")
-    sources = [inputs["video"], broken, inputs["folder"]]
-    out_dir = tmp_path / "segs"
-    code, out, err = _predict(
-        deploy, sources, out_dir, capsys, "--engine", "ray", "--address", ray_local.address, "--no-lanes"
-    )
-    assert code == 1 and "wrote 2 prediction files (9 frames" in out, out + err
-    assert sorted(p.name for p in out_dir.iterdir()) == [
-        "drive.json",
-        "shots.json",
-    ]  # no lanes, no broken.json
+    ray = ("--engine", "ray", "--address", ray_local.address)  # one actor
+    code, out, err = _predict(deploy, [*sources, broken], tmp_path / "ray", capsys, *ray)
+    assert code == 1 and "wrote 1 prediction files (3 frames" in out and "1 already there" in out, out + err
+    assert (tmp_path / "ray" / "drive.json").stat().st_mtime_ns == stamps[tmp_path / "ray" / "drive.json"]
+    assert _tree(tmp_path / "ray") == local  # the torn image is left out: the same bytes as before
     failed = [line for line in err.splitlines() if line.startswith("failed: ")]
     assert len(failed) == 2, err
     assert any(str(broken) in line and "cannot be opened" in line for line in failed), failed
     assert any("torn.png" in line for line in failed), failed
     assert "2 input files failed (of 3 inputs)" in err
-    assert [f["name"] for f in json.loads((out_dir / "shots.json").read_text())] == [
-        "shot0.png", "shot1.png", "shot2.png",
-    ]  # fmt: skip
 
 
 def test_engine_ray_needs_a_deploy_folder(tmp_path: Path, inputs: dict[str, Path], capsys) -> None:

@@ -123,7 +123,14 @@ class ShardActor:
     never fails the job, and its output is not written, so a re-run retries it.
     """
 
-    def __init__(self, worker: type, kwargs: Mapping[str, Any], use_gpu: bool) -> None:
+    def __init__(
+        self, worker: type, kwargs: Mapping[str, Any], use_gpu: bool, threads: int | None = None
+    ) -> None:
+        if threads:  # the actor's CPU share is its default thread count (torch, onnxruntime, OpenMP)
+            from visionpipes.core.settings import apply_runtime_settings
+
+            os.environ["VISIONPIPES_THREADS"] = str(threads)
+            apply_runtime_settings(threads)
         self.worker = worker(use_gpu=use_gpu, **kwargs)
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -134,15 +141,56 @@ class ShardActor:
 
 
 def process_shard(worker: Any, shard: Mapping[str, Any]) -> dict[str, Any]:
-    """One shard through a constructed worker: its summary plus `id`, `seconds` and `pid`; an exception
-    becomes the summary's `error` (`"<Type>: <message>"`), so one bad shard never fails the job."""
-    start = time.perf_counter()
+    """One shard through a constructed worker: its summary plus `id`, `seconds` (wall), `cpu_seconds`
+    (this process's CPU time, all threads), `start`/`end` (epoch seconds: where the job's time went) and
+    `pid`; an exception becomes the summary's `error` (`"<Type>: <message>"`), so one bad shard never
+    fails the job."""
+    start, wall, cpu = time.time(), time.perf_counter(), time.process_time()
     try:
         result = dict(worker.process(shard))
     except Exception as err:  # a shard the worker could not finish is reported, not fatal
         result = {"error": f"{type(err).__name__}: {err}"}
-    result.update(id=shard["id"], seconds=time.perf_counter() - start, pid=os.getpid())
+    result.update(
+        id=shard["id"],
+        seconds=time.perf_counter() - wall,
+        cpu_seconds=time.process_time() - cpu,
+        start=start,
+        end=time.time(),
+        pid=os.getpid(),
+    )
     return result
+
+
+#: The open `recorded_runs` blocks (innermost last).
+_RECORDERS: list[list[dict[str, Any]]] = []
+
+
+@contextlib.contextmanager
+def recorded_runs() -> Iterator[list[dict[str, Any]]]:
+    """Record every `run_shards` / `run_shards_local` call made inside the block (by any verb): a list
+    that receives, per call, `{"engine", "actors", "called", "returned", "summaries"}` (epoch seconds), so
+    a benchmark can split a job's time into start-up (actors starting: process, imports, model load) and
+    shard work without changing the verbs."""
+    runs: list[dict[str, Any]] = []
+    _RECORDERS.append(runs)
+    try:
+        yield runs
+    finally:
+        _RECORDERS.remove(runs)
+
+
+def _record(engine: str, actors: int, called: float, summaries: list[dict[str, Any]], **extra: Any) -> None:
+    for runs in _RECORDERS:
+        runs.append(
+            {
+                "engine": engine,
+                "actors": actors,
+                "called": called,
+                "returned": time.time(),
+                "summaries": summaries,
+                **extra,
+            }
+        )
 
 
 def cpus_per_actor(cluster: ClusterInfo, actors: int) -> int:
@@ -171,6 +219,7 @@ def run_shards_local(
     Returns:
         The summaries, sorted by `id`.
     """
+    called = time.time()
     if isinstance(worker, type):
         worker = worker(use_gpu=False, **dict(worker_kwargs or {}))
     results = []
@@ -179,7 +228,9 @@ def run_shards_local(
         results.append(result)
         if on_result:
             on_result(result)
-    return sorted(results, key=lambda r: r["id"])
+    results.sort(key=lambda r: r["id"])
+    _record("local", 1, called, results)
+    return results
 
 
 def run_shards(
@@ -202,7 +253,8 @@ def run_shards(
         worker: a `ShardWorker` class, importable on the cluster's nodes (it is pickled by reference).
         worker_kwargs: keyword arguments of its constructor (JSON-able or picklable).
         actors: actors in the pool.
-        cpus_per_actor: CPUs reserved per actor (its thread count should follow).
+        cpus_per_actor: CPUs reserved per actor; also the actor's default thread count (`VISIONPIPES_THREADS`,
+            `OMP_NUM_THREADS`, torch), which a worker's models use unless given their own.
         gpus_per_actor: GPUs per actor; None: 1 where the cluster has GPUs, else 0 (CPU actors).
         on_result: called with each shard's summary as it arrives (progress).
 
@@ -220,6 +272,7 @@ def run_shards(
         return []
     if gpus_per_actor is None:
         gpus_per_actor = 1.0 if ray.cluster_resources().get("GPU", 0.0) >= 1 else 0.0
+    called = time.time()
     rows = [{"shard": json.dumps(dict(shard))} for shard in shards]
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         ShardActor,
@@ -227,6 +280,7 @@ def run_shards(
             "worker": worker,
             "kwargs": dict(worker_kwargs or {}),
             "use_gpu": gpus_per_actor > 0,
+            "threads": max(1, int(cpus_per_actor)),
         },
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=actors),
@@ -239,7 +293,9 @@ def run_shards(
         results.append(result)
         if on_result:
             on_result(result)
-    return sorted(results, key=lambda r: r["id"])
+    results.sort(key=lambda r: r["id"])
+    _record("ray", actors, called, results, cpus_per_actor=cpus_per_actor)
+    return results
 
 
 def content_key(*parts: Any) -> str:
