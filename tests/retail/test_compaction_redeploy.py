@@ -113,3 +113,29 @@ def test_redeploy_refused_while_served_or_with_live_changes(deployed, serve, tmp
     with ProductIndex.open(out / "index") as idx:
         assert "live-1" not in idx and idx.stats()["journal_changes"] == 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".deploy")) == []  # no leftovers
+
+
+def test_live_changes_since_the_deployment_survive_compaction(index_dir):
+    """What a reload replays (`ProductIndex.live_changes`): products with uploaded photos and the
+    deleted ids, kept across snapshots, and updated when a deleted id comes back."""
+    import numpy as np
+
+    from visionpipes.retail.index.records import ProductRecord
+
+    vec = np.eye(32, dtype=np.float32)[:1]
+    with ProductIndex.open(index_dir) as idx:
+        assert idx.live_changes("upload:") == ([], [])  # a fresh deployment: nothing live
+        idx.add(ProductRecord("u-1", image_paths=["upload:aa.png"]), vec)
+        idx.add(ProductRecord("u-2", image_paths=["upload:bb.png"]), vec)
+        assert idx.delete_many(["sku-2", "u-2", "no-such"]) == ["sku-2", "u-2"]
+        assert idx.live_changes("upload:") == (["u-1"], ["sku-2", "u-2"])  # an unknown id is not a change
+        idx.save(compact=True)
+    with ProductIndex.open(index_dir) as idx:  # from the compacted snapshot alone
+        assert idx.stats()["journal_changes"] == 0
+        assert idx.live_changes("upload:") == (["u-1"], ["sku-2", "u-2"])
+        idx.add(ProductRecord("sku-2", image_paths=["upload:cc.png"]), vec)  # back, with a new photo
+        idx.delete_many(["gone-elsewhere"], remember_all=True)  # a replayed delete of an id not here
+        assert idx.live_changes("upload:") == (["sku-2", "u-1"], ["gone-elsewhere", "u-2"])
+        idx.save(compact=True)
+    with ProductIndex.open(index_dir) as idx:
+        assert idx.live_changes("upload:") == (["sku-2", "u-1"], ["gone-elsewhere", "u-2"])
