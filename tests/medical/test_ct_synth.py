@@ -80,9 +80,9 @@ def test_liver_hounsfield_units_and_anatomy() -> None:
     config = CTSynthConfig(task="liver", size=64, slices=24, noise=0.0)
     hu, label = synth_ct_case(np.random.default_rng([0, 0, 1]), config)
     assert hu.dtype == np.int16 and hu.min() >= -1024
-    assert np.median(hu[label == 1]) == pytest.approx(60, abs=15)  # liver parenchyma
-    assert 10 <= np.median(hu[label == 2]) <= 45  # hypodense tumour
-    assert np.median(hu[label == 2]) < np.median(hu[label == 1]) - 15
+    assert np.median(hu[label == 1]) == pytest.approx(100, abs=25)  # portal-venous liver parenchyma
+    assert 30 <= np.median(hu[label == 2]) <= 80  # hypodense tumour
+    assert np.median(hu[label == 2]) < np.median(hu[label == 1]) - 20
     assert (hu == -1000).mean() > 0.2 and hu.max() > 500  # air around the body, bone
     # the tumour lies inside the liver: every tumour voxel has liver (or tumour) around it in-plane
     from scipy.ndimage import binary_dilation

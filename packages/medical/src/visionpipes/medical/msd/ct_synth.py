@@ -4,9 +4,9 @@ the stored value is the HU), on an anisotropic grid (thin in-plane voxels, thick
 `dataset.json` keys, modality `{"0": "CT"}` and label names.
 
 The phantoms follow real CT's intensity scale, not a shortcut through the labels: air -1000, fat -100,
-soft tissue/muscle ~40, contrast-enhanced vessels ~150-200, bone ~700; the liver ~60 HU with hypodense
-tumours 20-40 HU inside it (and a spleen of nearly the same HU beside it, so intensity alone does not give
-the liver); lung parenchyma ~-850 with vessels, and a solid nodule ~30 HU inside a lung. Partial-volume
+muscle ~50, contrast-enhanced vessels ~170, bone ~700; the portal-venous liver ~100 HU with hypodense
+tumours ~55 HU (±15) inside it (and a spleen of nearly the same HU beside it, so intensity alone does not
+give the liver, see `HU`); lung parenchyma ~-850 with vessels, and a solid nodule ~30 HU inside a lung. Partial-volume
 blur and Gaussian noise (~10 HU) are added before rounding to int16. It stands in for, and never imitates
 the statistics of, real scans. Deterministic by seed; written atomically.
 """
@@ -45,15 +45,17 @@ OFFICIAL: dict[str, dict] = {
         "prefix": "lung",
     },
 }
-#: Hounsfield units of the tissues (contrast-enhanced, portal-venous phase for the abdomen).
+#: Hounsfield units of the tissues in the portal-venous phase that most of LiTS/Task03 was scanned in: the
+#: liver enhances to ~100 HU (nnU-Net's Task03 fingerprint: foreground mean ~99 HU, 0.5/99.5 percentiles
+#: ~-17/201), hypovascular tumours stay ~40-70 HU, the spleen enhances like the liver, muscle ~50.
 HU: dict[str, float] = {
     "air": -1000.0,
     "fat": -100.0,
-    "muscle": 45.0,
-    "liver": 60.0,
-    "tumour": 30.0,
-    "spleen": 55.0,
-    "kidney": 150.0,
+    "muscle": 50.0,
+    "liver": 100.0,
+    "tumour": 55.0,
+    "spleen": 105.0,
+    "kidney": 160.0,
     "vessel": 170.0,
     "bone": 700.0,
     "lung": -850.0,
@@ -171,7 +173,7 @@ def synth_liver_case(
             grid, (side * 0.2 * fov, 0.17 * fov, -0.15 * depth), (0.06 * fov, 0.08 * fov, 0.25 * depth)
         )
         hu[(kidney < 1.0) & ~liver] = HU["kidney"]
-    liver_hu = HU["liver"] + rng.normal(0, 5)
+    liver_hu = HU["liver"] + rng.normal(0, 8)  # enhancement varies with the contrast timing
     hu[liver] = liver_hu
     # Hepatic/portal veins: bright tubes through the liver.
     inside = np.argwhere(liver)
@@ -179,18 +181,18 @@ def synth_liver_case(
         start = grid[tuple(inside[rng.integers(len(inside))])]
         vessel = _tube(grid, start, rng.normal(0, 1, 3) * [1, 1, 0.3], rng.uniform(1.0, 1.8)) & liver
         hu[vessel] = HU["vessel"]
-    # Tumours: hypodense lumps fully inside the liver (1-3, 4-8 mm radius).
+    # Tumours: hypodense lumps fully inside the liver (1-3, 5-10 mm radius).
     label = np.zeros(shape, np.uint8)
     label[liver] = 1
     distance_inside = _distance_mm(liver, zooms)
     for _ in range(int(rng.integers(1, 4))):
-        radius = rng.uniform(4.0, 8.0)
+        radius = rng.uniform(5.0, 10.0)
         deep = np.argwhere(distance_inside > radius * 0.8)
         if not len(deep):
             deep = np.argwhere(distance_inside >= distance_inside.max() * 0.8)
         centre_t = grid[tuple(deep[rng.integers(len(deep))])]
         tumour = _blob(rng, grid, centre_t, radius) & liver
-        hu[tumour] = HU["tumour"] + rng.uniform(-10, 10)
+        hu[tumour] = HU["tumour"] + rng.uniform(-15, 15)
         label[tumour] = 2
     return hu, label
 

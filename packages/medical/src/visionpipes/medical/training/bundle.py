@@ -26,7 +26,7 @@ from visionpipes.core.errors import UserError
 from visionpipes.core.io import atomic_path
 from visionpipes.medical.runtime.checkpoint import network_from_checkpoint
 from visionpipes.medical.runtime.networks import ModelConfig, network_spec
-from visionpipes.medical.runtime.predictor import AXCODES, InferenceConfig
+from visionpipes.medical.runtime.predictor import AXCODES, InferenceConfig, is_nonzero_zscore
 
 #: Bundle version written into metadata.json (the bundle format of this exporter, not the model's).
 BUNDLE_VERSION = "0.1.0"
@@ -256,10 +256,18 @@ def export_bundle(
     OUT/configs/metadata.json --bundle_root OUT --dataset_dir SCANS --output_dir SEGS`.
 
     Raises:
-        UserError: if the checkpoint or metrics file is unusable, or the settings use TTA.
+        UserError: if the checkpoint or metrics file is unusable, the settings use TTA, or the model was
+            trained with another normalisation than the non-zero z-score (CT).
     """
     inference = inference or InferenceConfig()
     net, description = network_from_checkpoint(checkpoint)
+    normalization = description.get("normalization")
+    if normalization and not is_nonzero_zscore(normalization):
+        raise UserError(
+            f"model checkpoint {checkpoint} normalises its input as {[e.get('scheme') for e in normalization]} "
+            "(e.g. CT's clip + dataset z-score), which the bundle's stock NormalizeIntensityd cannot express; "
+            "deploy it with `vp-medical export` (ONNX/TorchScript) instead."
+        )
     config = inference_config(description, inference)
     metrics_data = read_metrics(metrics, producer="`vp-medical evaluate`") if metrics is not None else None
     metadata = bundle_metadata(description, inference, metrics_data, task_name)
