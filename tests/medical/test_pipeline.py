@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = ROOT / "pipelines" / "medical"
 #: The source folders the stages name as deps.
 SOURCES = ("packages/core/src/visionpipes/core", "packages/medical/src/visionpipes/medical")
-STAGES = ("data", "train", "eval", "deploy")
+STAGES = ("data", "plan", "train", "eval", "deploy")
 
 #: Overrides of the shipped params.yaml: a 3-case 24^3 sample, one epoch of a 3-level UNet on 16^3 crops.
 TINY = {

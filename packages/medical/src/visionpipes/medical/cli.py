@@ -16,7 +16,7 @@ from visionpipes.core.ray_batch import add_engine_options
 from visionpipes.medical.runtime.command import cmd_predict, inference_overrides
 
 #: The verbs, in the order a user meets them.
-VERBS: tuple[str, ...] = ("synth", "validate", "data", "train", "evaluate", "export", "predict")
+VERBS: tuple[str, ...] = ("synth", "validate", "data", "plan", "train", "evaluate", "export", "predict")
 
 
 def _progress(verb: str, every: int = 1) -> Callable[[int, int], None]:
@@ -67,10 +67,57 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from visionpipes.core.config import parse_config
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from visionpipes.core.errors import UserError
+    from visionpipes.core.plan import plan_hardware
     from visionpipes.medical.data_stage import resolve_task_dir
-    from visionpipes.medical.training.config import SegmentationConfig
+    from visionpipes.medical.planning.fingerprint import (
+        FOREGROUND_SAMPLES_TOTAL,
+        compute_fingerprint,
+        write_fingerprint,
+    )
+    from visionpipes.medical.planning.plan import make_plan, overrides_from_params, write_plan
+
+    hardware = plan_hardware(
+        params_section(args.params, "plan"),
+        device=args.device,
+        memory_gb=args.memory_gb,
+        cpu_cores=args.cpu_cores,
+        source=f"{args.params}:plan",
+    )
+    task_dir = resolve_task_dir(args.task_dir)
+    if args.samples is not None and args.samples < 1:
+        raise UserError(f"--samples must be at least 1, not {args.samples}.")
+    fingerprint = compute_fingerprint(
+        task_dir,
+        samples_total=args.samples or FOREGROUND_SAMPLES_TOTAL,
+        progress=_progress("plan: fingerprint", every=25),
+    )
+    plan = make_plan(fingerprint, hardware, overrides_from_params(params_section(args.params, "train")))
+    fingerprint_out = args.fingerprint or args.out.parent / "fingerprint.json"
+    write_fingerprint(fingerprint_out, fingerprint)
+    write_plan(args.out, plan)
+    v = plan.values
+    norm = [
+        e["scheme"] + ("+nonzero" if e.get("use_nonzero_mask") else "") for e in v["train.data.normalization"]
+    ]
+    cascade = plan.cascade.get("lowres_spacing") if plan.cascade.get("enabled") else "no"
+    print(
+        f"plan for {hardware.device} ({hardware.memory_gb:g} GB, {hardware.cpu_cores} cores; budget "
+        f"{plan.memory['budget_gb']:g} GB): spacing {plan.spacing} (pixdim {v['train.data.pixdim']}), "
+        f"patch {v['train.data.roi_size']}, batch {v['train.data.batch_size']}, strides "
+        f"{v['train.model.strides']}, channels {v['train.model.channels']}, normalization {norm}, "
+        f"cascade {cascade}"
+    )
+    differ = {k: o["params"] for k, o in plan.overridden.items() if o.get("differs")}
+    print(f"params.yaml overrides: {differ or 'none'}")
+    print(f"wrote {args.out} and {fingerprint_out}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from visionpipes.medical.data_stage import resolve_task_dir
+    from visionpipes.medical.training.config import resolve_training_config
     from visionpipes.medical.training.fit import train
 
     params = params_section(args.params, args.section, required=True)
@@ -81,8 +128,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 params = {**params, key: value}
             else:
                 params = {**params, "trainer": {**(params.get("trainer") or {}), key: value}}
-    config = parse_config(SegmentationConfig, params, source=source)
-    result = train(resolve_task_dir(args.task_dir), args.out, config, resume=not args.no_resume)
+    config, plan_record = resolve_training_config(params, args.plan, source=source)
+    result = train(
+        resolve_task_dir(args.task_dir), args.out, config, resume=not args.no_resume, plan=plan_record
+    )
     best = result.fit.best_checkpoint or result.fit.last_checkpoint
     print(
         f"trained {result.fit.epochs} epochs ({result.seconds_per_epoch:.1f} s/epoch); "
@@ -295,6 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, help="override trainer.max_epochs")
     train.add_argument("--seed", type=int, help="override trainer.seed")
     train.add_argument("--no-resume", action="store_true", help="start afresh even if last.ckpt exists")
+    train.add_argument(
+        "--plan",
+        type=Path,
+        help="plan.json of `vp-medical plan`: resolves `auto` values, recorded in the model",
+    )
     _add_threads(train)
     train.set_defaults(run=_cmd_train)
 
@@ -313,6 +367,43 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--section", default="data", help="section of --params to read (default: data)")
     data.add_argument("--path", type=Path, help="a real MSD task folder (overrides data.path)")
     data.set_defaults(run=_cmd_data)
+
+    plan = verbs.add_parser(
+        "plan",
+        help="fingerprint the data and plan spacing, patch, batch, network and normalisation",
+        description="Compute the nnU-Net dataset fingerprint of TASK_DIR's training cases (spacings, shapes "
+        "after cropping to the non-zero region, foreground intensity statistics per channel, label "
+        "frequencies) and plan from it and the hardware, by nnU-Net's rules: target spacing, patch and batch "
+        "under the memory budget, strides and kernels per axis, per-channel normalisation (CT or z-score), "
+        "cascade. Writes PLAN.json and fingerprint.json beside it; `auto` values of params.yaml take the plan's.",
+    )
+    _add_task_dir(plan)
+    plan.add_argument(
+        "--out", type=Path, required=True, help="plan JSON to write (e.g. data/medical/plan/plan.json)"
+    )
+    plan.add_argument("--fingerprint", type=Path, help="fingerprint JSON to write (default: beside --out)")
+    plan.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda", "mps"],
+        help="plan for this device (default: plan.device, else this machine's)",
+    )
+    plan.add_argument(
+        "--memory-gb", type=float, help="memory budget in GB (default: plan.memory_gb, else probed)"
+    )
+    plan.add_argument("--cpu-cores", type=int, help="CPU cores (default: plan.cpu_cores, else probed)")
+    plan.add_argument(
+        "--samples",
+        type=int,
+        help="foreground intensity samples per channel over the dataset, drawn equally from every case "
+        "(default: 10,000,000; nnU-Net: 1e8)",
+    )
+    plan.add_argument(
+        "--params",
+        type=Path,
+        help="params.yaml: its `plan:` section (device, memory_gb, cpu_cores) and the "
+        "explicit (non-auto) `train:` values, recorded as overrides",
+    )
+    plan.set_defaults(run=_cmd_plan)
 
     evaluate = verbs.add_parser(
         "evaluate",

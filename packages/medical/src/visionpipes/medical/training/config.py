@@ -1,18 +1,24 @@
 """The training settings (`params.yaml`'s `train:` section) as typed config models: the network, how
-volumes become batches, the core trainer's settings (also accepted flat), optimiser and loss.
+volumes become batches, the core trainer's settings (also accepted flat), optimiser and loss; and the
+resolution of `auto` values from a plan (`vp-medical plan`, `resolve_training_config`).
 
 Configuration only: no Lightning or MONAI import, so a bad key fails before the training stack loads.
 """
 
 from __future__ import annotations
 
+import copy
+import os
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import ValidationInfo, field_validator, model_validator
 
-from visionpipes.core.config import ConfigModel, Field
+from visionpipes.core.config import ConfigModel, Field, parse_config
+from visionpipes.core.errors import UserError
 from visionpipes.core.training import TrainConfig
 from visionpipes.medical.msd.regions import RegionScheme
+from visionpipes.medical.planning.plan import PLAN_KEYS, is_auto, plan_summary, read_plan
 from visionpipes.medical.runtime.networks import ModelConfig
 
 #: Trainer keys, which a training section may give flat instead of under `trainer:`.
@@ -35,6 +41,11 @@ class DataConfig(ConfigModel):
         cache_dir: folder of the disk cache (default `<out_dir>/cache`).
         num_workers: data-loader worker processes.
         augment: random flips and intensity jitter on training crops.
+        normalization: per-channel intensity normalisation: `auto` (CT channels: clip to the training
+            foreground's 0.5/99.5 percentiles, then z-score with its mean/std, computed by
+            `planning.fingerprint`; other modalities: z-score of each image's non-zero voxels), a scheme
+            name for every channel (`zscore_nonzero`, `zscore`, `none`), or explicit per-channel entries
+            (`planning.normalization`, e.g. a plan's `[{scheme: ct, clip: [lo, hi], mean: m, std: s}]`).
     """
 
     roi_size: tuple[int, int, int] = (48, 48, 48)
@@ -48,6 +59,7 @@ class DataConfig(ConfigModel):
     cache_dir: str | None = None
     num_workers: int = Field(0, ge=0)
     augment: bool = True
+    normalization: Literal["auto", "zscore_nonzero", "zscore", "none"] | list[dict[str, Any]] = "auto"
 
     @field_validator("roi_size")
     @classmethod
@@ -114,10 +126,87 @@ class SegmentationConfig(ConfigModel):
     def _roi_fits_the_network(cls, value: DataConfig, info: ValidationInfo) -> DataConfig:
         model = info.data.get("model")
         if model is not None:
-            bad = [s for s in value.roi_size if s % model.divisor]
-            if bad:
+            divisors = model.divisors
+            if any(s % d for s, d in zip(value.roi_size, divisors)):
+                by = divisors[0] if len(set(divisors)) == 1 else list(divisors)
                 raise ValueError(
-                    f"data.roi_size {list(value.roi_size)} must be divisible by {model.divisor} for model "
+                    f"data.roi_size {list(value.roi_size)} must be divisible by {by} for model "
                     f"{model.name} with {len(model.channels)} levels"
                 )
         return value
+
+
+def resolve_auto_values(
+    train_params: Mapping[str, Any], plan: Mapping[str, Any] | None, *, source: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Replace `auto` at the planned keys of a `train:` section with the plan's values.
+
+    `auto` (and `ct` for `data.normalization`) take the plan's; explicit values stay; an absent
+    `data.normalization` (default `auto`) takes the plan's too. Without a plan,
+    `data.normalization: auto` stays `auto` (training then computes the CT statistics itself:
+    `training.data.resolve_normalization`); any other `auto` is an error.
+
+    Returns:
+        `(resolved section, {dotted key: "plan", "params" or "training"})` for the planned keys present.
+
+    Raises:
+        UserError: if a key other than `data.normalization` is `auto` and there is no plan.
+    """
+    out = copy.deepcopy(dict(train_params))
+    origin: dict[str, str] = {}
+    data = out.get("data")
+    if plan is not None and (data is None or isinstance(data, dict)) and "normalization" not in (data or {}):
+        out["data"] = {**(data or {}), "normalization": "auto"}  # its default is auto: the plan's
+    for key in PLAN_KEYS:
+        parts = key.split(".")[1:]
+        node: Any = out
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if not isinstance(node, dict) or parts[-1] not in node:
+            continue
+        value = node[parts[-1]]
+        wants_plan = is_auto(value) or (key == "train.data.normalization" and value == "ct")
+        if not wants_plan:
+            origin[key] = "params"
+            continue
+        if plan is None and key == "train.data.normalization" and is_auto(value):
+            origin[key] = "training"
+            continue
+        if plan is None:
+            raise UserError(
+                f"{source}: key '{'.'.join(parts)}' is {value!r} but no plan was given: run `vp-medical plan "
+                f"TASK_DIR --out PLAN.json` and train with --plan PLAN.json."
+            )
+        if is_auto(value):
+            node[parts[-1]] = copy.deepcopy(plan["values"][key])
+        else:  # ct on every channel, with the dataset statistics the plan carries
+            from visionpipes.medical.planning.normalization import expand_normalization
+
+            stats = plan.get("foreground_intensity") or []
+            try:
+                node[parts[-1]] = expand_normalization("ct", len(stats) or 1, stats)
+            except ValueError as err:
+                raise UserError(f"{source}: data.normalization: {err}.") from None
+        origin[key] = "plan"
+    return out, origin
+
+
+def resolve_training_config(
+    train_params: Mapping[str, Any], plan_path: str | os.PathLike | None, *, source: str
+) -> tuple[SegmentationConfig, dict[str, Any] | None]:
+    """The training config of a `train:` section, `auto` values taken from the plan at `plan_path`.
+
+    Returns:
+        `(config, plan record)`: the record (None without a plan) is `plan_summary` of the plan plus
+        `sources` (where each planned key's value came from); training saves it in the checkpoint, and
+        export copies it into `model.json` and the model card.
+
+    Raises:
+        UserError: on an unreadable plan, `auto` without a plan, or an invalid setting (naming `source`).
+    """
+    plan = read_plan(plan_path) if plan_path is not None else None
+    resolved, origin = resolve_auto_values(train_params, plan, source=source)
+    config = parse_config(SegmentationConfig, resolved, source=source)
+    if plan is None:
+        return config, None
+    return config, {**plan_summary(plan, plan_path), "sources": origin}

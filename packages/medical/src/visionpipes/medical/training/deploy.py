@@ -29,7 +29,8 @@ from visionpipes.core.artifact import (
 )
 from visionpipes.core.config import ConfigModel, Field
 from visionpipes.core.io import atomic_path
-from visionpipes.medical.runtime.checkpoint import network_from_checkpoint
+from visionpipes.medical.msd.regions import Region, region_convention
+from visionpipes.medical.runtime.checkpoint import load_training_checkpoint, network_from_checkpoint
 from visionpipes.medical.runtime.deployed import DOMAIN, FILES, model_metadata
 from visionpipes.medical.runtime.predictor import InferenceConfig
 
@@ -82,6 +83,49 @@ def _metrics_rows(metrics: Mapping[str, Any]) -> list[list[Any]]:
     ]
 
 
+def _normalization_text(entries: Any) -> str:
+    """One phrase per channel group: how the deployed model normalises its input."""
+    if not entries:
+        return "non-zero voxels z-scored per channel"
+    parts = []
+    for e in entries:
+        name = e.get("modality") or "channel"
+        if e.get("scheme") == "ct":
+            lo, hi = e["clip"]
+            parts.append(
+                f"{name}: clipped to [{lo:.1f}, {hi:.1f}], then (x - {e['mean']:.2f}) / {e['std']:.2f}"
+            )
+        elif e.get("scheme") == "zscore":
+            over = "its non-zero voxels" if e.get("use_nonzero_mask") else "the whole image"
+            parts.append(f"{name}: z-scored over {over}")
+        else:
+            parts.append(f"{name}: as stored")
+    return "; ".join(parts)
+
+
+def _plan_bullets(plan: Mapping[str, Any]) -> list[str]:
+    hw = plan.get("hardware") or {}
+    sources = plan.get("sources") or {}
+    from_plan = sorted(k for k, v in sources.items() if v == "plan")
+    from_params = sorted(k for k, v in sources.items() if v == "params")
+    cascade = plan.get("cascade") or {}
+    return [
+        f"Made by `vp-medical plan` for {hw.get('device')} ({hw.get('memory_gb')} GB, {hw.get('cpu_cores')} "
+        f"cores; budget {(plan.get('memory') or {}).get('budget_gb')} GB): spacing {plan.get('spacing')} mm, "
+        f"patch {plan.get('patch_size')}, batch {plan.get('batch_size')}, strides {plan.get('strides')}.",
+        f"Values from the plan (`auto`): {', '.join(f'`{k}`' for k in from_plan) or 'none'}; set explicitly "
+        f"in params.yaml: {', '.join(f'`{k}`' for k in from_params) or 'none'}.",
+        "Low-resolution cascade: "
+        + (
+            f"planned at {cascade.get('lowres_spacing')} mm (not trained)."
+            if cascade.get("enabled")
+            else "no."
+        ),
+        f"Fingerprint sha256 `{str(plan.get('fingerprint_sha256'))[:16]}…`"
+        + (f", plan file `{plan['path']}`." if plan.get("path") else "."),
+    ]
+
+
 def model_card(
     record: Mapping[str, Any], metrics: Mapping[str, Any] | None, params: Mapping[str, Any] | None
 ) -> ModelCard:
@@ -105,8 +149,10 @@ def model_card(
             f"Network: `{d['model']['name']}`, channels {list(d['model']['channels'])}, "
             f"{record['parameters']:,} parameters.",
             f"Input: {len(d['modality'])} channels ({', '.join(d['modality'])}), channels first, reoriented to "
-            f"RAS{resampled}, non-zero voxels z-scored per channel.",
+            f"RAS{resampled}; normalisation: {_normalization_text(d.get('normalization'))}.",
             f"Output: logits of {regions}; label map {labels}.",
+            "Regions reported (metrics below): "
+            + region_convention([Region(n, frozenset(int(v) for v in vs)) for n, vs in d["regions"]]),
             f"Sliding window {list(d['roi_size'])} voxels; inference settings: "
             + ", ".join(f"{k}={v}" for k, v in record["inference"].items())
             + ".",
@@ -132,6 +178,8 @@ def model_card(
         )
     else:
         card.section("Evaluation", "No metrics file was given to `vp-medical export`.")
+    if record.get("plan"):
+        card.section("Plan", bullets=_plan_bullets(record["plan"]))
     training = record.get("training") or {}
     split = training.get("split") or {}
     bullets = []
@@ -201,8 +249,9 @@ def deploy(
     """Export a `vp-medical train` checkpoint to `out_dir`: the model files, `model.json` and `MODEL_CARD.md`.
 
     Each file is checked against the eager network on a window-sized input (core parity check) and
-    carries the description (regions, modalities, window, spacing) and `inference` settings, so that
-    `Predictor.load` needs nothing else. `out_dir` is replaced only when everything succeeded.
+    carries the description (regions, modalities, window, spacing, normalisation) and `inference`
+    settings, so that `Predictor.load` needs nothing else. The plan the checkpoint was trained with
+    (`vp-medical train --plan`) goes into `model.json` (`plan`) and the card's Plan section. `out_dir` is replaced only when everything succeeded.
 
     Args:
         checkpoint: the trained checkpoint.
@@ -228,6 +277,7 @@ def deploy(
     inference = inference or InferenceConfig()
     checkpoint = Path(checkpoint)
     net, description = network_from_checkpoint(checkpoint)
+    plan = load_training_checkpoint(checkpoint)["hyper_parameters"].get("plan")
     metrics_data = read_metrics(metrics, producer="`vp-medical evaluate`") if metrics is not None else None
     data = _data_record(task_dir, fingerprint_mode) if task_dir is not None else None
     training = None
@@ -275,6 +325,7 @@ def deploy(
             data=data,
             training=training,
             metrics=metrics_data,
+            plan=plan,
         )
         model_card(record, metrics_data, params).write(tmp)
     return DeployResult(out_dir=out, files={fmt: out / FILES[fmt] for fmt in reports}, record=record)

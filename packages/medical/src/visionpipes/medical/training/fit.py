@@ -25,6 +25,7 @@ from visionpipes.medical.training.data import (
     build_transforms,
     check_volume_headers,
     make_dataset,
+    resolve_normalization,
     split_cases,
 )
 from visionpipes.medical.training.module import MSDSegmentationModule
@@ -51,6 +52,7 @@ def train(
     config: SegmentationConfig | None = None,
     *,
     resume: bool = True,
+    plan: dict | None = None,
 ) -> TrainResult:
     """Train a region segmentation model on an MSD task folder.
 
@@ -62,6 +64,8 @@ def train(
         out_dir: where training writes.
         config: the settings; default `SegmentationConfig()`.
         resume: continue from `<out_dir>/checkpoints/last.ckpt` when present.
+        plan: the plan record the config was resolved with (`resolve_training_config`), saved in the
+            checkpoint and `train.json`.
 
     Returns:
         The result, with checkpoints and the seconds per epoch.
@@ -76,6 +80,7 @@ def train(
     if not task.training:
         raise UserError(f"{task.root / 'dataset.json'} lists no training cases.")
     check_volume_headers(task, task.training)
+    normalization = resolve_normalization(task, config.data)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -93,7 +98,7 @@ def train(
 
     train_ds = make_dataset(
         items(train_cases),
-        build_transforms(regions, config.data, train=True, seed=seed),
+        build_transforms(regions, config.data, train=True, seed=seed, normalization=normalization),
         config.data,
         out,
         "train",
@@ -105,7 +110,11 @@ def train(
     trainer_config = config.trainer
     if val_cases:
         val_ds = make_dataset(
-            items(val_cases), build_transforms(regions, config.data, train=False), config.data, out, "val"
+            items(val_cases),
+            build_transforms(regions, config.data, train=False, normalization=normalization),
+            config.data,
+            out,
+            "val",
         )
         val_loader = DataLoader(val_ds, batch_size=1, shuffle=False, num_workers=config.data.num_workers)
     else:
@@ -124,6 +133,8 @@ def train(
         sw_overlap=config.sw_overlap,
         sw_batch_size=config.sw_batch_size,
         max_epochs=config.trainer.max_epochs,
+        normalization=normalization,
+        plan=plan,
     )
     last = out / "checkpoints" / "last.ckpt"
     start_epoch = 0
@@ -145,7 +156,9 @@ def train(
             "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
             "metrics": result.metrics,
             "split": split,
+            "normalization": normalization,
             "config": config.to_dict(),
+            "plan": plan,
         },
     )
     return TrainResult(fit=result, split=split, seconds_per_epoch=seconds_per_epoch)

@@ -34,6 +34,10 @@ class MSDSegmentationModule(lightning.LightningModule):
         loss: `dice_ce` or `dice`.
         sw_overlap, sw_batch_size: validation sliding-window settings (Gaussian blending).
         max_epochs: length of the cosine schedule.
+        normalization: per-channel intensity normalisation entries (`planning.normalization`); None for
+            the non-zero z-score per channel.
+        plan: the plan record training was configured with (`training.config.resolve_training_config`),
+            or None; export copies it into `model.json` and the model card.
     """
 
     def __init__(
@@ -50,6 +54,8 @@ class MSDSegmentationModule(lightning.LightningModule):
         sw_overlap: float = 0.5,
         sw_batch_size: int = 4,
         max_epochs: int = 10,
+        normalization: list | None = None,
+        plan: dict | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
