@@ -1,7 +1,8 @@
 """The driving stages depend on the code they run (issue #11 item 5): in a scratch copy of the
 repository, with placeholder outputs committed to `dvc.lock` by the real DVC (`dvc commit -f`, so
 nothing runs), editing the lane source makes `dvc status` report the stages that run it changed and
-leaves the others (data, prepare, train-det) up to date."""
+leaves the others (data, prepare, train-det) up to date; the multi-task stage follows its own code and
+the lane/detector code it reuses."""
 
 from __future__ import annotations
 
@@ -76,10 +77,16 @@ def test_editing_lane_code_reruns_only_the_stages_that_run_it(tmp_path: Path, mo
 
     source = repo / "packages" / "driving" / "src" / "visionpipes" / "driving" / "lanes" / "decode.py"
     source.write_text(source.read_text() + "\n# an edit of the lane decoding\n")
-    assert _changed(repo) == {"train-lanes", "eval", "deploy"}  # not data, prepare or train-det
+    # not data, prepare or train-det; train-multitask too: its data reuses the lane targets (lanes/data.py)
+    assert _changed(repo) == {"train-lanes", "train-multitask", "eval", "deploy"}
 
     detection = source.parents[1] / "detection" / "runtime.py"
     source.write_text(source.read_text().replace("\n# an edit of the lane decoding\n", ""))
     assert _changed(repo) == set()  # back to the recorded code: nothing to run
     detection.write_text(detection.read_text() + "\n# an edit of the ONNX detector\n")
-    assert _changed(repo) == {"train-det", "eval", "deploy"}
+    assert _changed(repo) == {"train-det", "train-multitask", "eval", "deploy"}  # multitask: the letterbox
+
+    multitask = source.parents[1] / "multitask" / "loss.py"
+    detection.write_text(detection.read_text().replace("\n# an edit of the ONNX detector\n", ""))
+    multitask.write_text(multitask.read_text() + "\n# an edit of the multi-task loss\n")
+    assert _changed(repo) == {"train-multitask", "eval", "deploy"}  # not the two dedicated models

@@ -17,6 +17,7 @@ from typing import Any
 
 from visionpipes.core.cli_common import params_section, run_main
 from visionpipes.core.errors import UserError
+from visionpipes.driving.multitask.command import resolve_multitask_model
 
 
 def load_config(model: Any, params: str | None, section: str) -> Any:
@@ -322,6 +323,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         predictions_dir=args.predictions,
         config=config,
         split=args.split,
+        multitask_model=resolve_multitask_model(args.multitask, args.params),
         drivable_pred=args.drivable_pred,
     )
     short: dict[str, Any] = {"metrics": str(result.metrics_path), "plots": [p.name for p in result.plots]}
@@ -331,6 +333,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         short["lanes"] = {k: result.metrics["lanes"][k] for k in ("F1_pix1", "F1_pix2", "F1_pix5")}
     if "drivable" in result.metrics:
         short["drivable"] = {k: result.metrics["drivable"][k] for k in ("mIoU", "IoU")}
+    if "multitask" in result.metrics:
+        multitask = result.metrics["multitask"]
+        short["multitask"] = {
+            "det": {k: multitask["det"][k] for k in ("AP", "AP_50", "AP_75")},
+            "lanes": {k: multitask["lanes"][k] for k in ("F1_pix1", "F1_pix2", "F1_pix5")},
+            **({"drivable": {"mIoU": multitask["drivable"]["mIoU"]}} if "drivable" in multitask else {}),
+        }
     _emit(short, None)
 
 
@@ -338,7 +347,9 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from visionpipes.driving.deploy import DeployConfig, export_models
 
     config = load_config(DeployConfig, args.params, "deploy")
-    _emit(export_models(args.out, det_weights=args.det, lane_model=args.lanes, config=config), None)
+    multitask = resolve_multitask_model(args.multitask, args.params)
+    report = export_models(args.out, det_weights=args.det, lane_model=args.lanes, multitask_model=multitask, config=config)
+    _emit(report, None)
 
 
 def _cmd_deploy(args: argparse.Namespace) -> None:
@@ -347,7 +358,7 @@ def _cmd_deploy(args: argparse.Namespace) -> None:
     config = load_config(DeployConfig, args.params, "deploy")
     params = None
     if args.params:
-        params = {k: params_section(args.params, k) for k in ("data", "prepare", "det", "lanes")}
+        params = {k: params_section(args.params, k) for k in ("data", "prepare", "det", "lanes", "model", "multitask")}
     plan = None
     if args.plan:
         from visionpipes.core.plan import read_plan
@@ -357,6 +368,7 @@ def _cmd_deploy(args: argparse.Namespace) -> None:
         args.out,
         det_weights=args.det,
         lane_model=args.lanes,
+        multitask_model=resolve_multitask_model(args.multitask, args.params),
         metrics_path=args.metrics,
         params=params,
         config=config,
@@ -475,6 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_train_lanes)
 
+    from visionpipes.driving.multitask.command import add_train_multitask_parser
+
+    add_train_multitask_parser(verbs)  # train-multitask: its arguments and handler live beside the multi-task code
+
     p = verbs.add_parser(
         "predict",
         help="detections (det JSON) and lane masks (PNG) for images; with --deploy, for image folders and videos",
@@ -513,6 +529,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="split to evaluate (default val)")
     p.add_argument("--params", help="params.yaml with an 'eval' section")
     p.add_argument("--device", help="auto, cpu or a CUDA index (overrides eval.device)")
+    p.add_argument(
+        "--multitask",
+        metavar="MODEL",
+        help="multi-task model (multitask_model.pt, or the train-multitask folder) scored as `multitask`",
+    )
     p.set_defaults(func=_cmd_evaluate)
 
     for verb, text in (
@@ -523,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, help="folder to write" + (" (replaced)" if verb == "deploy" else ""))
         p.add_argument("--det", help="detector weights (.pt)")
         p.add_argument("--lanes", help="lane model (lane_model.pt)")
+        p.add_argument("--multitask", metavar="MODEL", help="multi-task model (or train-multitask folder) -> perception.onnx")
         p.add_argument("--params", help="params.yaml (its 'deploy' section; deploy also records data/det/lanes)")
         if verb == "deploy":
             p.add_argument("--metrics", help="metrics.json of `vp-driving evaluate`, for the model card")

@@ -24,7 +24,7 @@ DET_INT8_ONNX = "detector_int8.onnx"
 LANES_ONNX = "lanes.onnx"
 DOMAIN = "driving"
 #: The roles of the model files in `model.json`, as `export_models` reports them.
-FILE_ROLES: tuple[str, ...] = ("detector", "detector_int8", "lanes")
+FILE_ROLES: tuple[str, ...] = ("detector", "detector_int8", "lanes", "perception", "perception_int8")
 
 
 class DeployConfig(ConfigModel):
@@ -41,6 +41,11 @@ class DeployConfig(ConfigModel):
             images), with the official AP of both ONNX detectors on the evaluation split beside
             each other; `vp-driving stream --deploy` then runs it. Needs the dataset (`--dataset`).
         calibration_images: training images the int8 calibration sees.
+        perception_int8: with a multi-task model, also try `perception_int8.onnx` (the detector's
+            static int8 recipe); it is kept only if its official detection AP on the evaluation split
+            is at most `perception_max_ap_drop` below the fp32 graph's, else left out with the
+            reason in the model card. Needs the dataset (`--dataset`).
+        perception_max_ap_drop: the largest AP drop the int8 multi-task graph may have.
     """
 
     atol: float = Field(1e-4, ge=0)
@@ -49,6 +54,8 @@ class DeployConfig(ConfigModel):
     det_aspect: float | None = Field(0.5625, gt=0, le=1)
     det_int8: bool = False
     calibration_images: int = Field(32, ge=1)
+    perception_int8: bool = True
+    perception_max_ap_drop: float = Field(0.01, ge=0)
 
 
 def _latency_ms(runner: Any, example: Any, runs: int) -> float | None:
@@ -104,6 +111,7 @@ def export_models(
     *,
     det_weights: str | os.PathLike | None = None,
     lane_model: str | os.PathLike | None = None,
+    multitask_model: str | os.PathLike | None = None,
     config: DeployConfig | None = None,
     dataset: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
@@ -122,7 +130,7 @@ def export_models(
     from visionpipes.core.export import OnnxRunner
     from visionpipes.core.profile import count_parameters
 
-    if det_weights is None and lane_model is None:
+    if det_weights is None and lane_model is None and multitask_model is None:
         raise UserError("export needs a detector (--det), a lane model (--lanes), or both.")
     config = config or DeployConfig()
     out = Path(out_dir)
@@ -172,6 +180,22 @@ def export_models(
             "latency_ms_onnxruntime": _latency_ms(OnnxRunner(rep.path), example, config.latency_runs),
             "config": cfg.to_dict(),
         }
+    if multitask_model is not None:
+        from visionpipes.driving.multitask.deploy import export_perception
+
+        report.update(
+            export_perception(
+                out,
+                multitask_model,
+                atol=config.atol,
+                rtol=config.rtol,
+                latency_runs=config.latency_runs,
+                int8=config.perception_int8,
+                dataset=dataset,
+                calibration_images=config.calibration_images,
+                max_ap_drop=config.perception_max_ap_drop,
+            )
+        )
     return report
 
 
@@ -211,7 +235,7 @@ def model_card(
             f"{item['max_abs_diff']:.2e}",
             _fmt(item["latency_ms_onnxruntime"], 1),
         ]
-        for key, title in (("detector", "detector"), ("lanes", "lanes"))
+        for key, title in (("detector", "detector"), ("lanes", "lanes"), ("perception", "multi-task"))
         if (item := report.get(key))
     ]
     header = ["model", "file", "architecture", "input", "parameters", "ONNX vs eager max abs diff", "onnxruntime latency (ms, batch 1)"]
@@ -273,6 +297,9 @@ def model_card(
             f"`{str(plan.get('fingerprint_sha256', ''))[:16]}`.",
             "",
         ]
+    from visionpipes.driving.multitask.deploy import card_lines
+
+    card.lines += card_lines(report, metrics)
     if params:
         card.section("Training parameters", code=("json", json.dumps(params, indent=2, default=str)))
     card.section(
@@ -293,7 +320,9 @@ def model_card(
         "Limitations",
         bullets=[
             "Trained from scratch (no pretrained weights) on the data above with a short CPU budget.",
-            "Drivable area is not predicted.",
+            "Drivable area is not predicted."
+            if "perception" not in report
+            else "Drivable area: only the multi-task network (`perception.onnx`) predicts it.",
         ],
     )
     return card
@@ -304,6 +333,7 @@ def deploy(
     *,
     det_weights: str | os.PathLike | None,
     lane_model: str | os.PathLike | None,
+    multitask_model: str | os.PathLike | None = None,
     metrics_path: str | os.PathLike | None = None,
     params: Mapping[str, Any] | None = None,
     config: DeployConfig | None = None,
@@ -327,12 +357,25 @@ def deploy(
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out, is_dir=True) as tmp:
-        report = export_models(tmp, det_weights=det_weights, lane_model=lane_model, config=config, dataset=dataset)
+        report = export_models(
+            tmp,
+            det_weights=det_weights,
+            lane_model=lane_model,
+            multitask_model=multitask_model,
+            config=config,
+            dataset=dataset,
+        )
         model_card(report, metrics, params, plan).write(tmp)
         summary: dict[str, Any] = {"models": report}
         if metrics:
             summary["metrics"] = {
                 k: {m: v for m, v in metrics[k].items() if not isinstance(v, dict)} for k in ("det", "lanes") if k in metrics
+            }
+        if metrics and "multitask" in metrics:
+            summary.setdefault("metrics", {})["multitask"] = {
+                task: {m: v for m, v in values.items() if not isinstance(v, dict)}
+                for task, values in metrics["multitask"].items()
+                if task in ("det", "lanes", "drivable")
             }
         files = {role: file_entry(tmp, report[role]["file"]) for role in FILE_ROLES if role in report}
         extra = {"plan": dict(plan)} if plan else {}

@@ -141,6 +141,7 @@ def evaluate_models(
     predictions_dir: str | os.PathLike,
     config: EvalConfig | None = None,
     split: str = "val",
+    multitask_model: str | os.PathLike | None = None,
     drivable_pred: str | os.PathLike | None = None,
 ) -> EvalResult:
     """Predict on a split with the detector and/or the lane model and score with the official metrics.
@@ -158,7 +159,7 @@ def evaluate_models(
     """
     from visionpipes.driving.metrics import evaluate_detection, evaluate_lanes
 
-    if det_weights is None and lane_model is None and drivable_pred is None:
+    if det_weights is None and lane_model is None and multitask_model is None and drivable_pred is None:
         raise UserError(
             "evaluate needs a detector (--det), a lane model (--lanes), drivable predictions "
             "(--drivable-pred), or several of them."
@@ -227,6 +228,21 @@ def evaluate_models(
 
             print(f"drivable: scoring the masks in {drivable_pred} on {split}", flush=True)
             metrics["drivable"] = evaluate_drivable(dataset, drivable_pred, split=split).as_dict()
+        if multitask_model is not None:
+            from visionpipes.driving.multitask.evaluate import evaluate_multitask
+
+            print(f"multi-task: predicting and scoring {len(images)} {split} images", flush=True)
+            metrics["multitask"] = evaluate_multitask(
+                dataset,
+                multitask_model,
+                split=split,
+                predictions_dir=preds_tmp / "multitask",
+                conf=config.conf,
+                iou=config.iou,
+                max_det=config.max_det,
+                batch=config.batch,
+                device=str(device),
+            )
         write_json(metrics_out, metrics)
     final_plots = [plots_out / p.name for p in plots]
     return EvalResult(metrics, metrics_out, final_plots, preds_out)

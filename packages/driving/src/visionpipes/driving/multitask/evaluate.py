@@ -25,7 +25,7 @@ from visionpipes.driving.bdd100k.masks import mask_name, write_mask
 from visionpipes.driving.multitask.config import MultiTaskModelConfig
 from visionpipes.driving.multitask.data import drivable_folder
 from visionpipes.driving.multitask.decode import decode_outputs, network_input
-from visionpipes.driving.prepare import load_manifest
+from visionpipes.driving.prepare import PreparedDataset, load_manifest
 
 #: A network as the evaluation sees it: (N, 3, H, W) float32 input -> the graph's three outputs.
 Runner = Callable[[np.ndarray], Sequence[np.ndarray]]
@@ -116,8 +116,18 @@ def predict_split(
     return frames
 
 
+def _drivable_ground_truth(
+    source: str | os.PathLike | PreparedDataset, dataset: PreparedDataset, split: str
+) -> Path | None:
+    """The split's drivable masks folder (`PreparedDataset.drivable_masks`, or the manifest's entry)."""
+    folder = (getattr(dataset, "drivable_masks", None) or {}).get(split)
+    if folder is None and not isinstance(source, PreparedDataset):
+        folder = drivable_folder(source, split)
+    return Path(folder) if folder is not None else None
+
+
 def evaluate_multitask(
-    dataset_json: str | os.PathLike,
+    dataset_json: str | os.PathLike | PreparedDataset,
     model_path: str | os.PathLike,
     *,
     split: str = "val",
@@ -132,7 +142,7 @@ def evaluate_multitask(
     """Score a multi-task model on a split of a prepared dataset with each task's official metric.
 
     Args:
-        dataset_json: `dataset.json` of `vp-driving prepare`.
+        dataset_json: `dataset.json` of `vp-driving prepare` (or the loaded `PreparedDataset`).
         model_path: `multitask_model.pt`, or an exported `.onnx` (fp32 or int8).
         split: the split to score.
         predictions_dir: where to keep the predictions (`det_<split>.json`, `lanes/`, `drivable/`);
@@ -153,7 +163,7 @@ def evaluate_multitask(
     """
     from visionpipes.driving.metrics import evaluate_detection, evaluate_lanes
 
-    dataset = load_manifest(dataset_json)
+    dataset = dataset_json if isinstance(dataset_json, PreparedDataset) else load_manifest(dataset_json)
     if split not in dataset.names:
         raise UserError(f"the dataset has no split {split!r} (splits: {', '.join(dataset.names)}).")
     own_runner, config = load_runner(model_path, device)
@@ -177,7 +187,7 @@ def evaluate_multitask(
             "sub_tasks": lanes.sub_tasks,
             "classes": lanes.classes,
         }
-        drivable_gt = drivable_folder(dataset_json, split)
+        drivable_gt = _drivable_ground_truth(dataset_json, dataset, split)
         if drivable_gt is not None:
             from visionpipes.driving.metrics import evaluate_drivable
 

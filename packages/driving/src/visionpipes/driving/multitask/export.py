@@ -41,7 +41,11 @@ def export_multitask_onnx(
           decoding (class-wise NMS) applies;
         - `lanes` (N, 13, height, width): lane logits (9 category, 2 style, 2 direction);
         - `drivable` (N, 3, height, width): drivable logits (direct, alternative, background).
-    The model's metadata records the task, the input size and the class names of each output.
+    The model's metadata records the task, the input size (frames are letterboxed into it, grey 114,
+    as the exported detector's: `multitask.decode.network_input`), the class names of each output,
+    the model config and `lane_decoding` (the lane-level decoding keywords of
+    `lanes.decode.lane_mask_from_logits`, `MultiTaskModelConfig.decoding()`; added after the first
+    version: the keys of that version are unchanged, readers default it when absent).
 
     Args:
         model: the `MultiTaskNet` (copied; the original is not changed).
@@ -83,6 +87,7 @@ def export_multitask_onnx(
         ),
         "drivable_classes": json.dumps(list(DRIVABLE_CATEGORIES)),
         "config": json.dumps(model.config.to_dict()),
+        "lane_decoding": json.dumps(model.config.decoding()),
     }
     return export_onnx(
         net,
