@@ -1,8 +1,9 @@
 """Fault benchmark of the retail API: a real `vp-retail serve` on loopback over a small deployed index
 (an untrained small model over a 12-product synthetic catalog: the cheapest real deployment), client
 threads mixing searches, adds, replaces and deletes for a fixed number of requests, the server killed
-with SIGKILL at seeded random moments and restarted, a redeploy attempted while serving, and a
-compaction run mid-way. Reports acknowledged writes lost, wrong answers after restart, p50/p99 per
+with SIGKILL at seeded random moments and restarted, a redeploy attempted while serving, a
+compaction run mid-way, and a reload mid-run onto a new deployment (another model, 24-d instead of
+32-d) beside the served one (`POST /admin/reload`: the live writes are replayed into it). Reports acknowledged writes lost, wrong answers after restart, p50/p99 per
 route (from the server's `/metrics` histograms, summed over the server's lives) and the server's RSS.
 
 Loopback only, bounded in requests and time; writes results to benchmarks/results/retail_faults.json.
@@ -49,8 +50,9 @@ def photo(n: int) -> bytes:
     return buf.getvalue()
 
 
-def make_deployment(work: Path) -> tuple[Path, Path, Path]:
-    """Model folder, catalog and deploy folder (as tests/retail/conftest.py's `deployed`)."""
+def make_deployment(work: Path) -> tuple[Path, Path, Path, Path]:
+    """Model folder, catalog and deploy folder (as tests/retail/conftest.py's `deployed`), and the
+    deploy folder a reload switches to (another random model, 24-d) beside it."""
     import torch
 
     from visionpipes.retail.embedding.config import EmbeddingConfig
@@ -65,7 +67,11 @@ def make_deployment(work: Path) -> tuple[Path, Path, Path]:
     config = EmbeddingConfig(backbone="resnet18", width_multiplier=0.25, dimension=32, image_size=64, pooling="avg")
     save_model(work / "model", EmbeddingNet.from_config(config).eval(), config, {"training": {"params": {"loss": "none"}}})
     deploy_model(work / "model", work / "catalog", work / "deploy", DeployParams(factory="HNSW16"), progress=False)
-    return work / "model", work / "catalog", work / "deploy"
+    torch.manual_seed(1)
+    config = EmbeddingConfig(backbone="resnet18", width_multiplier=0.25, dimension=24, image_size=64, pooling="avg")
+    save_model(work / "model2", EmbeddingNet.from_config(config).eval(), config, {"training": {"params": {"loss": "none"}}})
+    deploy_model(work / "model2", work / "catalog", work / "deploy.next", DeployParams(factory="HNSW16"), progress=False)
+    return work / "model", work / "catalog", work / "deploy", work / "deploy.next"
 
 
 class Server:
@@ -145,7 +151,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     t_start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="retail-faults-"))
-    model, catalog, deploy = make_deployment(work)
+    model, catalog, deploy, deploy_next = make_deployment(work)
     t_deploy = time.perf_counter() - t_start
     server = Server(deploy, work / "server.log")
     server.start()
@@ -172,7 +178,9 @@ def main() -> None:
                         return
                     issued[0] += 1
                     n = issued[0]
-                    known = sorted(acked)
+                    # Each client replaces and deletes only its own products: two clients writing the same id
+                    # at once would be acknowledged in an order the server need not have applied them in.
+                    known = sorted(p for p in acked if p.startswith(f"w{worker}-"))
                 up.wait(120)
                 op = crng.choices(["search", "add", "replace", "delete"], [0.45, 0.3, 0.1, 0.15])[0]
                 if op in ("replace", "delete") and not known:
@@ -208,7 +216,7 @@ def main() -> None:
         from visionpipes.retail.training.deploy import DeployParams, deploy_model
 
         pending = list(kill_at)
-        todo = {"redeploy": args.requests // 3, "compact": args.requests // 2}
+        todo = {"redeploy": args.requests // 3, "compact": args.requests // 2, "reload": args.requests * 2 // 3}
         while pending or todo:
             time.sleep(0.01)
             now = issued[0]
@@ -224,6 +232,16 @@ def main() -> None:
                 up.wait(120)
                 r = httpx.post(server.url + "/admin/compact", headers=AUTH, timeout=60)
                 events.append({"at": now, "event": "compact", "status": r.status_code, **r.json()})
+            if "reload" in todo and now >= todo["reload"]:
+                del todo["reload"]
+                up.wait(120)
+                before = httpx.get(server.url + "/health", timeout=30).json()["model_version"]
+                r = httpx.post(server.url + "/admin/reload", headers=AUTH, json={"deployment": str(deploy_next)},
+                               timeout=300)
+                after = httpx.get(server.url + "/health", timeout=30).json()
+                events.append({"at": now, "event": "reload", "status": r.status_code, "model_before": before,
+                               "model_after": after["model_version"], "dimension_after": after["dimension"],
+                               **(r.json() if r.status_code == 200 else {"detail": r.text[:200]})})
             if pending and now >= pending[0]:
                 pending.pop(0)
                 histograms.append(scrape(server.url))
@@ -288,7 +306,8 @@ def main() -> None:
         "latency_per_route_from_metrics": latency,
         "server_rss_mib": {"first_start": rss_start, "end_of_load_last_life": rss_end_live,
                            "after_final_restart": rss_restart},
-        "final_health": {k: health[k] for k in ("products", "vectors", "tombstones", "journal_changes", "generation")},
+        "final_health": {k: health[k] for k in ("products", "vectors", "tombstones", "journal_changes", "generation",
+                                                "dimension", "model_version")},
         "seconds": {"deploy": round(t_deploy, 1), "load": round(load_seconds, 1),
                     "total": round(time.perf_counter() - t_start, 1)},
     }
