@@ -172,3 +172,42 @@ def test_plan_recorded_in_the_deployed_model(tmp_path: Path) -> None:
     assert record["plan"]["effective"]["train.dimension"] == 32
     card = (tmp_path / "deploy" / "MODEL_CARD.md").read_text()
     assert "| `train.dimension` | 128 | 32 (params) |" in card and "cuda with 80.0 GB and 16 cores" in card
+
+
+def test_train_cli_resolves_auto_from_the_plan_and_records_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`vp-retail plan` then `vp-retail train --plan` on a tiny catalog (1 epoch): the auto keys take the
+    plan's values, and the model folder's record carries the plan."""
+    from visionpipes.retail.embedding.model_folder import load_model
+    from visionpipes.retail.synth import SynthConfig, write_catalog
+
+    write_catalog(tmp_path / "cat", SynthConfig(products=6, views=3, queries=1, size=48, seed=1))
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "plan:\n  device: cpu\n  cpu_cores: 2\n"
+        "train:\n  width_multiplier: 0.25\n  dimension: auto\n  views_per_product: auto\n  image_size: 48\n"
+        "  epochs: 1\n  products_per_batch: 3\n  val_views: 0\n  logger: none\n"
+    )
+    plan_json = tmp_path / "plan.json"
+    assert _main(["plan", str(tmp_path / "cat"), "--out", str(plan_json), "--params", str(params)]) == 0
+    plan = read_plan(plan_json, domain="retail")
+    assert plan.values["train.views_per_product"] == 3  # 3 views each, none held out: K at most 3
+    argv = [
+        "train",
+        "--catalog",
+        str(tmp_path / "cat"),
+        "--out",
+        str(tmp_path / "model"),
+        "--params",
+        str(params),
+    ]
+    assert _main([*argv, "--no-progress", "--accelerator", "cpu"]) == 2  # auto without --plan
+    assert "key 'dimension' is auto but no plan was given" in capsys.readouterr().err
+    assert _main([*argv, "--no-progress", "--accelerator", "cpu", "--plan", str(plan_json)]) == 0
+    _, config, meta = load_model(tmp_path / "model")
+    assert config.dimension == plan.values["train.dimension"] == 128
+    assert meta["training"]["params"]["views_per_product"] == 3 and meta["training"]["params"]["epochs"] == 1
+    recorded = meta["training"]["params"]["plan"]
+    assert recorded["fingerprint_sha256"] == plan.fingerprint_sha256
+    assert recorded["overridden"]["train.epochs"] == {"planned": plan.values["train.epochs"], "params": 1}
