@@ -39,6 +39,7 @@ class CountingWorker:
             "doubled": shard["value"] * 2,
             "gpu": self.use_gpu,
             "threads": os.environ.get("VISIONPIPES_THREADS"),
+            "nice": os.nice(0),
         }
 
 
@@ -60,6 +61,8 @@ def test_actor_pool_runs_every_shard_once_and_reports_a_failing_one(ray_local, t
         )
     assert [r["id"] for r in results] == list(range(8)) and len(seen) == 8
     assert all(r["threads"] == "1" for r in results if r["id"] != 3)  # each actor's CPU share, not all cores
+    # the actors run at the driver's priority, not at Ray's default of +15 (a sliver of a shared CPU)
+    assert all(r["nice"] == os.nice(0) for r in results if r["id"] != 3)
     (run,) = runs
     assert run["engine"] == "ray" and run["actors"] == 2 and run["summaries"] == results
     assert all(run["called"] <= r["start"] <= r["end"] <= run["returned"] for r in results)
