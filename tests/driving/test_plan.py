@@ -197,3 +197,61 @@ def test_plan_in_the_model_card() -> None:
     text = "\n".join(model_card({}, None, None, plan).lines)
     assert "| `det.imgsz` | 640 | 640 |" in text and "| `det.batch` | 64 | 8 (params) |" in text
     assert "cuda with 80.0 GB and 16 cores (given, not probed)" in text and "abababababababab" in text
+
+
+def test_train_verbs_refuse_auto_without_a_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An `auto` key without `--plan` (or with another domain's plan) is one error line, before any work."""
+    params = tmp_path / "params.yaml"
+    params.write_text("det:\n  imgsz: auto\nlanes:\n  model:\n    width: auto\n")
+    retail_plan = tmp_path / "retail.json"
+    retail_plan.write_text(json.dumps({"format_version": 1, "domain": "retail", "values": {}}))
+    for verb, message in (("train-det", "key 'imgsz' is auto"), ("train-lanes", "key 'model.width' is auto")):
+        argv = [
+            verb,
+            "--dataset",
+            str(tmp_path / "dataset.json"),
+            "--out",
+            str(tmp_path / "o"),
+            "--params",
+            str(params),
+        ]
+        assert _main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+        assert _main([*argv, "--plan", str(retail_plan)]) == 2
+        assert "is a 'retail' plan, not a 'driving' one" in capsys.readouterr().err
+
+
+def test_plan_recorded_in_the_deployed_model(tmp_path: Path) -> None:
+    """`deploy(..., plan=...)` of a small untrained lane model: `model.json` and the card hold the plan."""
+    from visionpipes.core.artifact import read_record
+    from visionpipes.core.plan import write_plan
+    from visionpipes.driving.deploy import DeployConfig, deploy
+    from visionpipes.driving.lanes.model import LaneModelConfig, build_lane_model, save_lane_model
+
+    root = _sample(tmp_path / "raw")
+    plan_path = write_plan(
+        tmp_path / "plan.json",
+        make_plan(root, probe_hardware("cuda", memory_gb=80, cpu_cores=16), params={"det": {"batch": 8}}),
+    )
+    config = LaneModelConfig(encoder="resnet18", decoder_channels=[16, 16, 8, 8, 8], width=64, height=32)
+    save_lane_model(tmp_path / "lane_model.pt", build_lane_model(config).eval())
+    plan = read_plan(plan_path, domain="driving").summary()
+    deploy(
+        tmp_path / "deploy",
+        det_weights=None,
+        lane_model=tmp_path / "lane_model.pt",
+        config=DeployConfig(latency_runs=0),
+        plan=plan,
+    )
+    record = read_record(tmp_path / "deploy", domain="driving")
+    assert record["plan"]["fingerprint_sha256"] == plan["fingerprint_sha256"]
+    assert record["plan"]["overridden"] == {
+        "det.batch": {"planned": plan["values"]["det.batch"], "params": 8}
+    }
+    card = (tmp_path / "deploy" / "MODEL_CARD.md").read_text()
+    assert (
+        f"| `det.imgsz` | {plan['values']['det.imgsz']} |" in card
+        and "| `det.batch` |" in card
+        and "8 (params)" in card
+    )
