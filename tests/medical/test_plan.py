@@ -334,3 +334,10 @@ def test_plan_is_recorded_in_the_checkpoint_and_the_deployed_model(
     ]
     card = (tmp_path / "deploy" / "MODEL_CARD.md").read_text()
     assert "## Plan" in card and "z-scored over its non-zero voxels" in card
+    from visionpipes.medical.runtime.predictor import Predictor
+
+    # predict (runtime) normalises with the entries the plan gave training
+    predictor = Predictor.load(tmp_path / "deploy")
+    assert [{k: v for k, v in e.items() if k != "modality"} for e in predictor.normalization] == [
+        {k: v for k, v in e.items() if k != "modality"} for e in plan["values"]["train.data.normalization"]
+    ]
