@@ -341,3 +341,22 @@ def test_plan_is_recorded_in_the_checkpoint_and_the_deployed_model(
     assert [{k: v for k, v in e.items() if k != "modality"} for e in predictor.normalization] == [
         {k: v for k, v in e.items() if k != "modality"} for e in plan["values"]["train.data.normalization"]
     ]
+
+
+@pytest.mark.parametrize(
+    "plan", [None, "not json", '{"domain": "driving", "values": {}, "format_version": 1}']
+)
+def test_train_without_a_usable_plan_is_one_line(
+    tiny_task: Path, tmp_path: Path, capsys, plan: str | None
+) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  data: {roi_size: auto}\n")
+    argv = ["train", str(tiny_task), "--out", str(tmp_path / "run"), "--params", str(params)]
+    if plan is not None:
+        (tmp_path / "plan.json").write_text(plan)
+        argv += ["--plan", str(tmp_path / "plan.json")]
+    code, out, err = _cli(argv, capsys)
+    lines = (out + err).strip().splitlines()
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("error:")
+    assert ("roi_size" if plan is None else "plan.json") in lines[0]
+    assert not (tmp_path / "run").exists()
