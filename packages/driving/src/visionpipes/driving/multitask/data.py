@@ -12,7 +12,6 @@ Training side: the runtime never imports it.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -26,12 +25,13 @@ import torch
 from visionpipes.core.errors import UserError
 from visionpipes.core.image import read_image
 from visionpipes.driving.bdd100k.detection import detection_boxes, warn_unknown_categories
+from visionpipes.driving.bdd100k.drivable import read_drivable_mask
 from visionpipes.driving.bdd100k.labels import load_frames
 from visionpipes.driving.bdd100k.masks import mask_name, read_mask
 from visionpipes.driving.lanes.data import lane_targets
 from visionpipes.driving.multitask.config import IGNORE_INDEX
 from visionpipes.driving.multitask.decode import letterbox_window, network_input
-from visionpipes.driving.prepare import MANIFEST, load_manifest
+from visionpipes.driving.prepare import load_manifest
 
 
 @dataclass(frozen=True)
@@ -44,24 +44,6 @@ class MultiTaskSample:
     classes: np.ndarray
     lane_mask: Path | None
     drivable_mask: Path | None
-
-
-def drivable_folder(dataset_json: str | os.PathLike, split: str) -> Path | None:
-    """The folder of a split's drivable masks as `dataset.json` records it (key `drivable`, or
-    `drivable_masks`, mapping split -> folder relative to the manifest), or None when it has none."""
-    path = Path(dataset_json)
-    path = path / MANIFEST if path.is_dir() else path
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise UserError(f"{path} is not a readable dataset manifest.") from None
-    entry = data.get("drivable", data.get("drivable_masks"))
-    if not entry:
-        return None
-    if not isinstance(entry, dict):
-        raise UserError(f"{path}: 'drivable' must map each split to a folder of drivable masks.")
-    folder = entry.get(split)
-    return None if folder is None else path.parent / folder
 
 
 def multitask_samples(dataset_json: str | os.PathLike, split: str, limit: int = 0) -> list[MultiTaskSample]:
@@ -78,7 +60,7 @@ def multitask_samples(dataset_json: str | os.PathLike, split: str, limit: int = 
         )
     frames = {f.name: f for f in load_frames(dataset.det_labels[split])}
     lanes = dataset.lane_masks.get(split)
-    drivable = drivable_folder(dataset_json, split)
+    drivable = dataset.drivable_masks.get(split)  # none: a dataset without drivable labels
     unknown: Counter[str] = Counter()
     samples = []
     for name in dataset.names[split][: limit or None]:
@@ -197,14 +179,7 @@ class MultiTaskDataset(torch.utils.data.Dataset):
             for key in ("lane_category", "lane_style", "lane_direction"):
                 item[key] = np.full((self.size[1], self.size[0]), IGNORE_INDEX, dtype=np.int8)
         if sample.drivable_mask is not None:
-            from visionpipes.driving.bdd100k.drivable import read_drivable_mask
-
-            area = np.asarray(read_drivable_mask(sample.drivable_mask))
-            if area.shape != (height, width):
-                raise UserError(
-                    f"drivable mask {sample.drivable_mask} is {area.shape[1]}x{area.shape[0]}, "
-                    f"its image {sample.image} is {width}x{height}."
-                )
+            area = read_drivable_mask(sample.drivable_mask, expected_shape=(height, width))
             item["drivable"] = _ignore_outside(
                 _letterbox_mask(area.astype(np.uint8), window, self.size), window
             )

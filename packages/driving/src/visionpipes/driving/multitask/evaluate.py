@@ -1,7 +1,7 @@
 """Scoring the multi-task network on a split with the official metrics of each task: detection AP
 through `metrics.evaluate_detection` (the detector evaluation's code path), lane F-scores through
 `metrics.evaluate_lanes` on official lane PNGs (as the lane model's), drivable IoU through
-`evaluate_drivable` on official drivable PNGs (when the dataset has drivable masks).
+`drivable_eval.evaluate_drivable` on official drivable PNGs (when the dataset has drivable masks).
 
 The network runs eagerly (a `multitask_model.pt`) or as its ONNX graph (`perception.onnx`, fp32 or
 int8, under onnxruntime); both are decoded by `multitask.decode`, so the two are scored alike.
@@ -20,10 +20,10 @@ import numpy as np
 from visionpipes.core.errors import UserError
 from visionpipes.core.image import read_image
 from visionpipes.driving.bdd100k.detection import detections_to_frame
+from visionpipes.driving.bdd100k.drivable import write_drivable_mask
 from visionpipes.driving.bdd100k.labels import Frame, load_frames, save_frames
 from visionpipes.driving.bdd100k.masks import mask_name, write_mask
 from visionpipes.driving.multitask.config import MultiTaskModelConfig
-from visionpipes.driving.multitask.data import drivable_folder
 from visionpipes.driving.multitask.decode import decode_outputs, network_input
 from visionpipes.driving.prepare import PreparedDataset, load_manifest
 
@@ -112,18 +112,8 @@ def predict_split(
         for path, ((boxes, scores, classes), lanes, drivable) in zip(chunk, decoded):
             frames.append(detections_to_frame(path.name, boxes, scores, [int(c) for c in classes]))
             write_mask(out_dir / "lanes" / mask_name(path.name), lanes)
-            write_mask(out_dir / "drivable" / mask_name(path.name), drivable)
+            write_drivable_mask(out_dir / "drivable" / mask_name(path.name), drivable)
     return frames
-
-
-def _drivable_ground_truth(
-    source: str | os.PathLike | PreparedDataset, dataset: PreparedDataset, split: str
-) -> Path | None:
-    """The split's drivable masks folder (`PreparedDataset.drivable_masks`, or the manifest's entry)."""
-    folder = (getattr(dataset, "drivable_masks", None) or {}).get(split)
-    if folder is None and not isinstance(source, PreparedDataset):
-        folder = drivable_folder(source, split)
-    return Path(folder) if folder is not None else None
 
 
 def evaluate_multitask(
@@ -187,9 +177,8 @@ def evaluate_multitask(
             "sub_tasks": lanes.sub_tasks,
             "classes": lanes.classes,
         }
-        drivable_gt = _drivable_ground_truth(dataset_json, dataset, split)
-        if drivable_gt is not None:
-            from visionpipes.driving.metrics import evaluate_drivable
+        if split in dataset.drivable_masks:  # else the dataset has no drivable labels to score against
+            from visionpipes.driving.drivable_eval import evaluate_drivable
 
-            result["drivable"] = evaluate_drivable(drivable_gt, out / "drivable").as_dict()
+            result["drivable"] = evaluate_drivable(dataset, out / "drivable", split=split).as_dict()
     return result
