@@ -21,10 +21,12 @@ RAM (50 %) and (b) a compute cap of `CPU_GB_PER_CORE` x cores: on a CPU the time
 is the limit. The cap is a calibration, not a law: 0.055 GB-equivalent per core puts nnU-Net's network
 at a 32^3 patch, batch 2 on the 2 shared cores this project's demo runs on (the step the pipeline's
 measured budget was set with, ~10 s/epoch on the 48^3 sample); 16 cores buy an 8x larger budget.
+The estimate is that of nnU-Net's plain-conv U-Net (32 features doubling to 320); the pipeline's default
+MONAI UNet (16..128 features, `train.model.channels` explicit) needs less at the same patch and batch.
 
 Values in `params.yaml` that are not `auto` override the plan (`overrides`: dotted params keys); the plan
 records each as `{"planned": ..., "params": ...}` and, where a patch is given, derives the strides from it.
-Pure Python/numpy: no torch, no file reading besides what the caller passes.
+Pure Python/numpy, no torch; `write_plan` / `read_plan` are the only file I/O (the plan JSON, atomic).
 """
 
 from __future__ import annotations
