@@ -7,8 +7,10 @@ box sizes (side = sqrt(w*h) at the native size, and relative to the image side s
 size classes (small < 32², medium < 96², large) and class frequencies, from the train split's
 detection JSON (every box: it is text); and from an evenly spaced sample of at most `sample_masks`
 lane masks of the train split: the lane-pixel share, the rows lanes occupy and the lane stroke width
-(median horizontal run of lane pixels). On the 70,000-image BDD100K copy this reads 2 x 1,000 headers,
-200 masks and the 70k-frame label JSON: seconds, plus parsing the JSON (tens of seconds, ~1-2 GB RAM).
+(median horizontal run of lane pixels). Measured on this 2-core machine with a BDD100K-sized folder
+(70,000 + 10,000 real 1280x720 JPEGs, a 258 MB det JSON of 70,000 frames and 1.26M boxes, 70,000 lane
+masks): `vp-driving plan` takes 65 s and 1.9 GB peak RSS, of which parsing the JSON is 29 s, the box
+statistics 6 s, the 200 masks 10 s, listing the folders 3 s and the 2,000 headers 0.3 s.
 
 The **plan** (dotted `params.yaml` keys; `auto` there takes them, an explicit value wins and is
 recorded in `Plan.overridden`):
