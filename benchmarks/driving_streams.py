@@ -6,8 +6,20 @@ videos, same run. Also the per-frame latency of both models under onnxruntime vs
     python benchmarks/driving_streams.py --weights data/driving/models/det/weights/best.pt \
         --lanes data/driving/models/lanes/lane_model.pt --out benchmarks/results/driving_streams.json
 
+The multi-task model (issue #15): `--multitask` runs, in alternating rounds of the same run, the
+stream with all three tasks on every tick from one graph (`perception.onnx`) against today's
+two-model stream (detector + lane model on every tick) and the detector-only stream, and prints the
+fps ratios (target: multi-task >= 3x the two-model fps; goal: within 1.5x of detector-only), plus
+the three-task model's parameters and GFLOPs at 640x384 against YOLOP's published 7.9 M / 18.6 G.
+The two-model files come from a deploy folder (`--deploy`, the files `vp-driving stream --deploy`
+runs: the int8 detector when deployed); the multi-task graph is the folder's perception.onnx when it
+has one, else a seeded (untrained: same graph, same cost) model exported at each `--multitask-size`.
+
+    python benchmarks/driving_streams.py --multitask-only --deploy data/driving/deploy \
+        --out benchmarks/results/driving_streams_multitask.json
+
 Without --videos it writes 4 synthetic 640x360 camera videos first. Numbers depend on the machine
-and on what else runs on it: compare the two columns of one run, not runs with each other.
+and on what else runs on it: compare the columns of one run, not runs with each other.
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -22,6 +35,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from visionpipes.core.hardware import cpu_model_name
 
 
 def _median_ms(fn: Any, repeats: int) -> float:
@@ -63,7 +78,17 @@ def baseline_threads(weights: str, videos: list[str], imgsz: int, frames: int, c
     return {"frames": sum(counts), "seconds": round(seconds, 2), "total_fps": round(sum(counts) / seconds, 2)}
 
 
-def ours(detector: Path, lanes: Path | None, videos: list[str], frames: int, conf: float, out: Path) -> dict[str, Any]:
+def ours(
+    detector: Path | None,
+    lanes: Path | None,
+    videos: list[str],
+    frames: int,
+    conf: float,
+    out: Path,
+    perception: Path | None = None,
+) -> dict[str, Any]:
+    """One `run_streams` run (no video writing): the detector (with the lane model on every tick when
+    given), or the multi-task graph (all three tasks on every tick) when `perception` is given."""
     from visionpipes.driving.streams.run import StreamConfig, run_streams
 
     report = run_streams(
@@ -71,10 +96,182 @@ def ours(detector: Path, lanes: Path | None, videos: list[str], frames: int, con
         out,
         detector_path=detector,
         lanes_path=lanes,
-        config=StreamConfig(conf=conf, realtime=False, max_frames=frames, write_video=False, lanes_every=1 if lanes else 0),
+        perception_path=perception,
+        config=StreamConfig(
+            conf=conf, realtime=False, max_frames=frames, write_video=False, lanes_every=1 if lanes or perception else 0
+        ),
         printer=lambda line: None,
     )
     return {"frames": sum(c.frames for c in report.cameras), "seconds": report.seconds, "total_fps": report.total_fps}
+
+
+#: YOLOP's published size (Wu et al., 2022, Table 6: 7.9 M parameters, 18.6 GFLOPs at 640x384).
+YOLOP_PUBLISHED = {"params_m": 7.9, "gflops": 18.6, "width": 640, "height": 384}
+
+
+def calibrate_seeded(model: Any, frames: list[Any], detector: Path, lanes: Path, conf: float) -> dict[str, Any]:
+    """Shift a seeded model's output biases so that its outputs load the decoding as the deployed
+    models' do on the same frames (an untrained head marks every pixel a lane, which makes the
+    lane-level decoding 10x dearer than on a trained model's sparse lanes, and scores every anchor
+    ~1e-2, which gives no boxes to track): as many anchors above `conf` per frame as the deployed
+    detector's raw output has, the deployed lane model's share of lane pixels, and 25% direct / 15%
+    alternative drivable pixels. The graph and so its cost are unchanged; only biases move."""
+    import numpy as np
+    import torch
+
+    from visionpipes.driving.bdd100k.categories import DET_CATEGORIES, LANE_BACKGROUND
+    from visionpipes.driving.detection.runtime import OnnxDetector, detector_input
+    from visionpipes.driving.lanes.decode import BACKGROUND_CLASS, lane_margin
+    from visionpipes.driving.lanes.runtime import OnnxLaneModel
+    from visionpipes.driving.multitask.decode import network_input
+
+    det = OnnxDetector(detector, threads=1)
+    (raw,) = det.runner(detector_input(frames, (det.imgsz, det.height))[0])
+    anchors_above = float((raw[:, 4:].max(axis=1) > conf).sum(axis=1).mean())
+    lane_share = float(np.mean([(m != LANE_BACKGROUND).mean() for m in OnnxLaneModel(lanes, threads=1)(frames)]))
+    x, _ = network_input(frames, (model.config.width, model.config.height))
+    with torch.no_grad():
+        predictions, lane_logits, drivable = model(torch.from_numpy(x))
+        car = DET_CATEGORIES.index("car")
+        scores = predictions[:, 4 + car].clamp(1e-7, 1 - 1e-7)
+        logits = torch.log(scores / (1 - scores)).flatten()
+        k = max(1.0, anchors_above) * len(frames)
+        shift = float(np.log(conf / (1 - conf))) - float(torch.quantile(logits, 1 - k / logits.numel()))
+        for branch in model.detect.cv3:
+            branch[-1].bias[car] += shift
+        margin = torch.from_numpy(np.stack([lane_margin(lg[:BACKGROUND_CLASS + 1]) for lg in lane_logits.numpy()]))
+        model.lane_head.classifier.bias[BACKGROUND_CLASS] += float(torch.quantile(margin.flatten()[::7], 1 - lane_share))
+        head = model.drivable_head.classifier
+        head.bias[0] += float(torch.quantile((drivable[:, 2] - drivable[:, 0]).flatten()[::7], 0.25))
+        head.bias[1] += float(torch.quantile((drivable[:, 2] - drivable[:, 1]).flatten()[::7], 0.15))
+    return {"anchors_above_conf_per_frame": round(anchors_above, 1), "lane_pixel_share": round(lane_share, 4)}
+
+
+def multitask_models(
+    deploy: Path, sizes: list[tuple[int, int]], work: Path, frames: list[Any], conf: float, int8: bool
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """The multi-task graphs to stream: the deploy folder's perception.onnx when it has one, else a
+    seeded model (the default `MultiTaskModelConfig`) exported at each size, its output biases
+    calibrated on the cameras' frames (`calibrate_seeded`), and with `int8` also its static int8
+    version (the detector's `quantize_detector_int8`, calibrated on the same frames: what deploy
+    does for `perception_int8.onnx`); and the three-task model's parameters and GFLOPs at 640x384
+    (`MultiTaskNet.profile`, torch's flop counter, 2 FLOPs per multiply-accumulate) beside YOLOP's
+    published numbers."""
+    import cv2
+    import torch
+
+    from visionpipes.driving.deployment import read_deploy_folder
+    from visionpipes.driving.multitask.export import export_multitask_onnx
+    from visionpipes.driving.multitask.model import build_multitask_model
+    from visionpipes.driving.multitask.runtime import PerceptionRuntime
+
+    deployed = read_deploy_folder(deploy)
+    config: dict[str, Any] = {}
+    graphs: dict[str, Path] = {}
+    info: dict[str, Any] = {}
+    if deployed.perception is not None:
+        runtime = PerceptionRuntime(deployed.perception, threads=1)
+        config = json.loads(runtime.metadata["config"])
+        graphs[f"deployed {deployed.perception.name} {runtime.width}x{runtime.height}"] = deployed.perception
+    torch.manual_seed(0)
+    model = build_multitask_model(config or None)
+    if not graphs:
+        calibration = []
+        for k, frame in enumerate(frames):
+            calibration.append(work / f"calibration{k}.jpg")
+            cv2.imwrite(str(calibration[-1]), frame)
+        for width, height in sizes:
+            sized = build_multitask_model({**model.config.to_dict(), "width": width, "height": height}).eval()
+            sized.load_state_dict(model.state_dict())
+            info[f"seeded {width}x{height}"] = calibrate_seeded(sized, frames, deployed.detector, deployed.lanes, 0.25)
+            path = export_multitask_onnx(sized, work / f"perception_{width}x{height}.onnx").path
+            graphs[f"seeded {width}x{height}"] = path
+            if int8:
+                from visionpipes.driving.detection.quantize import quantize_detector_int8
+
+                graphs[f"seeded int8 {width}x{height}"] = quantize_detector_int8(
+                    path, work / f"perception_int8_{width}x{height}.onnx", calibration
+                )
+    size: dict[str, Any] = {"ours_640x384": {k: round(v, 3) for k, v in model.profile(640, 384).items()}}
+    size["yolop_published"] = YOLOP_PUBLISHED
+    size["ratio_params"] = round(size["ours_640x384"]["params_m"] / YOLOP_PUBLISHED["params_m"], 3)
+    size["ratio_gflops"] = round(size["ours_640x384"]["gflops"] / YOLOP_PUBLISHED["gflops"], 3)
+    size["backbone"] = model.config.backbone if isinstance(model.config.backbone, str) else "spec"
+    size["seeded_calibration"] = info
+    return graphs, size
+
+
+def multitask_comparison(
+    deploy: Path,
+    videos: list[str],
+    frames: int,
+    rounds: int,
+    conf: float,
+    sizes: list[tuple[int, int]],
+    work: Path,
+    int8: bool = True,
+) -> dict[str, Any]:
+    """Detector-only, two-model (detector + lanes every tick) and multi-task (three tasks every tick)
+    streams of the same cameras, in alternating rounds after a short warm-up of each; the medians of
+    the fps and of the per-round ratios count."""
+    import cv2
+
+    from visionpipes.driving.deployment import read_deploy_folder
+
+    deployed = read_deploy_folder(deploy)
+    if deployed.detector is None or deployed.lanes is None:
+        raise SystemExit(f"{deploy} needs a detector and a lane model for the two-model stream.")
+    frames_seen = []
+    for video in videos:
+        capture = cv2.VideoCapture(video)
+        for _ in range(4):
+            ok, frame = capture.read()
+            if ok:
+                frames_seen.append(frame)
+        capture.release()
+    graphs, size = multitask_models(deploy, sizes, work, frames_seen, conf, int8)
+    runs: dict[str, dict[str, Any]] = {
+        "detector_only": {"detector": deployed.detector},
+        "two_model": {"detector": deployed.detector, "lanes": deployed.lanes},
+        **{f"multitask {name}": {"perception": path} for name, path in graphs.items()},
+    }
+    for models in runs.values():  # warm-up: sessions, caches, the tracker's imports
+        ours(models.get("detector"), models.get("lanes"), videos, 8, conf, work / "warm", models.get("perception"))
+    results: dict[str, list[dict[str, Any]]] = {key: [] for key in runs}
+    for k in range(rounds):
+        for key, models in runs.items():
+            out = work / f"mt{k}-{key.replace(' ', '_')}"
+            results[key].append(
+                ours(models.get("detector"), models.get("lanes"), videos, frames, conf, out, models.get("perception"))
+            )
+            print(f"round {k + 1}/{rounds} {key}: {results[key][-1]['total_fps']} fps", flush=True)
+
+    def ratio(a: str, b: str) -> float:
+        return round(statistics.median(x["total_fps"] / y["total_fps"] for x, y in zip(results[a], results[b])), 2)
+
+    summary: dict[str, Any] = {
+        "models": {key: {role: str(path) for role, path in models.items()} for key, models in runs.items()},
+        "rounds": results,
+        "total_fps_median": {key: statistics.median(r["total_fps"] for r in rs) for key, rs in results.items()},
+    }
+    summary["ratios"] = {
+        key: {
+            "vs_two_model": ratio(key, "two_model"),
+            "detector_only_over_multitask": ratio("detector_only", key),
+            "target_3x_two_model_met": ratio(key, "two_model") >= 3.0,
+            "goal_within_1.5x_of_detector_only_met": ratio("detector_only", key) <= 1.5,
+        }
+        for key in runs
+        if key.startswith("multitask")
+    }
+    summary["size"] = size
+    summary["note"] = (
+        "one reader thread per camera, one batched onnxruntime call per tick per model, ByteTrack and the "
+        "JSON frames included, no video; two_model: the deploy folder's detector and lane model (lane-level "
+        "decoding as deployed) on every tick; multitask: perception.onnx, detections + lane masks (its "
+        "lane_decoding) + drivable masks and their polygons in the JSON on every tick"
+    )
+    return summary
 
 
 def latencies(weights: str, lane_model: str | None, work: Path, repeats: int, video: str) -> dict[str, Any]:
@@ -144,7 +341,7 @@ def lane_decoding_cost(net: Any, video: str, repeats: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", required=True, help="trained detector (.pt)")
+    parser.add_argument("--weights", help="trained detector (.pt); required unless --multitask-only")
     parser.add_argument("--lanes", help="trained lane model (lane_model.pt)")
     parser.add_argument("--videos", nargs="*", help="camera videos (default: 4 synthetic 640x360 videos)")
     parser.add_argument("--frames", type=int, default=144, help="frames per camera (default 144)")
@@ -155,7 +352,32 @@ def main() -> None:
         "--deployed", help="a deployed detector to time as well (e.g. data/driving/deploy/detector_int8.onnx)"
     )
     parser.add_argument("--out", help="JSON results file")
+    parser.add_argument(
+        "--multitask", action="store_true", help="also compare the multi-task stream (needs --deploy)"
+    )
+    parser.add_argument(
+        "--multitask-only", action="store_true", help="only the multi-task comparison (no ultralytics baseline)"
+    )
+    parser.add_argument(
+        "--deploy", help="deploy folder of the two-model stream (and its perception.onnx when it has one)"
+    )
+    parser.add_argument(
+        "--multitask-size",
+        action="append",
+        metavar="WxH",
+        help="input size of the seeded multi-task graph (repeatable; default 640x384 and 320x192)",
+    )
+    parser.add_argument(
+        "--no-multitask-int8", action="store_true", help="skip the int8 version of the seeded multi-task graph"
+    )
     args = parser.parse_args()
+    if args.multitask_only:
+        args.multitask = True
+    if args.multitask and not args.deploy:
+        parser.error("--multitask needs --deploy (the deploy folder's detector and lane model)")
+    if not args.multitask_only and not args.weights:
+        parser.error("--weights is required (unless --multitask-only)")
+    sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.multitask_size or ["640x384", "320x192"]]
 
     from visionpipes.core.settings import apply_runtime_settings
 
@@ -168,6 +390,18 @@ def main() -> None:
 
             write_sample(work / "bdd", SynthConfig(images=1, val_fraction=0.0, cameras=4, video_frames=args.frames))
             videos = [str(p) for p in sorted((work / "bdd" / "videos").glob("*.mp4"))]
+        if args.multitask_only:
+            result = {
+                "machine": {"cpu": cpu_model_name(), "threads": settings.threads, "load_average": os.getloadavg()},
+                "cameras": len(videos),
+                "frames_per_camera": args.frames,
+                "multitask": multitask_comparison(
+                    Path(args.deploy), videos, args.frames, args.rounds, args.conf, sizes, work, not args.no_multitask_int8
+                ),
+            }
+            result["machine"]["load_average_after"] = os.getloadavg()
+            _write(result, args.out)
+            return
         lat = latencies(args.weights, args.lanes, work, args.repeats, videos[0])
         files = lat.pop("_files")
         imgsz = lat["detector"]["input"][-1]
@@ -221,11 +455,19 @@ def main() -> None:
         )
         result["speedup_detector_only"] = speedup("ours")
         result["latency_per_frame"] = lat
-    text = json.dumps(result, indent=2)
+        if args.multitask:
+            result["multitask"] = multitask_comparison(
+                Path(args.deploy), videos, args.frames, args.rounds, args.conf, sizes, work, not args.no_multitask_int8
+            )
+    _write(result, args.out)
+
+
+def _write(result: dict[str, Any], out: str | None) -> None:
+    text = json.dumps(result, indent=2, default=str)
     print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
 
 
 if __name__ == "__main__":
