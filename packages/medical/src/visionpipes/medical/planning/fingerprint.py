@@ -155,14 +155,13 @@ def _channel_statistics(samples: np.ndarray) -> dict[str, float | None]:
         return {
             k: None for k in ("mean", "median", "std", "min", "max", "percentile_00_5", "percentile_99_5")
         }
-    values = samples.astype(np.float64)
-    low, median, high = np.percentile(values, PERCENTILES)
+    low, median, high = np.percentile(samples, PERCENTILES)  # float32 samples, no float64 copy
     return {
-        "mean": float(np.mean(values)),
+        "mean": float(np.mean(samples, dtype=np.float64)),
         "median": float(median),
-        "std": float(np.std(values)),
-        "min": float(np.min(values)),
-        "max": float(np.max(values)),
+        "std": float(np.std(samples, dtype=np.float64)),
+        "min": float(np.min(samples)),
+        "max": float(np.max(samples)),
         "percentile_00_5": float(low),
         "percentile_99_5": float(high),
     }

@@ -86,7 +86,10 @@ def _pad_shape(shape: Sequence[int], divisible_by: Sequence[int]) -> tuple[int, 
 
 
 def pool_and_conv_props(
-    spacing: Sequence[float], patch_size: Sequence[int], min_edge: int = MIN_FEATURE_MAP_EDGE, max_pools: int = 999999
+    spacing: Sequence[float],
+    patch_size: Sequence[int],
+    min_edge: int = MIN_FEATURE_MAP_EDGE,
+    max_pools: int = 999999,
 ) -> Topology:
     """nnU-Net's `get_pool_and_conv_props`: poolings and kernels per stage for a patch at a spacing."""
     dim = len(spacing)
@@ -134,7 +137,10 @@ def features_per_stage(num_stages: int, dim: int) -> tuple[int, ...]:
 
 
 def feature_map_voxels(
-    patch_size: Sequence[int], strides: Sequence[Sequence[int]], features: Sequence[int], num_classes: int,
+    patch_size: Sequence[int],
+    strides: Sequence[Sequence[int]],
+    features: Sequence[int],
+    num_classes: int,
     convs_per_stage: int = 2,
 ) -> int:
     """dynamic_network_architectures' `compute_conv_feature_map_size` of a plain-conv U-Net: the sum of
@@ -170,7 +176,11 @@ class PatchPlan:
 
 
 def plan_patch_and_batch(
-    spacing: Sequence[float], median_shape: Sequence[int], *, num_classes: int, memory_gb: float,
+    spacing: Sequence[float],
+    median_shape: Sequence[int],
+    *,
+    num_classes: int,
+    memory_gb: float,
     dataset_voxels: float,
 ) -> PatchPlan:
     """nnU-Net's patch/batch search for one configuration (see the module docstring).
@@ -192,7 +202,9 @@ def plan_patch_and_batch(
     ref_batch = REFERENCE_BATCH[dim]
 
     def estimate(t: Topology) -> int:
-        return feature_map_voxels(t.patch_size, t.strides, features_per_stage(len(t.strides), dim), num_classes)
+        return feature_map_voxels(
+            t.patch_size, t.strides, features_per_stage(len(t.strides), dim), num_classes
+        )
 
     voxels = estimate(topo)
     while voxels / ref_batch * 2 > reference:
@@ -223,7 +235,10 @@ def plan_patch_and_batch(
 
 def needs_lowres_stage(patch_size: Sequence[int], median_shape: Sequence[int]) -> bool:
     """Whether nnU-Net would add a low-resolution cascade stage: the patch covers < 25 % of the median image."""
-    return float(np.prod(patch_size, dtype=np.float64)) / float(np.prod(median_shape, dtype=np.float64)) < LOWRES_THRESHOLD
+    return (
+        float(np.prod(patch_size, dtype=np.float64)) / float(np.prod(median_shape, dtype=np.float64))
+        < LOWRES_THRESHOLD
+    )
 
 
 def normalization_scheme(modality: str, *, median_relative_size_after_crop: float) -> dict[str, object]:
