@@ -57,6 +57,8 @@ HU: dict[str, float] = {
     "spleen": 105.0,
     "kidney": 160.0,
     "vessel": 170.0,
+    "bowel": 30.0,
+    "gas": -600.0,
     "bone": 700.0,
     "lung": -850.0,
     "nodule": 30.0,
@@ -125,15 +127,33 @@ def _tube(grid: np.ndarray, start, direction, radius: float) -> np.ndarray:
     return np.linalg.norm(rel - along[..., None] * d, axis=-1) < radius
 
 
-def _body(rng: np.random.Generator, grid: np.ndarray, fov: float) -> tuple[np.ndarray, np.ndarray]:
-    """An elliptic trunk with its subcutaneous fat layer, the spine and the aorta: HU and body mask."""
-    hu = np.full(grid.shape[:3], HU["air"], np.float32)
+def _body(
+    rng: np.random.Generator, grid: np.ndarray, fov: float, *, abdomen: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """An elliptic trunk: subcutaneous fat, a muscle wall, the spine with the psoas muscles, the aorta and,
+    for an abdomen, the inside filled with mesenteric fat and bowel loops (soft tissue with gas pockets);
+    a chest is filled with mediastinal soft tissue. Returns HU and the body mask."""
+    shape = grid.shape[:3]
+    hu = np.full(shape, HU["air"], np.float32)
     radii = (0.46 * fov * rng.uniform(0.95, 1.02), 0.36 * fov * rng.uniform(0.95, 1.02), 1e6)
     d = _ellipsoid(grid, (0, 0, 0), radii)
     body = d < 1.0
     hu[body] = HU["fat"]
-    hu[d < 1.0 - 0.10 * rng.uniform(0.8, 1.2)] = HU["muscle"]
-    spine_centre = (rng.normal(0, 0.01 * fov), 0.24 * fov, 0)
+    wall = 1.0 - 0.10 * rng.uniform(0.8, 1.2)
+    hu[d < wall] = HU["muscle"]
+    if abdomen:
+        inside = d < wall - 0.07
+        hu[inside] = HU["fat"] + 10
+        field = _smooth(rng, shape, sigma=1.5)
+        bowel = inside & (field > 0.1)
+        hu[bowel] = HU["bowel"] + 10 * rng.standard_normal()
+        hu[inside & (field > 1.6)] = HU["gas"]
+    spine_centre = np.array([rng.normal(0, 0.01 * fov), 0.24 * fov, 0])
+    for side in (-1, 1):  # psoas muscles beside the spine
+        psoas = _ellipsoid(
+            grid, spine_centre + np.array([side * 0.11 * fov, -0.02 * fov, 0]), (0.05 * fov, 0.06 * fov, 1e6)
+        )
+        hu[psoas < 1.0] = HU["muscle"]
     hu[_ellipsoid(grid, spine_centre, (0.07 * fov, 0.07 * fov, 1e6)) < 1.0] = HU["bone"]
     aorta_centre = (0.04 * fov, 0.12 * fov, 0)
     hu[_ellipsoid(grid, aorta_centre, (0.035 * fov, 0.035 * fov, 1e6)) < 1.0] = HU["vessel"]
@@ -151,7 +171,7 @@ def synth_liver_case(
     grid = _grid(shape, zooms)
     fov = shape[0] * zooms[0]
     depth = shape[2] * zooms[2]
-    hu, body = _body(rng, grid, fov)
+    hu, body = _body(rng, grid, fov, abdomen=True)
     # Liver: in the patient's right (image x < 0 in RAS), a large lobe tapering towards both ends in z.
     centre = np.array([-0.16 * fov, -0.02 * fov, rng.uniform(-0.08, 0.08) * depth], np.float32)
     radii = np.array([0.24 * fov, 0.26 * fov, 0.46 * depth]) * rng.uniform(0.9, 1.1, 3)
@@ -208,7 +228,7 @@ def synth_lung_case(
     grid = _grid(shape, zooms)
     fov = shape[0] * zooms[0]
     depth = shape[2] * zooms[2]
-    hu, body = _body(rng, grid, fov)
+    hu, body = _body(rng, grid, fov, abdomen=False)
     lungs = np.zeros(shape, bool)
     for side in (-1, 1):
         d = _ellipsoid(
@@ -234,10 +254,11 @@ def synth_lung_case(
     return hu, label
 
 
-def _smooth(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+def _smooth(rng: np.random.Generator, shape: tuple[int, ...], sigma: float = 2.0) -> np.ndarray:
+    """Gaussian-smoothed noise of unit standard deviation (blobs of about `sigma` voxels)."""
     from scipy.ndimage import gaussian_filter
 
-    noise = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=2.0)
+    noise = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=sigma)
     return noise / (noise.std() + 1e-6)
 
 
