@@ -172,12 +172,18 @@ def test_ct_plan_normalises_with_dataset_statistics_and_handles_anisotropy() -> 
     )
 
 
-def test_explicit_params_override_the_plan_and_are_recorded() -> None:
+def test_explicit_params_override_the_plan_and_are_recorded(tmp_path: Path) -> None:
     plan = make_plan(_task01_like(), GPU80, {"train.data.roi_size": [64, 64, 64], "train.data.batch_size": 3})
     assert plan.patch_size == [64, 64, 64] and plan.batch_size == 3
     assert plan.overridden["train.data.roi_size"]["planned"] == plan.values["train.data.roi_size"]
     assert plan.overridden["train.data.roi_size"]["differs"]
     assert plan.num_pool_per_axis == [4, 4, 4]  # strides follow the patch actually used
+    assert plan.auto["train.model.strides"] == [2, 2, 2, 2] != plan.values["train.model.strides"]
+    assert len(plan.auto["train.model.channels"]) == 5
+    path = write_plan(tmp_path / "plan.json", plan)
+    section = {"data": {"roi_size": [64, 64, 64]}, "model": {"strides": "auto", "channels": "auto"}}
+    config, _ = resolve_training_config(section, path, source="x")  # auto strides fit the explicit patch
+    assert config.model.divisors == (16, 16, 16) and list(config.model.channels) == [32, 64, 128, 256, 320]
     with pytest.raises(UserError, match=r"train\.data\.roisize"):
         make_plan(_task01_like(), CPU, {"train.data.roisize": [8, 8, 8]})
 

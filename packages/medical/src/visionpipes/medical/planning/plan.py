@@ -101,7 +101,9 @@ class Plan:
             `lowres_patch_size`, `lowres_batch_size`.
         memory: `budget_gb` given to the rules, how it was chosen, `estimated_gb` of the plan.
         hardware: what the plan was made for (`core.hardware.Hardware` as a dict).
-        values: the planned value of each `PLAN_KEYS` key (what `auto` resolves to).
+        values: the planned value of each `PLAN_KEYS` key (the rules' choice).
+        auto: what `auto` resolves to for each key: `values`, except that the strides and channels
+            follow the patch actually used when `train.data.roi_size` is explicit (so they fit it).
         overridden: key -> `{"planned", "params"}` for keys `params.yaml` sets explicitly.
         reasons: key -> the rule that chose it.
         fingerprint_sha256: hash of the fingerprint the plan was made from.
@@ -122,6 +124,7 @@ class Plan:
     memory: dict[str, Any]
     hardware: dict[str, Any]
     values: dict[str, Any]
+    auto: dict[str, Any] = field(default_factory=dict)
     overridden: dict[str, Any] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
     fingerprint_sha256: str = ""
@@ -341,6 +344,11 @@ def make_plan(
         },
         hardware=hw,
         values=values,
+        auto={
+            **values,
+            "train.model.strides": _model_strides(topology.strides),
+            "train.model.channels": list(rules.features_per_stage(len(topology.strides), 3)),
+        },
         overridden=overridden,
         reasons=reasons,
         fingerprint_sha256=fingerprint_sha256(fingerprint),

@@ -178,7 +178,7 @@ def resolve_auto_values(
                 f"TASK_DIR --out PLAN.json` and train with --plan PLAN.json."
             )
         if is_auto(value):
-            node[parts[-1]] = copy.deepcopy(plan["values"][key])
+            node[parts[-1]] = copy.deepcopy((plan.get("auto") or plan["values"])[key])
         else:  # ct on every channel, with the dataset statistics the plan carries
             from visionpipes.medical.planning.normalization import expand_normalization
 
