@@ -87,7 +87,8 @@ class MultiTaskModule(lightning.LightningModule):
         )
         self.loss_config = MultiTaskLossConfig.from_params(loss_config, source="multitask.loss")
         self.train_config = MultiTaskTrainConfig.from_params(train_config, source="multitask.train")
-        self.criterion = MultiTaskLoss(self.model, self.loss_config)
+        self.criterion = MultiTaskLoss(self.model, self.loss_config)  # its task weights follow the phase
+        self.val_criterion = MultiTaskLoss(self.model, self.loss_config)  # every task, whatever the phase
         self.total_steps = max(1, total_steps)
         self.budget_s = budget_s
         self.phase_steps: dict[str, int] = {}
@@ -174,8 +175,7 @@ class MultiTaskModule(lightning.LightningModule):
         return total
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        criterion = MultiTaskLoss(self.model, self.loss_config)  # every task, whatever the phase
-        total, parts = criterion(self.model.forward_raw(batch["image"]), batch)
+        total, parts = self.val_criterion(self.model.forward_raw(batch["image"]), batch)
         size = len(batch["image"])
         self.log("val/loss", total, prog_bar=True, on_epoch=True, batch_size=size)
         for name in ("detection", "lanes", "drivable"):
