@@ -270,6 +270,53 @@ def test_model_family_two_model_on_a_folder_with_both_runs_the_two_models(
     assert not any(label["category"].startswith("area/") for f in frames for label in f.get("labels", []))
 
 
+def test_predict_with_the_multitask_family_writes_official_drivable_masks(
+    deploy: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import cv2
+
+    from visionpipes.driving import cli
+    from visionpipes.driving.bdd100k.drivable import read_drivable_mask
+    from visionpipes.driving.bdd100k.masks import read_mask
+    from visionpipes.driving.multitask.runtime import PerceptionRuntime
+
+    images = tmp_path / "images"
+    images.mkdir()
+    frames = _frames(deploy["video"], 2)
+    for k, frame in enumerate(frames):
+        cv2.imwrite(str(images / f"f{k}.png"), frame)  # lossless: the same pixels as `frames`
+    out = tmp_path / "pred"
+    assert cli.run(["predict", str(images), "--deploy", str(deploy["folder"]), "--out", str(out)]) == 0
+    assert "wrote 1 prediction files (2 frames" in capsys.readouterr().out
+    expected = PerceptionRuntime(deploy["folder"], threads=1).predict(frames)
+    det = json.loads((out / "images.json").read_text())
+    assert [f["name"] for f in det] == ["f0.png", "f1.png"]
+    for k, result in enumerate(expected):
+        assert len(det[k].get("labels", [])) == len(result.detections[0])
+        drivable = read_drivable_mask(
+            out / "images.drivable" / f"f{k}.png", expected_shape=frames[k].shape[:2]
+        )
+        np.testing.assert_array_equal(drivable, result.drivable_mask)
+        np.testing.assert_array_equal(read_mask(out / "images.lanes" / f"f{k}.png"), result.lanes)
+    # --model-family two_model on the same folder: the detector and lane model, no drivable masks
+    again = tmp_path / "two"
+    argv = [
+        "predict",
+        str(images),
+        "--deploy",
+        str(deploy["folder"]),
+        "--out",
+        str(again),
+        "--model-family",
+        "two_model",
+    ]
+    assert cli.run(argv) == 0
+    assert (again / "images.json").is_file() and (again / "images.lanes").is_dir()
+    assert not (again / "images.drivable").exists()
+    with pytest.raises(UserError, match="needs --deploy FOLDER"):
+        cli.run(["predict", str(images), "--out", str(tmp_path / "x"), "--model-family", "multitask"])
+
+
 def _vp_driving(*args: str) -> subprocess.CompletedProcess[str]:
     script = Path(sys.executable).with_name("vp-driving")
     argv = [str(script)] if script.is_file() else [sys.executable, "-m", "visionpipes.driving.cli"]

@@ -231,6 +231,31 @@ def _image_files(paths: Sequence[str]) -> list[Path]:
     return files
 
 
+def _cmd_predict_multitask(args: argparse.Namespace, perception: str | None) -> int:
+    """`predict` with the multi-task family: `perception.onnx` over image folders, images and videos,
+    in `predict --deploy`'s layout plus `<input name>.drivable/` (official drivable masks); local engine."""
+    from visionpipes.driving.batch import BATCH, IMAGE_SUFFIXES, list_inputs, video_frames
+    from visionpipes.driving.multitask.runtime import predict_inputs_multitask
+
+    if args.engine != "local":
+        raise UserError("the multi-task family runs on the local engine only: drop --engine ray or use --model-family two_model.")
+    inputs = list_inputs(args.images)
+    result = predict_inputs_multitask(
+        perception, inputs, args.out, conf=args.conf, lanes=not args.no_lanes,
+        video_frames=video_frames, image_suffixes=IMAGE_SUFFIXES, batch_size=BATCH,
+    )  # fmt: skip
+    print(
+        f"wrote {len(result['written'])} prediction files ({result['frames']} frames, {result['boxes']} boxes, "
+        f"lane and drivable masks) to {args.out} ({len(result['skipped'])} already there, skipped)"
+    )
+    for file, reason in result["failed"]:
+        print(f"failed: {file}: {reason}", file=sys.stderr)
+    if result["failed"]:
+        print(f"{len(result['failed'])} input files failed (of {len(inputs)} inputs)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_predict_batch(args: argparse.Namespace) -> int:
     """`predict --deploy`: the deploy folder's ONNX models over image folders and video files, one
     BDD100K JSON per input, on the local engine or a Ray actor pool (`driving.batch`); finished inputs
@@ -265,6 +290,16 @@ def _cmd_predict_batch(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int | None:
     from visionpipes.core.io import atomic_path
 
+    if args.perception is not None or (args.model_family != "two_model" and args.deploy is not None):
+        from visionpipes.driving.deployment import resolve_models
+
+        if args.det is not None or args.lanes is not None or args.imgsz is not None:
+            raise UserError("--deploy/--perception bring the models and their input size: drop --det, --lanes and --imgsz.")
+        family, _, _, perception = resolve_models(args.deploy, args.model_family, perception=args.perception)
+        if family == "multitask":
+            return _cmd_predict_multitask(args, perception)
+    elif args.model_family == "multitask":
+        raise UserError("--model-family multitask needs --deploy FOLDER (holding perception.onnx) or --perception FILE.")
     if args.deploy is not None or args.engine == "ray":
         return _cmd_predict_batch(args)
     if args.no_lanes:
@@ -504,6 +539,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--deploy", help="deploy folder (vp-driving deploy): its ONNX models, one BDD100K JSON per input; resumable",
     )  # fmt: skip
     p.add_argument("--no-lanes", action="store_true", help="--deploy: skip the lane model's masks")
+    p.add_argument(
+        "--model-family", default="auto", choices=["two_model", "multitask", "auto"],
+        help="--deploy: two_model (detector + lane model), multitask (perception.onnx; also writes "
+        "<input name>.drivable/ official drivable masks) or auto (default: multitask when the folder holds it)",
+    )  # fmt: skip
+    p.add_argument("--perception", help="exported multi-task model (perception.onnx), as --model-family multitask")
     p.add_argument("--det", help="detector weights (.pt)")
     p.add_argument("--lanes", help="lane model (lane_model.pt)")
     p.add_argument("--imgsz", type=int, help="detector input size (default: its training size)")

@@ -2,16 +2,14 @@
 `model.json` record is checked (domain, format version, every file's checksum) and the model files
 the runtime should run are picked from it, for the model family asked for (`--model-family` of
 `stream` and `predict`): the two models (detector + lane model) or the one multi-task graph
-(`perception.onnx`). `predict_exported` is `vp-driving predict` on those exported files.
+(`perception.onnx`).
 
 Runtime: never imports training code or the exporters.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,81 +146,3 @@ def resolve_models(
         raise UserError("the two-model family needs a model: --det/--lanes or --deploy FOLDER.")
     return family, det, lanes, perception
 
-
-def predict_exported(
-    images: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    *,
-    family: str,
-    det: str | os.PathLike | None = None,
-    lanes: str | os.PathLike | None = None,
-    perception: str | os.PathLike | None = None,
-    conf: float = 0.25,
-    batch: int = 8,
-    threads: int | None = None,
-) -> dict[str, Any]:
-    """`vp-driving predict` on exported (ONNX) models: `det.json` (BDD100K det JSON),
-    `lanes/<stem>.png` (official lane masks) and, with the multi-task model, `drivable/<stem>.png`
-    (official drivable masks: 0 direct, 1 alternative, 2 background), each at its image's size.
-
-    Every model is loaded before anything is written; the mask folders are replaced atomically.
-
-    Returns:
-        A summary: images, the files written, the number of boxes, the family.
-
-    Raises:
-        UserError: if a model cannot be loaded or an image is missing or unreadable.
-    """
-    from visionpipes.core.image import read_image
-    from visionpipes.core.io import atomic_path
-    from visionpipes.driving.bdd100k.detection import detections_to_frame
-    from visionpipes.driving.bdd100k.drivable import write_drivable_mask
-    from visionpipes.driving.bdd100k.labels import save_frames
-    from visionpipes.driving.bdd100k.masks import mask_name, write_mask
-    from visionpipes.driving.detection.runtime import OnnxDetector, batched
-
-    paths = [Path(p) for p in images]
-    detector = lane_model = runtime = None
-    if family == "multitask":
-        from visionpipes.driving.multitask.runtime import PerceptionRuntime
-
-        runtime = PerceptionRuntime(perception, threads=threads)  # type: ignore[arg-type]
-    else:
-        detector = OnnxDetector(det, threads=threads) if det is not None else None
-        if lanes is not None:
-            from visionpipes.driving.lanes.runtime import OnnxLaneModel
-
-            lane_model = OnnxLaneModel(lanes, threads=threads)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    frames: list[Any] = []
-    write_lanes = runtime is not None or lane_model is not None
-    with contextlib.ExitStack() as stack:
-        lane_dir = stack.enter_context(atomic_path(out / "lanes", is_dir=True)) if write_lanes else None
-        drivable_dir = stack.enter_context(atomic_path(out / "drivable", is_dir=True)) if runtime else None
-        for chunk in batched(paths, max(1, batch)):
-            pictures = [read_image(path, order="BGR") for path in chunk]
-            if runtime is not None:
-                results = runtime.predict(pictures, conf=conf)
-                detections: list[Any] = [r.detections for r in results]
-                lane_masks: list[Any] = [r.lanes for r in results]
-                for path, r in zip(chunk, results):
-                    write_drivable_mask(drivable_dir / mask_name(path.name), r.drivable_mask)  # type: ignore[operator]
-            else:
-                detections = detector(pictures, conf=conf) if detector is not None else [None] * len(chunk)
-                lane_masks = lane_model(pictures) if lane_model is not None else [None] * len(chunk)
-            for path, dets, lane_mask in zip(chunk, detections, lane_masks):
-                if dets is not None:
-                    frames.append(detections_to_frame(path.name, *dets))
-                if lane_dir is not None and lane_mask is not None:
-                    write_mask(lane_dir / mask_name(path.name), lane_mask)
-    result: dict[str, Any] = {"images": len(paths), "model_family": family}
-    if runtime is not None or detector is not None:
-        save_frames(out / "det.json", frames)
-        result["det"] = str(out / "det.json")
-        result["boxes"] = sum(len(f.labels or []) for f in frames)
-    if write_lanes:
-        result["lanes"] = str(out / "lanes")
-    if runtime is not None:
-        result["drivable"] = str(out / "drivable")
-    return result

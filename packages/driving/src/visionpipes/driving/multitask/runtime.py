@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,3 +226,172 @@ class PerceptionRuntime:
 
     def __call__(self, frames: Sequence[np.ndarray], **kwargs: Any) -> list[PerceptionResult]:
         return self.predict(frames, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# `vp-driving predict --deploy` with the multi-task family
+# --------------------------------------------------------------------------------------------------
+
+
+class PerceptionPredictWorker:
+    """`predict --deploy`'s worker for the multi-task family, the twin of `driving.batch.PredictWorker`
+    with the same inputs and layout: per input `<name>` (a video, an image folder or an image) the
+    det-JSON frames in `<name>.json` (written last: an existing JSON is a finished input), the
+    official lane masks in `<name>.lanes/` and the official drivable masks (0 direct, 1 alternative,
+    2 background; `bdd100k.drivable.write_drivable_mask`) in `<name>.drivable/`, one PNG per frame
+    named after it. Each folder and the JSON are written atomically.
+
+    `video_frames` (a video's `(index, ms, frame)` in order), `image_suffixes` and `batch_size` are
+    `driving.batch`'s (`video_frames`, `IMAGE_SUFFIXES`, `BATCH`), passed in by the caller: the batch
+    module sits above this runtime module in the import layers.
+    """
+
+    def __init__(
+        self,
+        *,
+        use_gpu: bool = False,
+        perception: str | os.PathLike,
+        threads: int | None = None,
+        conf: float = 0.25,
+        iou: float = 0.6,
+        max_det: int = 100,
+        lanes: bool = True,
+        video_frames: Callable[[Path], Iterator[tuple[int, float, np.ndarray]]],
+        image_suffixes: Sequence[str] = (".jpg", ".jpeg", ".png"),
+        batch_size: int = 8,
+    ) -> None:
+        self.runtime = PerceptionRuntime(perception, threads=threads)
+        self.video_frames = video_frames
+        self.image_suffixes = tuple(image_suffixes)
+        self.batch_size = batch_size
+        self.settings = {"conf": conf, "iou": iou, "max_det": max_det, "lanes": lanes}
+        self.use_gpu = use_gpu
+
+    def _frames(self, shard: Mapping[str, Any], failed: list[list[str]]) -> Any:
+        from visionpipes.core.image import read_image
+
+        path = Path(shard["path"])
+        if shard["kind"] == "video":
+            for index, ms, frame in self.video_frames(path):
+                fields = {"name": f"{shard['name']}-{index:07d}.jpg", "video_name": shard["name"]}
+                yield {**fields, "frame_index": index, "timestamp": round(ms)}, frame
+            return
+        files = (
+            [path]
+            if shard["kind"] == "image"
+            else sorted(p for p in path.iterdir() if p.suffix.lower() in self.image_suffixes)
+        )
+        for file in files:
+            try:
+                frame = read_image(file, order="BGR")
+            except UserError as err:
+                if shard["kind"] == "image":
+                    raise
+                failed.append([str(file), str(err)])
+                continue
+            yield {"name": file.name}, frame
+
+    def process(self, shard: Mapping[str, Any]) -> dict[str, Any]:
+        """Predict one input and write its outputs (mask folders first, JSON last, each atomically)."""
+        import contextlib
+
+        from visionpipes.core.io import atomic_path
+        from visionpipes.driving.bdd100k.detection import detections_to_frame
+        from visionpipes.driving.bdd100k.drivable import write_drivable_mask
+        from visionpipes.driving.bdd100k.masks import mask_name, write_mask
+
+        out = Path(shard["out"])
+        failed: list[list[str]] = []
+        frames: list[dict[str, Any]] = []
+        boxes = 0
+        with contextlib.ExitStack() as stack:
+            lane_dir = None
+            if self.settings["lanes"]:
+                lane_dir = stack.enter_context(atomic_path(out / f"{shard['name']}.lanes", is_dir=True))
+            drivable_dir = stack.enter_context(atomic_path(out / f"{shard['name']}.drivable", is_dir=True))
+            for chunk in _chunks(self._frames(shard, failed), self.batch_size):
+                results = self.runtime.predict([frame for _, frame in chunk], **self.settings)
+                for (fields, _), result in zip(chunk, results):
+                    xyxy, scores, classes = result.detections
+                    frame = detections_to_frame(
+                        fields.pop("name"), xyxy, scores, [int(c) for c in classes],
+                        class_names=self.runtime.class_names, **fields,
+                    )  # fmt: skip
+                    frames.append(frame.to_dict())
+                    boxes += len(frame.labels or [])
+                    if lane_dir is not None and result.lanes is not None:
+                        write_mask(lane_dir / mask_name(frame.name), result.lanes)
+                    write_drivable_mask(drivable_dir / mask_name(frame.name), result.drivable_mask)
+            if not frames and shard["kind"] != "video":
+                raise UserError(f"no image of {shard['path']} could be read.")
+        with atomic_path(out / f"{shard['name']}.json") as tmp:
+            tmp.write_text(json.dumps(frames))
+        return {"frames": len(frames), "boxes": boxes, "failed": failed, "lanes": lane_dir is not None}
+
+
+def _chunks(items: Any, size: int) -> Any:
+    """Lists of up to `size` items of an iterator (a video's frames are never all in memory)."""
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def predict_inputs_multitask(
+    perception: str | os.PathLike,
+    inputs: Sequence[Any],
+    out_dir: str | os.PathLike,
+    *,
+    conf: float = 0.25,
+    lanes: bool = True,
+    threads: int | None = None,
+    progress: bool = True,
+    **frame_source: Any,
+) -> dict[str, Any]:
+    """`driving.batch.predict_inputs` for the multi-task family on the local engine: every input whose
+    `<name>.json` is not in `out_dir` yet (`PerceptionPredictWorker`'s layout), the model loaded
+    first (a bad file is one error before any input is read). `frame_source`: `video_frames`,
+    `image_suffixes`, `batch_size` of `PerceptionPredictWorker`.
+
+    Returns:
+        `written`, `skipped`, `failed` ((file, reason) pairs), `frames`, `boxes`.
+    """
+    import sys
+
+    from visionpipes.core import ray_batch
+
+    worker = PerceptionPredictWorker(
+        perception=perception, threads=threads, conf=conf, lanes=lanes, **frame_source
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"written": [], "skipped": [], "failed": [], "frames": 0, "boxes": 0}
+    shards = []
+    for i, item in enumerate(inputs):
+        if (out / f"{item.name}.json").is_file():
+            result["skipped"].append(item.path)
+        else:
+            shards.append(
+                {"id": i, "kind": item.kind, "path": str(item.path), "name": item.name, "out": str(out)}
+            )
+
+    def report(summary: dict[str, Any]) -> None:
+        if progress:
+            item = inputs[summary["id"]]
+            what = "failed" if "error" in summary else f"{summary['frames']} frames, {summary['boxes']} boxes"
+            print(f"predict: {item.path}: {what}", file=sys.stderr, flush=True)
+
+    for summary in ray_batch.run_shards_local(shards, worker, on_result=report) if shards else []:
+        item = inputs[summary["id"]]
+        if "error" in summary:
+            result["failed"].append((str(item.path), summary["error"].removeprefix("UserError: ")))
+            continue
+        result["written"].append(out / f"{item.name}.json")
+        result["frames"] += int(summary["frames"])
+        result["boxes"] += int(summary["boxes"])
+        result["failed"] += [(file, reason) for file, reason in summary["failed"]]
+    return result
