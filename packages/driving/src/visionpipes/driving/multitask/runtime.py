@@ -11,6 +11,7 @@ Runtime: onnxruntime, NumPy and OpenCV only; never imports torch, ultralytics or
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -202,6 +203,31 @@ class PerceptionRuntime:
         lanes: bool = True,
     ) -> list[PerceptionResult]:
         """All three tasks for BGR frames (one session call); `lanes=False` skips lane decoding."""
+        return [
+            PerceptionResult(dets, lane() if lane is not None else None, drivable())
+            for dets, lane, drivable in self.predict_deferred(
+                frames, conf=conf, iou=iou, max_det=max_det, lanes=lanes
+            )
+        ]
+
+    def predict_deferred(
+        self,
+        frames: Sequence[np.ndarray],
+        *,
+        conf: float = 0.25,
+        iou: float = 0.6,
+        max_det: int = 100,
+        lanes: bool = True,
+    ) -> list[
+        tuple[
+            tuple[np.ndarray, np.ndarray, np.ndarray],
+            Callable[[], np.ndarray] | None,
+            Callable[[], np.ndarray],
+        ]
+    ]:
+        """`predict` with the masks left to decode: per frame the detections and two callables that
+        return its lane mask (None when `lanes` is False) and its drivable mask. A stream calls them
+        in its post-processing thread, so the decoding overlaps the next tick's session call."""
         frames = list(frames)
         if not frames:
             return []
@@ -213,19 +239,26 @@ class PerceptionRuntime:
             )
         sizes = [(f.shape[1], f.shape[0]) for f in frames]
         detections = decode_predictions(predictions, infos, sizes, conf=conf, iou=iou, max_det=max_det)
-        results = []
+        decoding = dict(self.lane_decoding)
+        out = []
         for k, (size, info) in enumerate(zip(sizes, infos)):
-            mask = None
-            if lanes:
-                mask = lane_mask_from_logits(
-                    unletterbox(lane_logits[k], info, size), size, **self.lane_decoding
-                )
-            drivable = drivable_mask_from_logits(unletterbox(drivable_logits[k], info, size), size)
-            results.append(PerceptionResult(detections[k], mask, drivable))
-        return results
+            lane = functools.partial(_lane_mask, lane_logits[k], info, size, decoding) if lanes else None
+            drivable = functools.partial(_drivable_mask, drivable_logits[k], info, size)
+            out.append((detections[k], lane, drivable))
+        return out
 
     def __call__(self, frames: Sequence[np.ndarray], **kwargs: Any) -> list[PerceptionResult]:
         return self.predict(frames, **kwargs)
+
+
+def _lane_mask(
+    logits: np.ndarray, info: Letterbox, size: tuple[int, int], decoding: dict[str, Any]
+) -> np.ndarray:
+    return lane_mask_from_logits(unletterbox(logits, info, size), size, **decoding)
+
+
+def _drivable_mask(logits: np.ndarray, info: Letterbox, size: tuple[int, int]) -> np.ndarray:
+    return drivable_mask_from_logits(unletterbox(logits, info, size), size)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ never stops the others; SIGINT and SIGTERM end the run cleanly (outputs finalise
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -23,6 +24,7 @@ import numpy as np
 from visionpipes.core.errors import UserError
 from visionpipes.driving.detection.runtime import OnnxDetector
 from visionpipes.driving.drawing import annotate
+from visionpipes.driving.lanes.decode import lane_mask_from_logits
 from visionpipes.driving.streams.cameras import CameraReader, is_live_source, parse_source
 from visionpipes.driving.streams.outputs import LabelLog, VideoSegments, drivable_labels, write_status
 from visionpipes.driving.streams.tracking import make_tracker, track, tracks_to_frame
@@ -226,8 +228,11 @@ def run_streams(
     def finish_frame(
         i: int, frame: np.ndarray, timestamp: float, index: int, dets: Any, mask: Any, drivable: Any = None
     ) -> None:
-        """Tracking, the JSON Lines frame and the annotated video frame of one camera frame."""
+        """Mask decoding, tracking, the JSON Lines frame and the annotated video frame of one camera
+        frame (`mask` and `drivable`: arrays, None, or callables that decode them here)."""
         boxes, scores, classes = dets
+        mask = mask() if callable(mask) else mask
+        drivable = drivable() if callable(drivable) else drivable
         if mask is not None:
             last_lane[i] = mask
         tracks = track(trackers[i], boxes, scores, classes, frame)
@@ -284,17 +289,23 @@ def run_streams(
                 ticks += 1
                 images = [frame for _, frame, _, _ in batch]
                 lanes_now = bool(config.lanes_every) and (ticks - 1) % config.lanes_every == 0
-                masks: list[np.ndarray | None] = [None] * len(batch)
-                drivables: list[np.ndarray | None] = [None] * len(batch)
+                # the masks are decoded in the post-processing thread, overlapping the next tick's inference
+                masks: list[Any] = [None] * len(batch)
+                drivables: list[Any] = [None] * len(batch)
                 if perception is not None:
-                    results = perception.predict(images, conf=config.conf, iou=config.iou, lanes=lanes_now)
-                    detections = [r.detections for r in results]
-                    masks = [r.lanes for r in results]
-                    drivables = [r.drivable_mask for r in results]
+                    results = perception.predict_deferred(images, conf=config.conf, iou=config.iou, lanes=lanes_now)
+                    detections = [r[0] for r in results]
+                    masks = [r[1] for r in results]
+                    drivables = [r[2] for r in results]
                 else:
                     detections = detector(images, conf=config.conf, iou=config.iou)
                     if lanes is not None and lanes_now:
-                        masks = list(lanes(images))
+                        masks = [
+                            functools.partial(
+                                lane_mask_from_logits, logits, (frame.shape[1], frame.shape[0]), **lanes.decoding
+                            )
+                            for logits, frame in zip(lanes.logits(images), images)
+                        ]
                 for (i, frame, timestamp, index), dets, mask, drivable in zip(batch, detections, masks, drivables):
                     last_index[i] = index
                     processed[i] += 1
