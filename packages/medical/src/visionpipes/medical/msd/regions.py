@@ -67,7 +67,9 @@ def normalise_label_name(name: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-_TUMOUR_WORDS = frozenset({"tumor", "tumors", "cancer", "cancers", "lesion", "lesions", "primaries", "nodule"})
+_TUMOUR_WORDS = frozenset(
+    {"tumor", "tumors", "cancer", "cancers", "lesion", "lesions", "primaries", "nodule"}
+)
 #: The organs whose tasks report the organ including its tumour, and the scheme of each.
 _ORGAN_SCHEMES = {"liver": "liver", "pancreas": "pancreas"}
 
@@ -236,7 +238,9 @@ def region_convention(regions: Sequence[Region]) -> str:
     if names == ["TC", "WT", "ET"]:
         return REGION_CONVENTIONS["brain_tumour"]
     if len(regions) == 2 and names[1] == "tumour" and regions[1].labels < regions[0].labels:
-        return REGION_CONVENTIONS.get(names[0], f"'{names[0]}' includes the tumour; 'tumour' is the tumour alone.")
+        return REGION_CONVENTIONS.get(
+            names[0], f"'{names[0]}' includes the tumour; 'tumour' is the tumour alone."
+        )
     if names == ["tumour"]:
         return REGION_CONVENTIONS["tumour_only"]
     return REGION_CONVENTIONS["per_label"]
