@@ -114,3 +114,26 @@ def test_plan_hardware_from_params_and_flags() -> None:
         plan_hardware({"memory": 80})
     with pytest.raises(UserError, match="key 'memory_gb' = 'lots' is not a float"):
         plan_hardware({"memory_gb": "lots"})
+
+
+def test_plan_hardware_without_a_gpu_driver_equals_the_probe() -> None:
+    """The torch-free path (no GPU driver on this Linux machine) answers what probe_hardware answers."""
+    import subprocess
+    import sys
+
+    from visionpipes.core.hardware import probe_hardware
+
+    code = (
+        "import sys, json; from visionpipes.core.plan import plan_hardware, _without_gpu_driver; "
+        "hw = [plan_hardware(None).to_dict(), plan_hardware({'device': 'cpu'}, cpu_cores=3).to_dict()]; "
+        "print(json.dumps([_without_gpu_driver(), 'torch' in sys.modules, hw]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    fast, imported, (auto, cpu3) = json.loads(out)
+    if not fast:
+        pytest.skip("this machine has a GPU driver: plan_hardware probes through torch")
+    assert not imported  # no torch import for a CPU plan
+    assert auto == probe_hardware().to_dict()
+    assert cpu3 == probe_hardware("cpu", cpu_cores=3).to_dict()
+    with pytest.raises(UserError, match="memory_gb must be > 0"):
+        plan_hardware({"memory_gb": 0})

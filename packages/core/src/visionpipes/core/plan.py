@@ -242,10 +242,34 @@ def plan_hardware(
             ) from None
 
     wanted = device if device is not None else section.get("device")
-    return probe_hardware(
-        None if wanted is None else str(wanted),
-        memory_gb=pick(memory_gb, "memory_gb", float),
-        cpu_cores=pick(cpu_cores, "cpu_cores", int),
+    memory, cores = pick(memory_gb, "memory_gb", float), pick(cpu_cores, "cpu_cores", int)
+    if (wanted is None or str(wanted).lower() in ("auto", "cpu")) and _without_gpu_driver():
+        # what probe_hardware answers on a machine without a GPU driver, without importing torch
+        # (seconds of a plan stage on a busy CPU)
+        from visionpipes.core.hardware import CPU_MEMORY_SHARE, Hardware, _ram_gb
+
+        if memory is not None and memory <= 0:
+            raise UserError(f"plan memory_gb must be > 0, got {memory}.")
+        if cores is not None and cores < 1:
+            raise UserError(f"plan cpu_cores must be >= 1, got {cores}.")
+        return Hardware(
+            device="cpu",
+            memory_gb=round(float(memory if memory is not None else _ram_gb() * CPU_MEMORY_SHARE), 2),
+            cpu_cores=int(cores or os.cpu_count() or 1),
+            gpus=0,
+            probed=memory is None and cores is None,
+        )
+    return probe_hardware(None if wanted is None else str(wanted), memory_gb=memory, cpu_cores=cores)
+
+
+def _without_gpu_driver() -> bool:
+    """True on Linux when no NVIDIA/AMD GPU driver is present (then torch sees no CUDA device)."""
+    import sys
+
+    if not sys.platform.startswith("linux") or "torch" in sys.modules:
+        return False
+    return not any(
+        Path(p).exists() for p in ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
     )
 
 
