@@ -148,16 +148,18 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _cmd_train_det(args: argparse.Namespace) -> None:
-    from visionpipes.driving.detection.train import DetectorConfig, train_detector
     from visionpipes.driving.planning import resolve_section
-    from visionpipes.driving.prepare import load_manifest
 
     section = dict(params_section(args.params, "det"))
     for key in ("epochs", "imgsz", "batch", "device", "time_minutes", "model"):
         value = getattr(args, key)
         if value is not None:
             section[key] = value
+    # auto keys and the plan first: their errors come before ultralytics is imported
     section, _ = resolve_section(section, args.plan, "det", source=f"{args.params or 'params'}:det")
+    from visionpipes.driving.detection.train import DetectorConfig, train_detector
+    from visionpipes.driving.prepare import load_manifest
+
     config = DetectorConfig.from_params(section, source=f"{args.params or 'params'}:det")
     dataset = load_manifest(args.dataset)
     print(f"train-det: {config.model} at {config.imgsz} px on {len(dataset.names['train'])} images", flush=True)
@@ -166,15 +168,17 @@ def _cmd_train_det(args: argparse.Namespace) -> None:
 
 
 def _cmd_train_lanes(args: argparse.Namespace) -> None:
+    from visionpipes.driving.planning import resolve_section
+
+    source = f"{args.params or 'params'}:lanes"
+    # auto keys and the plan first: their errors come before Lightning is imported
+    raw_section, _ = resolve_section(params_section(args.params, "lanes"), args.plan, "lanes", source=source)
     from visionpipes.core.training import TrainConfig
     from visionpipes.driving.lanes.data import LaneSample
     from visionpipes.driving.lanes.model import LaneModelConfig
     from visionpipes.driving.lanes.train import LanesSection, train_lanes
-    from visionpipes.driving.planning import resolve_section
     from visionpipes.driving.prepare import load_manifest
 
-    source = f"{args.params or 'params'}:lanes"
-    raw_section, _ = resolve_section(params_section(args.params, "lanes"), args.plan, "lanes", source=source)
     section = LanesSection.from_params(raw_section, source=source)
     model_config = LaneModelConfig.from_params(section.model.to_dict(), source=f"{source}.model")
     train_config = section.train
