@@ -18,8 +18,9 @@ shared 2-core CPU):
 - `block`: a sub-volume of 2 windows per axis (8 windows) run with the plan network by each
   implementation in its own process: seconds, peak RSS, seconds per window, outputs compared;
 - `full_grid_memory`: the whole volume run by each implementation with a 1x1x1-conv stand-in network
-  and 128-voxel windows without overlap: the full-size input, output and weight buffers the sliding
-  window allocates (they do not depend on the window grid): peak RSS, outputs compared at full size;
+  and 128-voxel windows without overlap, one window at a time for both: the full-size input, output and
+  weight buffers the sliding window allocates (they do not depend on the window grid): peak RSS,
+  outputs compared at full size;
 - `full_volume_extrapolated`: the plan's window count over the full grid x the block's seconds per
   window, and peak RSS = the memory run's peak + the block's network working set. Labelled as such.
 Each implementation runs in a fresh subprocess (peak RSS is `ru_maxrss` of that child). Writes
@@ -283,7 +284,8 @@ def pair(base: dict[str, Any], work: Path, name: str, *, block: bool = False) ->
     is worth) and ours with the network in its deployed ONNX form (onnxruntime).
     """
     out: dict[str, Any] = {}
-    headline = [("ours", "ours", 4), ("monai", "monai", 1)]
+    ours_batch = 4 if block else 1  # the memory run: one window at a time (the window batch is the block's)
+    headline = [("ours", "ours", ours_batch), ("monai", "monai", 1)]
     runs = headline * (2 if block else 1)
     if block:
         runs += [("monai_sw4", "monai", 4), ("ours_onnx", "ours_onnx", 4)]
