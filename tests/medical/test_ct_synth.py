@@ -200,3 +200,17 @@ def test_validate_names_ct_problems(tmp_path: Path, liver_task: Path) -> None:
     problems = [str(p) for p in validate_task(root)]
     assert any("liver_0.nii.gz" in p and "label values [3] are not declared" in p for p in problems)
     assert any("liver_1.nii.gz" in p and "declares 1 modalities ['CT']" in p for p in problems)
+
+
+def test_validate_warns_on_ct_without_hounsfield_units(tmp_path: Path, liver_task: Path) -> None:
+    """Raw scanner values (0..4095, the -1024 intercept dropped) hold no air: a warning naming the file."""
+    import shutil
+
+    root = Path(shutil.copytree(liver_task, tmp_path / "Task03_Liver"))
+    image_path = root / "imagesTr" / "liver_0.nii.gz"
+    image = nib.load(image_path)
+    raw = (np.asarray(image.dataobj).astype(np.int32) + 1024).astype(np.int16)
+    nib.save(nib.Nifti1Image(raw, image.affine), image_path)
+    problems = validate_task(root)
+    assert [(p.severity, p.path.name) for p in problems] == [("warning", "liver_0.nii.gz")]
+    assert "no value below -500" in problems[0].message and "scl_slope/scl_inter" in problems[0].message

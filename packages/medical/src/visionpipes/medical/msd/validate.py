@@ -85,13 +85,39 @@ def _check_finite(path: Path, data: np.ndarray, problems: list[Problem]) -> None
             )
 
 
+#: A CT volume whose lowest value is above this holds no air: its values are probably not Hounsfield units.
+CT_AIR_HU = -500.0
+
+
+def _check_ct_units(path: Path, data: np.ndarray, task: MSDTask, problems: list[Problem]) -> None:
+    """Warn when a CT channel holds no air-like value (raw scanner values without the rescale intercept)."""
+    for c, name in enumerate(task.modality_names):
+        if name.strip().casefold() != "ct":
+            continue
+        channel = data if data.ndim == 3 else data[..., c]
+        finite = channel[np.isfinite(channel)] if np.issubdtype(channel.dtype, np.floating) else channel
+        if finite.size and float(finite.min()) > CT_AIR_HU:
+            problems.append(
+                Problem(
+                    "warning",
+                    path,
+                    f"CT channel {c} has no value below {CT_AIR_HU:g} (minimum {float(finite.min()):g}); air is "
+                    "about -1000 HU, so the voxels may be raw scanner values (check scl_slope/scl_inter) or the "
+                    "scan is cropped to the body.",
+                )
+            )
+
+
 def _check_image(path: Path, data: np.ndarray, task: MSDTask, problems: list[Problem]) -> tuple | None:
-    """Channel count and finiteness of an image; returns its spatial shape, or None if unusable."""
+    """Channel count and finiteness of an image (and Hounsfield units of CT channels); returns its spatial
+    shape, or None if unusable."""
     n = task.num_channels
     _check_finite(path, data, problems)
     if data.ndim == 3 and n == 1:
+        _check_ct_units(path, data, task, problems)
         return data.shape
     if data.ndim == 4 and data.shape[-1] == n:
+        _check_ct_units(path, data, task, problems)
         return data.shape[:3]
     got = 1 if data.ndim == 3 else (data.shape[-1] if data.ndim == 4 else None)
     detail = f"{got} channels" if got is not None else f"{data.ndim} dimensions"
@@ -178,7 +204,8 @@ def validate_task(
 
     Checks: `dataset.json` present, JSON, with every key; `imagesTr`/`labelsTr` (and `imagesTs` when test
     images are listed) present; `numTraining`/`numTest` equal to the lists; each listed file present
-    and decodable (gzip magic, truncation); no NaN/inf voxels; image channels = modalities; label 3-D,
+    and decodable (gzip magic, truncation); no NaN/inf voxels; image channels = modalities; CT channels
+    in Hounsfield units (a warning when no voxel is below -500, i.e. no air); label 3-D,
     integer, only declared values, same spatial shape and affine as its image; all-background labels
     (warning); files in the folders that `dataset.json` does not list (warning; `._*` junk is skipped).
 
