@@ -220,6 +220,26 @@ def test_train_verbs_refuse_auto_without_a_plan(tmp_path: Path, capsys: pytest.C
         assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
         assert _main([*argv, "--plan", str(retail_plan)]) == 2
         assert "is a 'retail' plan, not a 'driving' one" in capsys.readouterr().err
+    # a command-line flag replaces an auto value: no plan needed, the next error is the missing dataset
+    params.write_text("det:\n  imgsz: auto\nlanes:\n  trainer:\n    max_time: auto\n")
+    for flag in (["train-det", "--imgsz", "64"], ["train-lanes", "--max-time", "00:00:01:00"]):
+        assert (
+            _main(
+                [
+                    flag[0],
+                    "--dataset",
+                    str(tmp_path / "dataset.json"),
+                    "--out",
+                    str(tmp_path / "o"),
+                    "--params",
+                    str(params),
+                    *flag[1:],
+                ]
+            )
+            == 2
+        )
+        err = capsys.readouterr().err
+        assert "is auto" not in err and "dataset.json" in err
 
 
 def test_plan_recorded_in_the_deployed_model(tmp_path: Path) -> None:

@@ -171,8 +171,11 @@ def _cmd_train_lanes(args: argparse.Namespace) -> None:
     from visionpipes.driving.planning import resolve_section
 
     source = f"{args.params or 'params'}:lanes"
+    raw_section = params_section(args.params, "lanes")
+    if args.max_time is not None and isinstance(raw_section.get("trainer") or {}, dict):
+        raw_section["trainer"] = {**(raw_section.get("trainer") or {}), "max_time": args.max_time}  # replaces auto
     # auto keys and the plan first: their errors come before Lightning is imported
-    raw_section, _ = resolve_section(params_section(args.params, "lanes"), args.plan, "lanes", source=source)
+    raw_section, _ = resolve_section(raw_section, args.plan, "lanes", source=source)
     from visionpipes.core.training import TrainConfig
     from visionpipes.driving.lanes.data import LaneSample
     from visionpipes.driving.lanes.model import LaneModelConfig

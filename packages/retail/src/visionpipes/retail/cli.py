@@ -98,13 +98,8 @@ def _cmd_plan(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from visionpipes.retail.planning import resolve_train_section
-    from visionpipes.retail.training.params import TrainParams
-    from visionpipes.retail.training.train import train_embedding
 
     section = params_section(args.params, "train", required=True)
-    section, plan = resolve_train_section(section, args.plan, source=f"{args.params or 'options'}:train")
-    if plan is not None:
-        section["plan"] = plan.summary()
     overrides = {
         "epochs": args.epochs,
         "loss": args.loss,
@@ -117,7 +112,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
     }
     if args.no_progress:
         overrides["progress"] = False
-    params = _merge(TrainParams, section, overrides, source=f"{args.params or 'options'}:train")
+    section |= {k: v for k, v in overrides.items() if v is not None}  # a flag replaces an auto value
+    # auto keys and the plan first: their errors come before torch and Lightning are imported
+    section, plan = resolve_train_section(section, args.plan, source=f"{args.params or 'options'}:train")
+    if plan is not None:
+        section["plan"] = plan.summary()
+    from visionpipes.retail.training.params import TrainParams
+    from visionpipes.retail.training.train import train_embedding
+
+    params = _merge(TrainParams, section, {}, source=f"{args.params or 'options'}:train")
     summary = train_embedding(args.catalog, args.out, params)
     _print({k: summary[k] for k in ("products", "train_views", "val_views", "epochs", "seconds", "metrics")})
 
