@@ -92,6 +92,17 @@ def test_fingerprint_against_direct_computation(tmp_path: Path) -> None:
     assert LANE_TOP / H - 0.01 <= lanes["rows_above_hold_1pct"] <= LANE_TOP / H + 0.02
 
 
+def test_raw_folder_pointing_at_a_real_copy(tmp_path: Path) -> None:
+    """`vp-driving data` with `data.path` writes a pointer; the plan reads the copy it points at."""
+    from visionpipes.driving.prepare import DataConfig, obtain_data
+
+    root = _sample(tmp_path / "copy")
+    obtain_data(DataConfig(path=str(root)), tmp_path / "raw")
+    fp = fingerprint_bdd100k(tmp_path / "raw")
+    assert fp["source"] == "bdd100k" and fp["images"] == {"train": 4, "val": 2}
+    assert fp["boxes"] == fingerprint_bdd100k(root)["boxes"]
+
+
 def test_sampling_is_bounded_and_said(tmp_path: Path) -> None:
     fp = fingerprint_bdd100k(_sample(tmp_path / "raw"), sample_images=2, sample_masks=1)
     assert sum(fp["image_sizes"].values()) == fp["sampled"]["image_headers"] == 4  # 2 per split
