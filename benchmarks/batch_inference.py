@@ -281,7 +281,7 @@ def main() -> None:
                 "python": platform.python_version(),
                 "load_average_before": [round(x, 2) for x in load_before],
                 "load_average_after": [round(x, 2) for x in os.getloadavg()],
-                "note": "2 cores shared with other engineers' jobs and a running dvc repro",
+                "note": "2 cores shared with other engineers' jobs (their load: the load averages)",
             },
             "ray": {
                 "version": __import__("ray").__version__,

@@ -61,6 +61,11 @@ class RayPredictWorker:
         torch.set_num_threads(threads)
         self.predictor = Predictor.load(model, device="cuda" if use_gpu else "cpu", **dict(overrides))
         self.nonfinite = nonfinite
+        # what `predict_file` imports on its first scan (MONAI's transforms, inferers, MetaTensor: seconds of
+        # CPU) is imported here, at actor start-up, so no shard pays it
+        import monai.data
+        import monai.inferers
+        import monai.transforms  # noqa: F401
 
     def process(self, shard: Mapping[str, Any]) -> dict[str, Any]:
         """Predict `shard["scan"]` into `shard["out"]`."""
