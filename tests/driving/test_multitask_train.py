@@ -296,16 +296,15 @@ def test_train_deploy_and_the_runtime_equals_the_eager_model(dataset_json: Path,
         dataset=dataset_json,
     )
     record = read_record(tmp_path / "deploy", domain="driving", verify=True)  # checksums
-    assert (
-        record["files"]["perception"]["file"] == "perception.onnx"
-        and "perception_int8" not in record["files"]
-    )
+    assert record["files"]["perception"]["file"] == "perception.onnx"
     assert summary["models"]["perception"]["max_abs_diff"] <= 1e-4
-    assert "Multi-task network (`perception.onnx`)" in (tmp_path / "deploy" / "MODEL_CARD.md").read_text()
+    card = (tmp_path / "deploy" / "MODEL_CARD.md").read_text()
+    assert "Multi-task network (`perception.onnx`)" in card
+    assert "perception_int8" not in record["files"]  # off here: quantising and scoring twice is slow
 
     dataset = load_manifest(dataset_json)
     frames = [read_image(dataset.images["val"] / name, order="BGR") for name in dataset.names["val"]]
-    runtime = PerceptionRuntime(tmp_path / "deploy", threads=1)
+    runtime = PerceptionRuntime(tmp_path / "deploy" / "perception.onnx", threads=1)
     onnx_outputs, _ = runtime.raw(frames)
     model = load_multitask_model(run.model_path)
     x, _ = network_input(frames, (W, H))

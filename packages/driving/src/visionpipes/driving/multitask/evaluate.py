@@ -46,23 +46,30 @@ def torch_runner(model: Any, device: str = "cpu") -> Runner:
 
 
 def onnx_runner(path: str | os.PathLike, threads: int | None = None) -> tuple[Runner, MultiTaskModelConfig]:
-    """A `perception.onnx` under onnxruntime as a `Runner`, with the model config from its metadata.
+    """A `perception.onnx` (fp32 or int8) as a `Runner`: the session of `PerceptionRuntime` (which
+    checks the graph's metadata, names and shapes), with the model config from the metadata.
 
     Raises:
-        UserError: if the file is missing, not loadable, or has no multi-task metadata.
+        UserError: if the file is missing, not loadable, or not a multi-task graph.
     """
     import json
 
-    from visionpipes.core.export import OnnxRunner
+    from visionpipes.driving.multitask.runtime import INPUT_NAME, OUTPUT_NAMES, PerceptionRuntime
 
-    runner = OnnxRunner(path, threads=threads)
-    meta = runner.metadata
-    if meta.get("task") != "multitask" or "config" not in meta:
-        raise UserError(
-            f"{path} is not a multi-task ONNX graph (its metadata has no task 'multitask' and config)."
+    runtime = PerceptionRuntime(path, threads=threads)
+    try:
+        config = MultiTaskModelConfig.from_params(
+            json.loads(runtime.metadata["config"]), source=f"{path} metadata"
         )
-    config = MultiTaskModelConfig.from_params(json.loads(meta["config"]), source=f"{path} metadata")
-    return (lambda x: runner(x)), config
+    except (KeyError, json.JSONDecodeError):
+        raise UserError(
+            f"{path}: its metadata has no multi-task model config (not written by multitask.export)."
+        ) from None
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        return runtime.session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+
+    return run, config
 
 
 def load_runner(model_path: str | os.PathLike, device: str = "cpu") -> tuple[Runner, MultiTaskModelConfig]:
