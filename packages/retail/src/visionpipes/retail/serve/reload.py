@@ -243,7 +243,9 @@ class Reloader:
         # for the next `vp-retail deploy --out <served>.next`.
         previous = root.resolve().parent / f"{root.resolve().name}.previous-{time.strftime('%Y%m%d-%H%M%S')}"
         if previous.exists():
-            previous = previous.with_name(f"{previous.name}-{os.getpid()}-{int(time.time() * 1000) % 1000:03d}")
+            previous = previous.with_name(
+                f"{previous.name}-{os.getpid()}-{int(time.time() * 1000) % 1000:03d}"
+            )
         os.replace(target, previous)
         fsync_path(previous.parent)
         self.last = {
