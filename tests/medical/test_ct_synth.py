@@ -214,3 +214,20 @@ def test_validate_warns_on_ct_without_hounsfield_units(tmp_path: Path, liver_tas
     problems = validate_task(root)
     assert [(p.severity, p.path.name) for p in problems] == [("warning", "liver_0.nii.gz")]
     assert "no value below -500" in problems[0].message and "scl_slope/scl_inter" in problems[0].message
+
+
+def test_bundle_export_refuses_a_ct_normalised_model(trained: Path, tmp_path: Path, capsys) -> None:
+    """The MONAI Bundle's stock NormalizeIntensityd cannot clip and z-score with dataset statistics."""
+    import torch
+
+    ckpt = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt["hyper_parameters"]["normalization"] = [
+        {"scheme": "ct", "clip": [-20.0, 200.0], "mean": 99.0, "std": 39.0}
+    ] * 4
+    ct_ckpt = tmp_path / "ct.ckpt"
+    torch.save(ckpt, ct_ckpt)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["export", "--format", "bundle", "--model", str(ct_ckpt), "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert info.value.code != 0 and "cannot express" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
