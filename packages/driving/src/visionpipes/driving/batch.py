@@ -23,6 +23,7 @@ Optuna, nor Ray outside `core.ray_batch`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -199,7 +200,10 @@ class PredictWorker:
         frames: list[dict[str, Any]] = []
         boxes = 0
         lanes_dir = out / f"{shard['name']}.lanes"
-        with atomic_path(lanes_dir, is_dir=True) if self.lanes is not None else _no_folder() as masks_tmp:
+        lanes_folder = (
+            atomic_path(lanes_dir, is_dir=True) if self.lanes is not None else contextlib.nullcontext()
+        )
+        with lanes_folder as masks_tmp:
             for batch in _batches(self._frames(shard, failed), BATCH):
                 images = [frame for _, frame in batch]
                 detections = self.detector(images, **self.settings)
@@ -218,16 +222,6 @@ class PredictWorker:
         with atomic_path(out / f"{shard['name']}.json") as tmp:
             tmp.write_text(json.dumps(frames))
         return {"frames": len(frames), "boxes": boxes, "failed": failed, "lanes": self.lanes is not None}
-
-
-class _no_folder:
-    """`atomic_path`'s stand-in when there is no lane folder to write: yields None."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 @dataclass
