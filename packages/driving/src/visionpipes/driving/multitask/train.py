@@ -23,8 +23,22 @@ path learn from the detection loss; for the next `stages[1]` the encoder and det
 frozen (weights and batch-norm statistics) and the segmentation decoder and heads learn from the
 lane and drivable losses; the rest of the run trains everything on the joint loss. "The run" is the
 time budget (`max_minutes`) or the planned steps, whichever is further along, so both schedules get
-the same wall-clock time. Measured on the synthetic sample (same budget, this machine): see
-`packages/driving/README.md` (multi-task section).
+the same wall-clock time.
+
+Does it matter here? Not measurable yet. On the built-in sample (240 train / 60 val images) on this
+2-core CPU shared by about eight jobs (load average ~20), same budget per schedule, val scores:
+
+    448x256, batch 8, 5 min:        joint  5 steps             AP_50 0.000, lane F1_pix2 23.4, drivable mIoU 27.0
+                                    staged 5 steps (3/1/1)     AP_50 0.000, lane F1_pix2 23.4, drivable mIoU 27.0
+    256x160, neck 64, batch 4, 6 min (side by side, one thread each):
+                                    joint  52 steps            AP_50 0.000, lane F1_pix2 12.2, drivable mIoU 0.2
+                                    staged 64 steps (24/25/15) AP_50 0.000, lane F1_pix2 15.9, drivable mIoU 2.0
+
+Both are untrained at these budgets (the dedicated models reach AP_50 0.744 / F1_pix2 78.3), so the
+schedule question needs a budget where the network trains (YOLOP: 240 epochs on GPUs). Commands:
+`vp-driving train-multitask --dataset prepared/dataset.json --out mt_<schedule> --params params.yaml
+--schedule <schedule>` then `vp-driving evaluate --multitask mt_<schedule>/multitask_model.pt ...`
+(`packages/driving/README.md`, "Two models or one").
 """
 
 from __future__ import annotations
