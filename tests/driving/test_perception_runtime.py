@@ -160,6 +160,12 @@ def test_runtime_equals_the_torch_model_decoded_the_same_way(deploy: dict[str, P
     assert all(r.lanes is None for r in runtime.predict(frames[:2], lanes=False))
 
 
+def test_the_runtime_reads_the_graph_the_exporter_writes() -> None:
+    from visionpipes.driving.multitask import export, runtime
+
+    assert (runtime.INPUT_NAME, runtime.OUTPUT_NAMES) == (export.INPUT_NAME, export.OUTPUT_NAMES)
+
+
 def test_bad_model_files_are_one_clear_error(deploy: dict[str, Path], tmp_path: Path) -> None:
     from visionpipes.driving.multitask.runtime import PerceptionRuntime
 
