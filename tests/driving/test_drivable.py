@@ -89,7 +89,12 @@ def test_colormap_uses_the_toolkit_colours() -> None:
 
 
 def test_bad_mask_files_name_the_file(tmp_path: Path) -> None:
+    # as in `vp-driving`: ultralytics is imported, and its patch of PIL's Image.open tries to install
+    # pi-heif for a file PIL cannot identify (a ModuleNotFoundError offline, not our error)
+    import ultralytics.utils.patches  # noqa: F401
+
     good = np.zeros((4, 6), np.uint8)
+    (tmp_path / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 16)
     Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "rgb.png")  # a colormap, not a mask
     Image.fromarray(np.zeros((4, 6), np.uint16)).save(tmp_path / "deep.png")  # 16-bit
     Image.fromarray(np.full((4, 6), 255, np.uint8)).save(tmp_path / "ignore.png")
@@ -104,7 +109,8 @@ def test_bad_mask_files_name_the_file(tmp_path: Path) -> None:
             r"ignore\.png holds value\(s\) 255; a BDD100K drivable mask holds only 0 \(direct\)",
         ),
         ("small.png", {"expected_shape": (720, 1280)}, r"small\.png is 6x4, expected 1280x720"),
-        ("text.png", {}, r"text\.png is not a readable image"),
+        ("text.png", {}, r"text\.png is not a PNG file"),
+        ("truncated.png", {}, r"truncated\.png is not a readable image"),
         ("missing.png", {}, r"missing\.png does not exist"),
     ]
     for name, kwargs, message in cases:

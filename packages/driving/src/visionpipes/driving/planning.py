@@ -208,7 +208,12 @@ def _lane_statistics(masks: list[Path]) -> dict[str, Any] | None:
         try:
             with Image.open(path) as img:
                 mask = np.asarray(img)
-        except (UnidentifiedImageError, OSError) as err:
+        except (
+            UnidentifiedImageError,
+            OSError,
+            ValueError,
+            ImportError,
+        ) as err:  # ImportError: ultralytics' Image.open patch (pi-heif)
             raise UserError(f"lane mask {path} is not a readable image ({err}).") from None
         if mask.ndim != 2:
             raise UserError(f"lane mask {path} must be single-channel (got shape {mask.shape}).")

@@ -48,6 +48,10 @@ DRIVABLE_COLORS: tuple[tuple[int, int, int], ...] = ((219, 94, 86), (86, 211, 21
 _MAX_VALUE = len(DRIVABLE_CATEGORIES) - 1
 
 
+#: The first bytes of every PNG file.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def drivable_masks_dir(root: str | os.PathLike, split: str) -> Path | None:
     """`root/labels/drivable/masks/<split>/` when that folder exists, else None."""
     path = Path(root) / "labels" / "drivable" / "masks" / split
@@ -97,11 +101,19 @@ def read_drivable_mask(
     path = Path(path)
     if not path.is_file():
         raise UserError(f"drivable mask {path} does not exist.")
+    # The official masks are PNGs: check the signature before any decoder sees the file (a process that
+    # imported ultralytics has PIL's Image.open patched to try installing pi-heif on an unknown format).
+    with path.open("rb") as handle:
+        if handle.read(8) != PNG_SIGNATURE:
+            raise UserError(f"drivable mask {path} is not a PNG file (BDD100K drivable masks are PNGs).")
     try:
         with Image.open(path) as img:
             mode = img.mode
             array = np.asarray(img)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, ImportError) as err:
+        # ImportError: ultralytics' Image.open patch asks for pi-heif on a file PIL cannot identify
+        if isinstance(err, ImportError):
+            err = "PIL cannot identify it"
         raise UserError(f"drivable mask {path} is not a readable image ({err}).") from None
     if mode not in ("L", "P") or array.ndim != 2 or array.dtype != np.uint8:
         hint = " (labels/drivable/colormaps holds the RGB rendering; the masks are in labels/drivable/masks)"

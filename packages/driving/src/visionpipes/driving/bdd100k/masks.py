@@ -277,7 +277,12 @@ def read_mask(
         with Image.open(path) as img:
             mode = img.mode
             array = np.asarray(img)
-    except (UnidentifiedImageError, OSError) as err:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        ImportError,
+    ) as err:  # ImportError: ultralytics' Image.open patch (pi-heif)
         raise UserError(f"{kind} mask {path} is not a readable image ({err}).") from None
     if mode not in ("L", "P") or array.ndim != 2 or array.dtype != np.uint8:
         raise UserError(
