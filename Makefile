@@ -36,8 +36,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	@for c in $(CONTRACTS); do $(BIN)/lint-imports --no-cache $$c || exit 1; done
 
+# Two pytest workers (pytest-xdist), each taking whole test files (module fixtures built once):
+# 5m40s instead of ~9 min on 2 cores. TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/core_blocks.py
