@@ -304,6 +304,16 @@ def test_predict_with_the_multitask_family_writes_official_drivable_masks(
         )
         np.testing.assert_array_equal(drivable, result.drivable_mask)
         np.testing.assert_array_equal(read_mask(out / "images.lanes" / f"f{k}.png"), result.lanes)
+    # the same worker on a local Ray instance (2 CPUs, one actor) writes the same bytes
+    on_ray = tmp_path / "ray"
+    argv = ["predict", str(images), "--deploy", str(deploy["folder"]), "--out", str(on_ray),
+            "--engine", "ray", "--num-cpus", "2", "--actors", "1"]  # fmt: skip
+    assert cli.run(argv) == 0
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(on_ray) for p in on_ray.rglob("*") if p.is_file())
+    assert len(files) == 5  # images.json + 2 lane masks + 2 drivable masks
+    for name in files:
+        assert (out / name).read_bytes() == (on_ray / name).read_bytes(), name
     # --model-family two_model on the same folder: the detector and lane model, no drivable masks
     again = tmp_path / "two"
     argv = [

@@ -11,8 +11,10 @@ output folder:
   `timestamp` (ms), as `vp-driving stream` writes them; an image folder's frames carry the image names.
 - `<name>.lanes/`: the lane masks (official lane-mask PNGs, one per frame, named after the frame), when
   the deploy folder has a lane model and lanes are not turned off.
+- `<name>.drivable/`: with the multi-task family (`perception.onnx`, `--model-family multitask`), the
+  official drivable masks (0 direct, 1 alternative, 2 background), one PNG per frame.
 
-Each input is one shard: its outputs are written atomically, the lane folder first and the JSON last,
+Each input is one shard: its outputs are written atomically, the mask folders first and the JSON last,
 so an existing JSON is a finished input and a re-run skips it. A video that cannot be decoded fails on
 its own (reported, nothing written); an unreadable image in a folder is reported and left out of the
 folder's JSON. Neither stops the others.
@@ -131,20 +133,35 @@ def video_frames(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
 
 class PredictWorker:
     """The `core.ray_batch.ShardWorker` of `vp-driving predict --deploy`: the deploy folder's models,
-    loaded once (per actor on Ray), then one input per shard (`kind`, `path`, `name`, `out`)."""
+    loaded once (per actor on Ray), then one input per shard (`kind`, `path`, `name`, `out`).
+
+    Two model families, one output layout: the detector (+ lane model), or, with `perception`, the
+    multi-task graph (`multitask.runtime.PerceptionRuntime`), which adds the drivable masks.
+    """
 
     def __init__(
         self,
         *,
         use_gpu: bool,
-        deploy: str,
+        deploy: str | None,
         threads: int | None,
         conf: float,
         iou: float,
         max_det: int,
         lanes: bool,
         verify: bool = False,
+        perception: str | None = None,
     ) -> None:
+        self.settings = {"conf": conf, "iou": iou, "max_det": max_det}
+        self.use_gpu = use_gpu
+        self.detector = self.lanes = self.perception = None
+        if perception is not None:  # the multi-task family (the file `deployment.resolve_models` chose)
+            from visionpipes.driving.multitask.runtime import PerceptionRuntime
+
+            self.perception = PerceptionRuntime(perception, threads=threads)
+            self.class_names = self.perception.class_names
+            self.writes_lanes = lanes
+            return
         from visionpipes.driving.deployment import read_deploy_folder
         from visionpipes.driving.detection.runtime import OnnxDetector
 
@@ -154,13 +171,22 @@ class PredictWorker:
                 f"deploy folder {deploy} holds no detector.onnx; predict --deploy runs the detector (+ lane model)."
             )
         self.detector = OnnxDetector(models.detector, threads=threads)
-        self.lanes = None
         if lanes and models.lanes is not None:
             from visionpipes.driving.lanes.runtime import OnnxLaneModel
 
             self.lanes = OnnxLaneModel(models.lanes, threads=threads)
-        self.settings = {"conf": conf, "iou": iou, "max_det": max_det}
-        self.use_gpu = use_gpu
+        self.class_names = self.detector.class_names
+        self.writes_lanes = self.lanes is not None
+
+    def _predict(self, images: list[np.ndarray]) -> list[tuple[Any, np.ndarray | None, np.ndarray | None]]:
+        """Per image: the detections `(xyxy, scores, classes)`, its lane mask and its drivable mask (None
+        where the family or the settings give none)."""
+        if self.perception is not None:
+            results = self.perception.predict(images, **self.settings, lanes=self.writes_lanes)
+            return [(r.detections, r.lanes, r.drivable_mask) for r in results]
+        detections = self.detector(images, **self.settings)
+        masks = self.lanes(images) if self.lanes is not None else [None] * len(images)
+        return [(dets, mask, None) for dets, mask in zip(detections, masks)]
 
     def _frames(
         self, shard: Mapping[str, Any], failed: list[list[str]]
@@ -190,38 +216,42 @@ class PredictWorker:
             yield {"name": file.name}, frame
 
     def process(self, shard: Mapping[str, Any]) -> dict[str, Any]:
-        """Predict one input and write its outputs (lane folder first, JSON last, each atomically)."""
+        """Predict one input and write its outputs (mask folders first, JSON last, each atomically)."""
         from visionpipes.core.io import atomic_path
         from visionpipes.driving.bdd100k.detection import detections_to_frame
+        from visionpipes.driving.bdd100k.drivable import write_drivable_mask
         from visionpipes.driving.bdd100k.masks import mask_name, write_mask
 
         out = Path(shard["out"])
         failed: list[list[str]] = []
         frames: list[dict[str, Any]] = []
         boxes = 0
-        lanes_dir = out / f"{shard['name']}.lanes"
-        lanes_folder = (
-            atomic_path(lanes_dir, is_dir=True) if self.lanes is not None else contextlib.nullcontext()
-        )
-        with lanes_folder as masks_tmp:
+        with contextlib.ExitStack() as stack:
+            lane_dir = drivable_dir = None
+            if self.writes_lanes:
+                lane_dir = stack.enter_context(atomic_path(out / f"{shard['name']}.lanes", is_dir=True))
+            if self.perception is not None:
+                drivable_dir = stack.enter_context(
+                    atomic_path(out / f"{shard['name']}.drivable", is_dir=True)
+                )
             for batch in _batches(self._frames(shard, failed), BATCH):
-                images = [frame for _, frame in batch]
-                detections = self.detector(images, **self.settings)
-                masks = self.lanes(images) if self.lanes is not None else [None] * len(batch)
-                for (fields, _), (xyxy, scores, classes), mask in zip(batch, detections, masks):
+                predictions = self._predict([frame for _, frame in batch])
+                for (fields, _), ((xyxy, scores, classes), lane, drivable) in zip(batch, predictions):
                     frame = detections_to_frame(
                         fields.pop("name"), xyxy, scores, [int(c) for c in classes],
-                        class_names=self.detector.class_names, **fields,
+                        class_names=self.class_names, **fields,
                     )  # fmt: skip
                     frames.append(frame.to_dict())
                     boxes += len(frame.labels or [])
-                    if masks_tmp is not None and mask is not None:
-                        write_mask(masks_tmp / mask_name(frame.name), mask)
+                    if lane_dir is not None and lane is not None:
+                        write_mask(lane_dir / mask_name(frame.name), lane)
+                    if drivable_dir is not None and drivable is not None:
+                        write_drivable_mask(drivable_dir / mask_name(frame.name), drivable)
             if not frames and shard["kind"] != "video":
                 raise UserError(f"no image of {shard['path']} could be read.")
         with atomic_path(out / f"{shard['name']}.json") as tmp:
             tmp.write_text(json.dumps(frames))
-        return {"frames": len(frames), "boxes": boxes, "failed": failed, "lanes": self.lanes is not None}
+        return {"frames": len(frames), "boxes": boxes, "failed": failed, "lanes": lane_dir is not None}
 
 
 @dataclass
@@ -238,7 +268,7 @@ class BatchPrediction:
 
 
 def predict_inputs(
-    deploy: str | os.PathLike,
+    deploy: str | os.PathLike | None,
     inputs: Sequence[BatchInput],
     out_dir: str | os.PathLike,
     *,
@@ -253,6 +283,7 @@ def predict_inputs(
     gpus_per_actor: float | None = None,
     threads: int | None = None,
     progress: bool = True,
+    perception: str | os.PathLike | None = None,
 ) -> BatchPrediction:
     """Predict every input whose `<name>.json` is not in `out_dir` yet, on the local engine or on Ray.
 
@@ -270,6 +301,8 @@ def predict_inputs(
         threads: onnxruntime threads per model (default: local, the project's count; Ray, each actor's
             share of the cluster's CPUs).
         progress: one line per input on stderr.
+        perception: the multi-task graph to run instead of the deploy folder's detector + lane model
+            (`deployment.resolve_models` picks it for `--model-family`); adds `<name>.drivable/`.
 
     Raises:
         UserError: if Ray is missing (`engine="ray"`), the deploy folder or a model is bad, or the cluster
@@ -283,7 +316,8 @@ def predict_inputs(
         ray_batch.require_ray()
     out = Path(out_dir)
     kwargs: dict[str, Any] = {
-        "deploy": str(deploy), "conf": conf, "iou": iou, "max_det": max_det, "lanes": lanes, "threads": threads,
+        "deploy": None if deploy is None else str(deploy), "conf": conf, "iou": iou, "max_det": max_det,
+        "lanes": lanes, "threads": threads, "perception": None if perception is None else str(perception),
     }  # fmt: skip
     local_worker = PredictWorker(use_gpu=False, verify=True, **kwargs)  # a bad folder or model fails here
     out.mkdir(parents=True, exist_ok=True)

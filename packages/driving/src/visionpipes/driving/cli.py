@@ -238,38 +238,14 @@ def _image_files(paths: Sequence[str]) -> list[Path]:
     return files
 
 
-def _cmd_predict_multitask(args: argparse.Namespace, perception: str | None) -> int:
-    """`predict` with the multi-task family: `perception.onnx` over image folders, images and videos,
-    in `predict --deploy`'s layout plus `<input name>.drivable/` (official drivable masks); local engine."""
-    from visionpipes.driving.batch import BATCH, IMAGE_SUFFIXES, list_inputs, video_frames
-    from visionpipes.driving.multitask.runtime import predict_inputs_multitask
-
-    if args.engine != "local":
-        raise UserError("the multi-task family runs on the local engine only: drop --engine ray or use --model-family two_model.")
-    inputs = list_inputs(args.images)
-    result = predict_inputs_multitask(
-        perception, inputs, args.out, conf=args.conf, lanes=not args.no_lanes,
-        video_frames=video_frames, image_suffixes=IMAGE_SUFFIXES, batch_size=BATCH,
-    )  # fmt: skip
-    print(
-        f"wrote {len(result['written'])} prediction files ({result['frames']} frames, {result['boxes']} boxes, "
-        f"lane and drivable masks) to {args.out} ({len(result['skipped'])} already there, skipped)"
-    )
-    for file, reason in result["failed"]:
-        print(f"failed: {file}: {reason}", file=sys.stderr)
-    if result["failed"]:
-        print(f"{len(result['failed'])} input files failed (of {len(inputs)} inputs)", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _cmd_predict_batch(args: argparse.Namespace) -> int:
-    """`predict --deploy`: the deploy folder's ONNX models over image folders and video files, one
-    BDD100K JSON per input, on the local engine or a Ray actor pool (`driving.batch`); finished inputs
-    are skipped, failed ones listed at the end (exit 1)."""
+def _cmd_predict_batch(args: argparse.Namespace, perception: str | None = None) -> int:
+    """`predict --deploy`: the deploy folder's ONNX models (or, with `perception`, the multi-task graph)
+    over image folders and video files, one BDD100K JSON per input (+ lane and drivable mask folders),
+    on the local engine or a Ray actor pool (`driving.batch`); finished inputs are skipped, failed ones
+    listed at the end (exit 1)."""
     from visionpipes.driving.batch import list_inputs, predict_inputs
 
-    if args.deploy is None:
+    if args.deploy is None and perception is None:
         raise UserError("--engine ray runs a deploy folder's ONNX models: pass --deploy (from `vp-driving deploy`).")
     if args.det is not None or args.lanes is not None or args.imgsz is not None:
         raise UserError("--deploy brings the models and their input size: drop --det, --lanes and --imgsz.")
@@ -281,9 +257,11 @@ def _cmd_predict_batch(args: argparse.Namespace) -> int:
     result = predict_inputs(
         args.deploy, inputs, args.out, engine=args.engine, conf=args.conf, lanes=not args.no_lanes,
         address=args.address, actors=args.actors, num_cpus=args.num_cpus, gpus_per_actor=args.gpus_per_actor,
+        perception=perception,
     )  # fmt: skip
+    masks = ", lane and drivable masks" if perception is not None else ""
     print(
-        f"wrote {len(result.written)} prediction files ({result.frames} frames, {result.boxes} boxes) to {args.out} "
+        f"wrote {len(result.written)} prediction files ({result.frames} frames, {result.boxes} boxes{masks}) to {args.out} "
         f"({len(result.skipped)} already there, skipped)"
     )
     for file, reason in result.failed:
@@ -304,7 +282,7 @@ def _cmd_predict(args: argparse.Namespace) -> int | None:
             raise UserError("--deploy/--perception bring the models and their input size: drop --det, --lanes and --imgsz.")
         family, _, _, perception = resolve_models(args.deploy, args.model_family, perception=args.perception)
         if family == "multitask":
-            return _cmd_predict_multitask(args, perception)
+            return _cmd_predict_batch(args, str(perception))
     elif args.model_family == "multitask":
         raise UserError("--model-family multitask needs --deploy FOLDER (holding perception.onnx) or --perception FILE.")
     if args.deploy is not None or args.engine == "ray":
