@@ -124,6 +124,7 @@ class CameraReader(threading.Thread):
         self._frame: np.ndarray | None = None
         self._timestamp = 0.0
         self._index = -1
+        self._taken_index = -1  # the index of the newest frame `take` handed out
         self.fps = 0.0
         self.state = CameraState()
 
@@ -146,11 +147,18 @@ class CameraReader(threading.Thread):
             return self._frame, self._timestamp, self._index
 
     def take(self) -> tuple[np.ndarray, float, int] | None:
-        """`latest()`, marked taken in the same step (a newer frame cannot slip in between)."""
+        """`latest()`, marked taken in the same step (a newer frame cannot slip in between).
+
+        Only the first take of a frame marks it taken: the run polls every camera each tick, and a poll
+        that finds the frame it already has must not release a non-realtime file's reader again (the
+        reader would read on past the frame it is about to publish, which then nobody takes).
+        """
         with self._lock:
             if self._frame is None:
                 return None
-            self._taken.set()
+            if self._index != self._taken_index:
+                self._taken_index = self._index
+                self._taken.set()
             return self._frame, self._timestamp, self._index
 
     def mark_taken(self) -> None:
