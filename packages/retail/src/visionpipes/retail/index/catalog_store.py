@@ -219,8 +219,10 @@ class CatalogStore:
         out: dict[str, list[int]] = {}
         ids = list(product_ids)
         with self._transaction() as conn:
-            for pid in self._existing(ids):
-                out[pid] = self._delete_in_tx(pid)
+            existing = self._existing(ids)
+            for pid in dict.fromkeys(ids):  # in the request's order (a set's order varies per process)
+                if pid in existing:
+                    out[pid] = self._delete_in_tx(pid)
             remember = ids if remember_all else list(out)
             conn.executemany(
                 "INSERT OR IGNORE INTO main.deleted (product_id) VALUES (?)", [(p,) for p in remember]
