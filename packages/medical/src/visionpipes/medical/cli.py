@@ -68,51 +68,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from visionpipes.core.errors import UserError
-    from visionpipes.core.plan import plan_hardware
-    from visionpipes.medical.data_stage import resolve_task_dir
-    from visionpipes.medical.planning.fingerprint import (
-        FOREGROUND_SAMPLES_TOTAL,
-        compute_fingerprint,
-        write_fingerprint,
-    )
-    from visionpipes.medical.planning.plan import make_plan, overrides_from_params, write_plan
+    from visionpipes.medical.plan_command import cmd_plan
 
-    hardware = plan_hardware(
-        params_section(args.params, "plan"),
-        device=args.device,
-        memory_gb=args.memory_gb,
-        cpu_cores=args.cpu_cores,
-        source=f"{args.params}:plan",
-    )
-    task_dir = resolve_task_dir(args.task_dir)
-    if args.samples is not None and args.samples < 1:
-        raise UserError(f"--samples must be at least 1, not {args.samples}.")
-    fingerprint = compute_fingerprint(
-        task_dir,
-        samples_total=args.samples or FOREGROUND_SAMPLES_TOTAL,
-        progress=_progress("plan: fingerprint", every=25),
-    )
-    plan = make_plan(fingerprint, hardware, overrides_from_params(params_section(args.params, "train")))
-    fingerprint_out = args.fingerprint or args.out.parent / "fingerprint.json"
-    write_fingerprint(fingerprint_out, fingerprint)
-    write_plan(args.out, plan)
-    v = plan.values
-    norm = [
-        e["scheme"] + ("+nonzero" if e.get("use_nonzero_mask") else "") for e in v["train.data.normalization"]
-    ]
-    cascade = plan.cascade.get("lowres_spacing") if plan.cascade.get("enabled") else "no"
-    print(
-        f"plan for {hardware.device} ({hardware.memory_gb:g} GB, {hardware.cpu_cores} cores; budget "
-        f"{plan.memory['budget_gb']:g} GB): spacing {plan.spacing} (pixdim {v['train.data.pixdim']}), "
-        f"patch {v['train.data.roi_size']}, batch {v['train.data.batch_size']}, strides "
-        f"{v['train.model.strides']}, channels {v['train.model.channels']}, normalization {norm}, "
-        f"cascade {cascade}"
-    )
-    differ = {k: o["params"] for k, o in plan.overridden.items() if o.get("differs")}
-    print(f"params.yaml overrides: {differ or 'none'}")
-    print(f"wrote {args.out} and {fingerprint_out}")
-    return 0
+    return cmd_plan(args, progress=_progress("plan: fingerprint", every=25))
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
