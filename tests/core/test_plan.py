@@ -12,6 +12,7 @@ from visionpipes.core.plan import (
     Plan,
     fingerprint_sha256,
     plan_hardware,
+    plan_verb,
     read_plan,
     resolve_auto,
     write_plan,
@@ -137,3 +138,64 @@ def test_plan_hardware_without_a_gpu_driver_equals_the_probe() -> None:
     assert cpu3 == probe_hardware("cpu", cpu_cores=3).to_dict()
     with pytest.raises(UserError, match="memory_gb must be > 0"):
         plan_hardware({"memory_gb": 0})
+
+
+def _count_plan(data: str | Path, hardware: object, *, params: dict | None = None) -> Plan:
+    """A domain's `make_plan` in miniature: the batch from the number of files in `data`."""
+    folder = Path(data)
+    if not folder.is_dir():
+        raise UserError(f"data folder {folder} does not exist.")
+    files = len(list(folder.iterdir()))
+    return Plan.make(
+        "toy",
+        {"train.batch": files * 2, "train.workers": 1},
+        hardware=hardware,
+        fingerprint={"files": files},
+        reasons={"train.batch": "two per file"},
+        params=params,
+    )
+
+
+def test_plan_verb_writes_prints_and_passes_params(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The shared handler of `vp-driving plan` / `vp-retail plan`: params' plan section + flags ->
+    hardware, make_plan(data, hardware, params=...), the plan JSON written, its summary printed."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"{i}.txt").write_text("x")
+    params = tmp_path / "params.yaml"
+    params.write_text("plan: {device: cpu, memory_gb: 6, cpu_cores: 2}\ntrain: {batch: 5, workers: auto}\n")
+    out = tmp_path / "plans" / "plan.json"
+    result = plan_verb(data, out, _count_plan, params=params, cpu_cores=3)  # the flag wins over params
+    printed = capsys.readouterr().out
+    assert printed == json.dumps(result, indent=2) + "\n"
+    assert next(iter(result)) == "plan" and result["plan"] == str(out) and "reasons" not in result
+    plan = read_plan(out, domain="toy")
+    assert plan.values == {"train.batch": 6, "train.workers": 1} and plan.reasons == {
+        "train.batch": "two per file"
+    }
+    assert (plan.hardware["device"], plan.hardware["memory_gb"], plan.hardware["cpu_cores"]) == (
+        "cpu",
+        6.0,
+        3,
+    )
+    assert plan.overridden == {"train.batch": {"planned": 6, "params": 5}}  # params reached make_plan
+    assert result == {"plan": str(out), **{k: v for k, v in plan.summary().items() if k != "reasons"}}
+    # without params: no overrides recorded
+    plan_verb(data, out, _count_plan, device="cpu", memory_gb=2, cpu_cores=1)
+    assert read_plan(out).overridden == {} and read_plan(out).hardware["memory_gb"] == 2.0
+
+
+def test_plan_verb_errors_name_the_file_and_write_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    with pytest.raises(UserError, match=r"params file .*missing.yaml does not exist"):
+        plan_verb(tmp_path, out, _count_plan, params=tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("plan: {device: cpu, memory: 4}\n")
+    with pytest.raises(UserError, match=r"bad.yaml:plan: unknown key 'memory'"):
+        plan_verb(tmp_path, out, _count_plan, params=bad)
+    with pytest.raises(UserError, match=r"data folder .*nowhere does not exist"):
+        plan_verb(tmp_path / "nowhere", out, _count_plan, device="cpu", memory_gb=2, cpu_cores=1)
+    assert not out.exists()

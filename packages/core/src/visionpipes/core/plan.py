@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ __all__ = [
     "fingerprint_sha256",
     "lookup",
     "plan_hardware",
+    "plan_verb",
     "read_plan",
     "resolve_auto",
     "write_plan",
@@ -260,6 +261,45 @@ def plan_hardware(
             probed=memory is None and cores is None,
         )
     return probe_hardware(None if wanted is None else str(wanted), memory_gb=memory, cpu_cores=cores)
+
+
+def plan_verb(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    make_plan: Callable[..., Plan],
+    *,
+    params: str | os.PathLike | None = None,
+    device: str | None = None,
+    memory_gb: float | None = None,
+    cpu_cores: int | None = None,
+) -> dict[str, Any]:
+    """The `plan` verb of a domain (`vp-driving plan`, `vp-retail plan`): read `params` (its `plan`
+    section and the keys it sets explicitly), choose the hardware (`plan_hardware`, the flags on top),
+    `make_plan(data, hardware, params=...)`, write the plan JSON atomically to `out` and print what it
+    planned (the plan's summary without the reasons, after `"plan": out`) as indented JSON.
+
+    Returns:
+        The printed mapping.
+
+    Raises:
+        UserError: on a missing/bad params file, a bad `plan` section or flag, or what `make_plan`
+            raises for bad data.
+    """
+    from visionpipes.core.io import load_params
+
+    loaded = load_params(params) if params else None
+    hardware = plan_hardware(
+        (loaded or {}).get("plan"),
+        device=device,
+        memory_gb=memory_gb,
+        cpu_cores=cpu_cores,
+        source=f"{params}:plan",
+    )
+    plan = make_plan(data, hardware, params=loaded)
+    write_plan(out, plan)
+    result = {"plan": str(out), **{k: v for k, v in plan.summary().items() if k != "reasons"}}
+    print(json.dumps(result, indent=2))
+    return result
 
 
 def _without_gpu_driver() -> bool:

@@ -122,21 +122,18 @@ def _cmd_data(args: argparse.Namespace) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> None:
-    from visionpipes.core.io import load_params
-    from visionpipes.core.plan import plan_hardware, write_plan
+    from visionpipes.core.plan import plan_verb
     from visionpipes.driving.planning import make_plan
 
-    params = load_params(args.params) if args.params else None
-    hardware = plan_hardware(
-        (params or {}).get("plan"),
+    plan_verb(
+        args.raw,
+        args.out,
+        make_plan,
+        params=args.params,
         device=args.device,
         memory_gb=args.memory_gb,
         cpu_cores=args.cpu_cores,
-        source=f"{args.params}:plan",
     )
-    plan = make_plan(args.raw, hardware, params=params)
-    write_plan(args.out, plan)
-    _emit({"plan": str(args.out), **{k: v for k, v in plan.summary().items() if k != "reasons"}}, None)
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
