@@ -21,8 +21,7 @@ from typing import Literal
 import numpy as np
 
 from visionpipes.core.config import ConfigModel, Field
-from visionpipes.core.errors import UserError
-from visionpipes.core.io import atomic_path, write_json
+from visionpipes.medical.msd.synth import write_sample_task
 
 CTTask = Literal["liver", "lung"]
 #: The synthetic CT tasks and their official folder names.
@@ -63,10 +62,6 @@ HU: dict[str, float] = {
     "lung": -850.0,
     "nodule": 30.0,
 }
-
-
-#: Byte offset of `scl_slope` (then `scl_inter`) in a NIfTI-1 header.
-SCL_OFFSET = 112
 
 
 class CTSynthConfig(ConfigModel):
@@ -125,6 +120,52 @@ def _tube(grid: np.ndarray, start, direction, radius: float) -> np.ndarray:
     rel = grid - np.asarray(start, np.float32)
     along = rel @ d
     return np.linalg.norm(rel - along[..., None] * d, axis=-1) < radius
+
+
+def _vessels(
+    rng: np.random.Generator,
+    grid: np.ndarray,
+    organ: np.ndarray,
+    count: int,
+    radius_mm: tuple[float, float],
+    *,
+    z_scale: float = 1.0,
+) -> np.ndarray:
+    """`count` straight vessels through random points of `organ`, clipped to it: a boolean mask.
+
+    Args:
+        radius_mm: each vessel's radius is drawn uniformly from this range.
+        z_scale: shrinks the random direction's z component (< 1: mostly in-plane vessels).
+    """
+    inside = np.argwhere(organ)
+    mask = np.zeros(organ.shape, bool)
+    for _ in range(count):
+        start = grid[tuple(inside[rng.integers(len(inside))])]
+        mask |= _tube(grid, start, rng.normal(0, 1, 3) * [1, 1, z_scale], rng.uniform(*radius_mm)) & organ
+    return mask
+
+
+def _lesion_in(
+    rng: np.random.Generator,
+    grid: np.ndarray,
+    organ: np.ndarray,
+    distance_inside: np.ndarray,
+    radius_mm: tuple[float, float],
+    *,
+    depth: float,
+) -> np.ndarray:
+    """A lumpy lesion (`_blob`) of a radius drawn from `radius_mm`, centred where the organ is at least
+    `depth` radii deep (the deepest fifth of the organ if nowhere is), clipped to the organ.
+
+    Args:
+        distance_inside: `_distance_mm(organ, zooms)`, passed in so that several lesions share it.
+    """
+    radius = rng.uniform(*radius_mm)
+    deep = np.argwhere(distance_inside > radius * depth)
+    if not len(deep):
+        deep = np.argwhere(distance_inside >= distance_inside.max() * 0.8)
+    centre = grid[tuple(deep[rng.integers(len(deep))])]
+    return _blob(rng, grid, centre, radius) & organ
 
 
 def _body(
@@ -195,23 +236,14 @@ def synth_liver_case(
         hu[(kidney < 1.0) & ~liver] = HU["kidney"]
     liver_hu = HU["liver"] + rng.normal(0, 8)  # enhancement varies with the contrast timing
     hu[liver] = liver_hu
-    # Hepatic/portal veins: bright tubes through the liver.
-    inside = np.argwhere(liver)
-    for _ in range(2):
-        start = grid[tuple(inside[rng.integers(len(inside))])]
-        vessel = _tube(grid, start, rng.normal(0, 1, 3) * [1, 1, 0.3], rng.uniform(1.0, 1.8)) & liver
-        hu[vessel] = HU["vessel"]
+    # Hepatic/portal veins: bright tubes through the liver, mostly in-plane.
+    hu[_vessels(rng, grid, liver, 2, (1.0, 1.8), z_scale=0.3)] = HU["vessel"]
     # Tumours: hypodense lumps fully inside the liver (1-3, 5-10 mm radius).
     label = np.zeros(shape, np.uint8)
     label[liver] = 1
     distance_inside = _distance_mm(liver, zooms)
     for _ in range(int(rng.integers(1, 4))):
-        radius = rng.uniform(5.0, 10.0)
-        deep = np.argwhere(distance_inside > radius * 0.8)
-        if not len(deep):
-            deep = np.argwhere(distance_inside >= distance_inside.max() * 0.8)
-        centre_t = grid[tuple(deep[rng.integers(len(deep))])]
-        tumour = _blob(rng, grid, centre_t, radius) & liver
+        tumour = _lesion_in(rng, grid, liver, distance_inside, (5.0, 10.0), depth=0.8)
         hu[tumour] = HU["tumour"] + rng.uniform(-15, 15)
         label[tumour] = 2
     return hu, label
@@ -239,16 +271,9 @@ def synth_lung_case(
         lungs |= (d < 1.0) & body
     hu[lungs] = HU["lung"] + 25 * _smooth(rng, shape)[lungs]
     # Pulmonary vessels: thin soft-tissue tubes in the lungs (they look like nodules on one slice).
-    inside = np.argwhere(lungs)
-    for _ in range(6):
-        start = grid[tuple(inside[rng.integers(len(inside))])]
-        hu[_tube(grid, start, rng.normal(0, 1, 3), rng.uniform(0.7, 1.3)) & lungs] = HU["muscle"]
+    hu[_vessels(rng, grid, lungs, 6, (0.7, 1.3))] = HU["muscle"]
     distance_inside = _distance_mm(lungs, zooms)
-    radius = rng.uniform(5.0, 10.0)
-    deep = np.argwhere(distance_inside > radius)
-    if not len(deep):
-        deep = np.argwhere(distance_inside >= distance_inside.max() * 0.8)
-    nodule = _blob(rng, grid, grid[tuple(deep[rng.integers(len(deep))])], radius) & lungs
+    nodule = _lesion_in(rng, grid, lungs, distance_inside, (5.0, 10.0), depth=1.0)
     hu[nodule] = HU["nodule"] + rng.uniform(-10, 10)
     label = nodule.astype(np.uint8)
     return hu, label
@@ -323,24 +348,6 @@ def ct_dataset_json(config: CTSynthConfig) -> dict:
     }
 
 
-def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """NIfTI-1 (`.nii.gz`) with qform/sform (code 1) and mm units; the header's scl_slope 1 and scl_inter 0
-    are written as such (nibabel writes NaN, "unscaled", for an array stored in its own dtype)."""
-    import gzip
-    import struct
-
-    import nibabel as nib
-
-    image = nib.Nifti1Image(data, affine)
-    image.header.set_xyzt_units("mm", "sec")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    image.set_data_dtype(data.dtype)
-    payload = bytearray(image.to_bytes())
-    struct.pack_into(f"{image.header.endianness}ff", payload, SCL_OFFSET, 1.0, 0.0)
-    path.write_bytes(gzip.compress(bytes(payload), compresslevel=6, mtime=0))
-
-
 def write_ct_task(
     out_dir: str | os.PathLike,
     config: CTSynthConfig | None = None,
@@ -363,26 +370,13 @@ def write_ct_task(
         UserError: if `out_dir` exists, is not empty and `overwrite` is False.
     """
     config = config or CTSynthConfig()
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output {out} exists and is not a folder.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"output folder {out} is not empty; pass --overwrite to replace it.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = ct_dataset_json(config)
-    affine = ct_affine(config)
-    total = config.cases + config.test_cases
-    with atomic_path(out, is_dir=True) as tmp:
-        for folder in ("imagesTr", "labelsTr", "imagesTs"):
-            (tmp / folder).mkdir()
-        items = [(e["image"], e["label"], 0) for e in meta["training"]] + [(t, None, 1) for t in meta["test"]]
-        for done, (image_rel, label_rel, split) in enumerate(items, start=1):
-            rng = np.random.default_rng([config.seed, split, done])
-            image, label = synth_ct_case(rng, config)
-            _save(image, affine, tmp / image_rel)
-            if label_rel is not None:
-                _save(label, affine, tmp / label_rel)
-            if progress:
-                progress(done, total)
-        write_json(tmp / "dataset.json", meta)
-    return out
+    return write_sample_task(
+        out_dir,
+        ct_dataset_json(config),
+        lambda rng: synth_ct_case(rng, config),
+        ct_affine(config),
+        seed=config.seed,
+        overwrite=overwrite,
+        unit_scaling=True,
+        progress=progress,
+    )

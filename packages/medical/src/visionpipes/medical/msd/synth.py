@@ -143,7 +143,20 @@ def _affine(size: int, spacing: float) -> np.ndarray:
     return affine
 
 
-def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
+#: Byte offset of `scl_slope` (then `scl_inter`) in a NIfTI-1 header.
+SCL_OFFSET = 112
+#: What a sample generator makes of one case's random generator: `(image, label)`.
+CaseMaker = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, *, unit_scaling: bool = False) -> None:
+    """Write `data` as NIfTI-1 (`.nii.gz`) with qform/sform (code 1) and mm units, in `data`'s dtype.
+
+    Args:
+        unit_scaling: write the header's scl_slope 1 and scl_inter 0 as such (the official CT tasks' int16
+            Hounsfield units), where nibabel writes NaN ("unscaled") for an array stored in its own dtype;
+            the file is then gzipped here (level 6, mtime 0). False: `nibabel.save` as it is.
+    """
     import nibabel as nib
 
     image = nib.Nifti1Image(data, affine)
@@ -151,7 +164,68 @@ def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
     image.set_data_dtype(data.dtype)
-    nib.save(image, path)
+    if not unit_scaling:
+        nib.save(image, path)
+        return
+    import gzip
+    import struct
+
+    payload = bytearray(image.to_bytes())
+    struct.pack_into(f"{image.header.endianness}ff", payload, SCL_OFFSET, 1.0, 0.0)
+    path.write_bytes(gzip.compress(bytes(payload), compresslevel=6, mtime=0))
+
+
+def write_sample_task(
+    out_dir: str | os.PathLike,
+    meta: dict,
+    make_case: CaseMaker,
+    affine: np.ndarray,
+    *,
+    seed: int,
+    overwrite: bool = False,
+    unit_scaling: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write a synthetic MSD task folder atomically: `imagesTr`/`labelsTr`/`imagesTs` with the files that
+    `meta` (its `dataset.json`) lists, each case made by `make_case` from its own random generator
+    (`default_rng([seed, 0, n])` for the n-th training case, `[seed, 1, n]` for a test image, n counting on
+    from the training cases), then `dataset.json` itself.
+
+    Args:
+        out_dir: the task folder to create.
+        meta: the `dataset.json` content (its `training` and `test` lists name the files).
+        make_case: the case generator; test images drop its label.
+        affine: every volume's affine.
+        seed: the sample's seed.
+        overwrite: replace `out_dir` if it exists and is not empty.
+        unit_scaling: see `save_nifti`.
+        progress: called as `progress(done, total)` after each case.
+
+    Returns:
+        `out_dir`.
+
+    Raises:
+        UserError: if `out_dir` is a file, or exists, is not empty and `overwrite` is False.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} exists and is not a folder.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"output folder {out} is not empty; pass --overwrite to replace it.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    items = [(e["image"], e["label"], 0) for e in meta["training"]] + [(t, None, 1) for t in meta["test"]]
+    with atomic_path(out, is_dir=True) as tmp:
+        for folder in ("imagesTr", "labelsTr", "imagesTs"):
+            (tmp / folder).mkdir()
+        for done, (image_rel, label_rel, split) in enumerate(items, start=1):
+            image, label = make_case(np.random.default_rng([seed, split, done]))
+            save_nifti(image, affine, tmp / image_rel, unit_scaling=unit_scaling)
+            if label_rel is not None:
+                save_nifti(label, affine, tmp / label_rel, unit_scaling=unit_scaling)
+            if progress:
+                progress(done, len(items))
+        write_json(tmp / "dataset.json", meta)
+    return out
 
 
 def dataset_json(config: SynthConfig) -> dict:
@@ -203,26 +277,12 @@ def write_synthetic_task(
         >>> task = load_task(write_synthetic_task(tmp / "Task01_BrainTumour", SynthConfig(cases=2, size=32)))  # doctest: +SKIP
     """
     config = config or SynthConfig()
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output {out} exists and is not a folder.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"output folder {out} is not empty; pass --overwrite to replace it.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dataset_json(config)
-    affine = _affine(config.size, config.spacing)
-    total = config.cases + config.test_cases
-    with atomic_path(out, is_dir=True) as tmp:
-        for folder in ("imagesTr", "labelsTr", "imagesTs"):
-            (tmp / folder).mkdir()
-        items = [(e["image"], e["label"], 0) for e in meta["training"]] + [(t, None, 1) for t in meta["test"]]
-        for done, (image_rel, label_rel, split) in enumerate(items, start=1):
-            rng = np.random.default_rng([config.seed, split, done])
-            image, label = synth_case(rng, config.size)
-            _save(image, affine, tmp / image_rel)
-            if label_rel is not None:
-                _save(label, affine, tmp / label_rel)
-            if progress:
-                progress(done, total)
-        write_json(tmp / "dataset.json", meta)
-    return out
+    return write_sample_task(
+        out_dir,
+        dataset_json(config),
+        lambda rng: synth_case(rng, config.size),
+        _affine(config.size, config.spacing),
+        seed=config.seed,
+        overwrite=overwrite,
+        progress=progress,
+    )
