@@ -15,14 +15,37 @@ default_experiment_planner.py`).
   until the low-resolution patch covers >= 25 % of the low-resolution median image. It is recorded
   only: training here runs the full-resolution configuration.
 
-Memory budget (`planning_budget_gb`): on `cuda` the device's memory (`plan.memory_gb` overrides it: a plan
-for an 80 GB GPU can be made on a laptop). On `cpu`/`mps` the smaller of (a) `core.hardware`'s share of
-RAM (50 %) and (b) a compute cap of `CPU_GB_PER_CORE` x cores: on a CPU the time per step, not memory,
-is the limit. The cap is a calibration, not a law: 0.055 GB-equivalent per core puts nnU-Net's network
-at a 32^3 patch, batch 2 on the 2 shared cores this project's demo runs on (the step the pipeline's
-measured budget was set with, ~10 s/epoch on the 48^3 sample); 16 cores buy an 8x larger budget.
-The estimate is that of nnU-Net's plain-conv U-Net (32 features doubling to 320); the pipeline's default
-MONAI UNet (16..128 features, `train.model.channels` explicit) needs less at the same patch and batch.
+Memory budget (`planning_budget_gb`) and width (`plan_width`), stated in terms of the hardware and of the
+user's time:
+- `cuda`: nnU-Net unchanged: the device's memory (`plan.memory_gb` overrides it: a plan for an 80 GB GPU
+  can be made on a laptop), the batch fills it, nnU-Net's width (32 features doubling to 320).
+- `cpu`/`mps`: the patch comes from memory, as nnU-Net's does on a GPU: the RAM share
+  (`core.hardware`: 50 % of RAM, or `plan.memory_gb`) x `CPU_FP32_SHARE` (nnU-Net's 8 GB reference is
+  for fp16 activations under AMP on a GPU; a CPU trains in fp32, twice the bytes per activation). A
+  large patch is what nnU-Net's results rest on (context), and it is also the cheaper way to predict a
+  volume: fewer windows overlap (MONAI's window grid over 240x240x155 at overlap 0.5 computes each voxel
+  ~8x with 40x32x24 windows, ~3x with 128^3 ones). The batch stays at `CPU_MAX_BATCH` = 2 (nnU-Net's
+  minimum): a CPU's cores are already busy with one patch, a bigger batch only lengthens the step.
+  What a CPU lacks is compute, so the *width* is chosen by time: the network's FLOPs are counted
+  (`rules.conv_layers`: every conv of the plain-conv U-Net at the planned patch), the CPU's throughput
+  is a table of GFLOP/s by channel width (`planning.throughput`: measured by a ~2 s conv probe at plan
+  time, or `plan.cpu_gflops` in params.yaml), and the plan takes the widest base width of
+  `WIDTH_CANDIDATES` (32 = nnU-Net's, then 16, 8) whose full-volume prediction of the median image
+  (windows at `plan.predict_overlap`, nnU-Net's 0.5 unless the params' `inference.overlap` is given)
+  fits `plan.predict_seconds` (default `DEFAULT_PREDICT_SECONDS` = 300 s: a case in minutes on a
+  laptop); if none fits, the narrowest, flagged `meets_target: false`. The plan records (`time`) the
+  estimates a user sees before training: `seconds_per_step` (forward + backward ~ 3 forwards, x batch)
+  and `predict_seconds_per_volume`, for the planned values and for the ones params.yaml makes training
+  use (`effective`, where it overrides).
+  Why not cap the patch by time, as the former `CPU_GB_PER_CORE = 0.055` calibration did: it was fitted
+  to one demo machine and planned 40x32x24 windows for a 240x240x155 MRI, ~1,850 windows and ~70
+  minutes of prediction on 2 cores; the time per volume hardly depends on the patch (every voxel goes
+  through the same convolutions; a smaller patch only adds overlap) but grows with the square of the
+  width. Without a throughput (a library call with `cpu_gflops=None`) a CPU plan keeps nnU-Net's width
+  and estimates no seconds. Measured against this rule: `benchmarks/medical_real_geometry.py`.
+The memory estimate is that of nnU-Net's plain-conv U-Net at nnU-Net's width (conservative for a
+narrower one); the pipeline's default MONAI UNet (16..128 features, `train.model.channels` explicit)
+needs less at the same patch and batch.
 
 Values in `params.yaml` that are not `auto` override the plan (`overrides`: dotted params keys); the plan
 records each as `{"planned": ..., "params": ...}` and, where a patch is given, derives the strides from it.
@@ -42,17 +65,22 @@ from typing import Any
 import numpy as np
 
 from visionpipes.core.errors import UserError
-from visionpipes.medical.planning import rules
+from visionpipes.medical.planning import rules, throughput
 from visionpipes.medical.planning.normalization import ct_entry, expand_normalization
 
 __all__ = [
     "AUTO",
-    "CPU_GB_PER_CORE",
+    "CPU_FP32_SHARE",
+    "CPU_MAX_BATCH",
+    "DEFAULT_PREDICT_SECONDS",
+    "NNUNET_OVERLAP",
     "PLAN_FORMAT_VERSION",
     "PLAN_KEYS",
+    "WIDTH_CANDIDATES",
     "Plan",
     "make_plan",
     "plan_summary",
+    "plan_width",
     "planning_budget_gb",
     "read_plan",
     "write_plan",
@@ -60,8 +88,16 @@ __all__ = [
 
 PLAN_FORMAT_VERSION = 1
 AUTO = "auto"
-#: Compute cap of CPU plans, in nnU-Net's GB-equivalent of activations per core (see the module docstring).
-CPU_GB_PER_CORE = 0.055
+#: A CPU's RAM share counts this much in nnU-Net's GB-equivalent (fp32 activations vs nnU-Net's fp16).
+CPU_FP32_SHARE = 0.5
+#: Crops per step on a CPU (nnU-Net's minimum batch; see the module docstring).
+CPU_MAX_BATCH = 2
+#: Base widths (features of the first stage) a CPU plan chooses from, widest first (32: nnU-Net's).
+WIDTH_CANDIDATES: tuple[int, ...] = (32, 16, 8)
+#: Default target of a CPU plan: seconds to predict the median image (`plan.predict_seconds`).
+DEFAULT_PREDICT_SECONDS = 300.0
+#: nnU-Net's sliding-window overlap (tile_step_size 0.5), used for estimates unless one is given.
+NNUNET_OVERLAP = 0.5
 #: The `params.yaml` keys (below `train`) that may be `auto`, in the plan's `values`.
 PLAN_KEYS: tuple[str, ...] = (
     "train.data.pixdim",
@@ -104,6 +140,9 @@ class Plan:
         values: the planned value of each `PLAN_KEYS` key (the rules' choice).
         auto: what `auto` resolves to for each key: `values`, except that the strides and channels
             follow the patch actually used when `train.data.roi_size` is explicit (so they fit it).
+        time: the cost model's inputs (CPU throughput table and its source, overlap, target, the base
+            width chosen and the candidates tried) and estimates (`estimate_cost`) for the `planned`
+            values and, where params.yaml overrides any, the `effective` ones.
         overridden: key -> `{"planned", "params"}` for keys `params.yaml` sets explicitly.
         reasons: key -> the rule that chose it.
         fingerprint_sha256: hash of the fingerprint the plan was made from.
@@ -125,6 +164,7 @@ class Plan:
     hardware: dict[str, Any]
     values: dict[str, Any]
     auto: dict[str, Any] = field(default_factory=dict)
+    time: dict[str, Any] = field(default_factory=dict)
     overridden: dict[str, Any] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
     fingerprint_sha256: str = ""
@@ -158,18 +198,93 @@ def _hardware_dict(hardware: Any) -> dict[str, Any]:
 
 
 def planning_budget_gb(hardware: Any) -> tuple[float, str]:
-    """The memory budget (GB) the rules plan for, and one sentence saying how it was chosen."""
+    """The memory budget (nnU-Net's GB-equivalent) the rules plan for, and one sentence saying how."""
     hw = _hardware_dict(hardware)
     memory = float(hw["memory_gb"])
     if hw["device"] == "cuda":
         return memory, f"cuda: the device's {memory:g} GB"
-    cap = round(CPU_GB_PER_CORE * int(hw["cpu_cores"]), 4)
-    if cap < memory:
-        return cap, (
-            f"{hw['device']}: compute cap {CPU_GB_PER_CORE} GB-equivalent x {hw['cpu_cores']} cores = {cap:g} "
-            f"(below the {memory:g} GB RAM share)"
-        )
-    return memory, f"{hw['device']}: the {memory:g} GB RAM share (below the {cap:g} GB compute cap)"
+    budget = round(memory * CPU_FP32_SHARE, 4)
+    return budget, (
+        f"{hw['device']}: the {memory:g} GB RAM share x {CPU_FP32_SHARE:g} (fp32 activations, twice "
+        f"nnU-Net's fp16) = {budget:g} GB-equivalent"
+    )
+
+
+def _throughput_table(cpu_gflops: float | Mapping[Any, float] | None) -> dict[int, float] | None:
+    if cpu_gflops is None:
+        return None
+    if isinstance(cpu_gflops, Mapping):
+        table = {int(k): float(v) for k, v in cpu_gflops.items()}
+        if not table or min(table.values()) <= 0:
+            raise UserError(f"plan cpu_gflops table must hold positive GFLOP/s per width, got {cpu_gflops}.")
+        return table
+    try:
+        return throughput.table_from_gflops(float(cpu_gflops))
+    except (TypeError, ValueError):
+        raise UserError(
+            f"plan cpu_gflops must be a number > 0 (GFLOP/s) or auto, got {cpu_gflops!r}."
+        ) from None
+
+
+def estimate_cost(
+    patch: Any,
+    batch: int,
+    topology: rules.Topology,
+    features: Any,
+    *,
+    in_channels: int,
+    num_classes: int,
+    median_shape: Any,
+    overlap: float,
+    table: Mapping[int, float] | None,
+) -> dict[str, Any]:
+    """FLOPs and (given a throughput table) seconds of one training step and of predicting the median image."""
+    layers = rules.conv_layers(
+        patch, topology.strides, topology.kernel_sizes, features, in_channels, num_classes
+    )
+    forward = float(sum(layer.flops for layer in layers))
+    n_windows = rules.sliding_windows(median_shape, patch, overlap)
+    out: dict[str, Any] = {
+        "patch_size": [int(p) for p in patch],
+        "batch_size": int(batch),
+        "features": [int(f) for f in features],
+        "forward_gflop_per_patch": round(forward / 1e9, 3),
+        "step_gflop": round(3 * batch * forward / 1e9, 2),
+        "windows_per_volume": n_windows,
+        "predict_gflop_per_volume": round(n_windows * forward / 1e9, 1),
+    }
+    if table is not None:
+        seconds = throughput.layer_seconds(layers, table)
+        out["seconds_per_patch"] = round(seconds, 3)
+        out["seconds_per_step"] = round(3 * batch * seconds, 2)
+        out["predict_seconds_per_volume"] = round(n_windows * seconds, 1)
+    return out
+
+
+def plan_width(
+    patch: Any,
+    topology: rules.Topology,
+    *,
+    in_channels: int,
+    num_classes: int,
+    median_shape: Any,
+    overlap: float,
+    table: Mapping[int, float],
+    predict_seconds: float,
+) -> tuple[int, bool, list[dict[str, Any]]]:
+    """The widest base width of `WIDTH_CANDIDATES` whose predicted median volume fits `predict_seconds`
+    (else the narrowest), whether it fits, and each candidate's estimate."""
+    tried = []
+    for base in WIDTH_CANDIDATES:
+        features = rules.features_per_stage(len(topology.strides), 3, base)
+        cost = estimate_cost(
+            patch, CPU_MAX_BATCH, topology, features, in_channels=in_channels, num_classes=num_classes,
+            median_shape=median_shape, overlap=overlap, table=table,
+        )  # fmt: skip
+        tried.append({"base_width": base, "predict_seconds_per_volume": cost["predict_seconds_per_volume"]})
+        if cost["predict_seconds_per_volume"] <= predict_seconds:
+            return base, True, tried
+    return WIDTH_CANDIDATES[-1], False, tried
 
 
 def _median_shape(fingerprint: Mapping[str, Any], spacing: np.ndarray) -> np.ndarray:
@@ -212,7 +327,14 @@ def _lowres(
 
 
 def make_plan(
-    fingerprint: Mapping[str, Any], hardware: Any, overrides: Mapping[str, Any] | None = None
+    fingerprint: Mapping[str, Any],
+    hardware: Any,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    cpu_gflops: float | Mapping[Any, float] | None = None,
+    cpu_gflops_source: str = "given",
+    predict_seconds: float = DEFAULT_PREDICT_SECONDS,
+    overlap: float = NNUNET_OVERLAP,
 ) -> Plan:
     """A plan for the dataset `fingerprint` on `hardware`, with explicit `overrides`.
 
@@ -221,6 +343,11 @@ def make_plan(
         hardware: a `core.hardware.Hardware` or a mapping with `device`, `memory_gb`, `cpu_cores`.
         overrides: dotted `params.yaml` keys (`PLAN_KEYS`) with the explicit values params gives (no
             `auto`); each wins over the planned value and is recorded in `overridden`.
+        cpu_gflops: the CPU's throughput: GFLOP/s of a 32-channel 3x3x3 conv, or a table width ->
+            GFLOP/s (`throughput.probe_cpu_gflops`); None: no time estimate, nnU-Net's width.
+        cpu_gflops_source: how `cpu_gflops` was obtained (recorded).
+        predict_seconds: a CPU plan's target for predicting the median image (chooses the width).
+        overlap: the sliding-window overlap the prediction estimate assumes.
 
     Raises:
         UserError: if the fingerprint lacks what the rules need, or an override names an unknown key.
@@ -251,7 +378,14 @@ def make_plan(
         raise UserError("the fingerprint's spacings and shapes_after_crop must be one [x, y, z] per case.")
     n_cases = len(spacings)
     num_classes = max(2, len(fingerprint.get("labels") or {}))
+    in_channels = len(fingerprint["modality"])
     budget, budget_reason = planning_budget_gb(hw)
+    on_cpu = hw["device"] != "cuda"
+    table = _throughput_table(cpu_gflops) if on_cpu else None
+    if not predict_seconds > 0:
+        raise UserError(f"plan predict_seconds must be > 0, got {predict_seconds}.")
+    if not 0 <= overlap < 1:
+        raise UserError(f"the prediction overlap must be in [0, 1), got {overlap}.")
 
     spacing = rules.target_spacing(spacings, shapes)
     median = _median_shape(fingerprint, spacing)
@@ -260,6 +394,15 @@ def make_plan(
         dataset_voxels=float(np.prod(median)) * n_cases,
     )  # fmt: skip
     needs_resampling = not np.allclose(spacings, spacing[None], rtol=SPACING_RTOL, atol=0)
+    planned_batch = min(full.batch_size, CPU_MAX_BATCH) if on_cpu else full.batch_size
+    median_int = [int(m) for m in np.round(median)]
+    width, meets, tried = rules.BASE_FEATURES, None, []
+    if table is not None:
+        width, meets, tried = plan_width(
+            full.patch_size, full.topology, in_channels=in_channels, num_classes=num_classes,
+            median_shape=median_int, overlap=overlap, table=table, predict_seconds=predict_seconds,
+        )  # fmt: skip
+    planned_features = list(rules.features_per_stage(len(full.topology.strides), 3, width))
 
     normalization = []
     relative = float(fingerprint.get("median_relative_size_after_cropping", 1.0))
@@ -279,20 +422,24 @@ def make_plan(
     values: dict[str, Any] = {
         "train.data.pixdim": [round(float(s), 6) for s in spacing] if needs_resampling else None,
         "train.data.roi_size": list(full.patch_size),
-        "train.data.batch_size": full.batch_size,
+        "train.data.batch_size": planned_batch,
         "train.data.normalization": normalization,
         "train.model.strides": _model_strides(full.topology.strides),
-        "train.model.channels": list(full.features),
+        "train.model.channels": planned_features,
     }
     reasons = {
         "train.data.pixdim": "median spacing with nnU-Net's anisotropic-axis rule"
         + ("" if needs_resampling else "; null: every case already has it, so nothing is resampled"),
         "train.data.roi_size": f"nnU-Net's patch search under {budget:g} GB ({budget_reason}), clipped to the median image",
-        "train.data.batch_size": "fills the budget, at most 5 % of the dataset's voxels, at least 2",
+        "train.data.batch_size": (
+            f"cpu: {CPU_MAX_BATCH} (a bigger batch only lengthens a CPU's step)"
+            if on_cpu
+            else "fills the budget, at most 5 % of the dataset's voxels, at least 2"
+        ),
         "train.data.normalization": "by modality: CT clip + dataset z-score, others per-image z-score "
         f"(non-zero mask when cropping leaves < 75 %: here {relative:.2f})",
         "train.model.strides": "pool an axis while its feature map stays >= 8 and its spacing < 2x the finest",
-        "train.model.channels": "nnU-Net's 32 per stage, doubling, capped at 320",
+        "train.model.channels": _width_reason(on_cpu, table, width, meets, predict_seconds, overlap),
     }
     overridden = {
         k: {"planned": values[k], "params": v, "differs": v != values[k]} for k, v in overrides.items()
@@ -301,7 +448,7 @@ def make_plan(
     topology = full.topology
     if "train.data.roi_size" in overrides:
         topology = rules.pool_and_conv_props(spacing, patch)
-    batch = int(overrides.get("train.data.batch_size", full.batch_size))
+    batch = int(overrides.get("train.data.batch_size", planned_batch))
     norm_used = overrides.get("train.data.normalization", normalization)
     if not isinstance(norm_used, list):
         try:
@@ -312,10 +459,31 @@ def make_plan(
         pixdim = overrides["train.data.pixdim"]
     else:
         pixdim = values["train.data.pixdim"]
-    estimate = rules.feature_map_voxels(
-        topology.patch_size, topology.strides, rules.features_per_stage(len(topology.strides), 3), num_classes
-    )
+    features = list(rules.features_per_stage(len(topology.strides), 3, width))
+    estimate = rules.feature_map_voxels(topology.patch_size, topology.strides, features, num_classes)
     ref_batch = rules.REFERENCE_BATCH[3]
+    cost = {
+        "in_channels": in_channels, "num_classes": num_classes, "median_shape": median_int,
+        "overlap": overlap, "table": table,
+    }  # fmt: skip
+    time_record: dict[str, Any] = {
+        "cpu_gflops": None if table is None else {str(k): v for k, v in sorted(table.items())},
+        "cpu_gflops_source": None if table is None else cpu_gflops_source,
+        "overlap": overlap,
+        "predict_seconds_target": predict_seconds if on_cpu else None,
+        "base_width": width,
+        "meets_target": meets,
+        "width_candidates": tried,
+        "model": "nnU-Net's plain-conv U-Net (2 convs per stage, transposed-conv upsampling); "
+        "a training step ~ 3 forward passes x batch; prediction: MONAI's window grid over the median image",
+        "planned": estimate_cost(full.patch_size, planned_batch, full.topology, planned_features, **cost),
+    }
+    if overrides:
+        eff_features = features
+        channels = overrides.get("train.model.channels")
+        if isinstance(channels, list) and len(channels) == len(topology.strides):
+            eff_features = [int(c) for c in channels]
+        time_record["effective"] = estimate_cost(topology.patch_size, batch, topology, eff_features, **cost)
     cascade = (
         _lowres(spacing, median, num_classes=num_classes, budget=budget, n_cases=n_cases)
         if rules.needs_lowres_stage(full.patch_size, median)
@@ -329,7 +497,7 @@ def make_plan(
         batch_size=batch,
         strides=[list(s) for s in topology.strides],
         kernel_sizes=[list(k) for k in topology.kernel_sizes],
-        features=list(rules.features_per_stage(len(topology.strides), 3)),
+        features=features,
         num_pool_per_axis=list(topology.num_pool_per_axis),
         normalization=[dict(e) for e in norm_used],
         foreground_intensity=[dict(s) for s in stats],
@@ -347,11 +515,26 @@ def make_plan(
         auto={
             **values,
             "train.model.strides": _model_strides(topology.strides),
-            "train.model.channels": list(rules.features_per_stage(len(topology.strides), 3)),
+            "train.model.channels": features,
         },
+        time=time_record,
         overridden=overridden,
         reasons=reasons,
         fingerprint_sha256=fingerprint_sha256(fingerprint),
+    )
+
+
+def _width_reason(
+    on_cpu: bool, table: Any, width: int, meets: bool | None, target: float, overlap: float
+) -> str:
+    if not on_cpu:
+        return "nnU-Net's 32 per stage, doubling, capped at 320"
+    if table is None:
+        return "nnU-Net's 32 per stage (no CPU throughput given: no time estimate)"
+    fits = "fits" if meets else "is the narrowest; even it misses"
+    return (
+        f"cpu: base width {width} (doubling, capped at 10x): the widest of {list(WIDTH_CANDIDATES)} whose "
+        f"prediction of the median image at overlap {overlap:g} {fits} the {target:g} s target"
     )
 
 
@@ -413,7 +596,7 @@ def plan_summary(plan: Mapping[str, Any], path: str | os.PathLike | None = None)
     per-key reasons, with the plan file's path."""
     keep = (
         "spacing", "pixdim", "patch_size", "batch_size", "strides", "kernel_sizes", "normalization",
-        "cascade", "memory", "hardware", "overridden", "fingerprint_sha256", "format_version",
+        "cascade", "memory", "time", "hardware", "overridden", "fingerprint_sha256", "format_version",
     )  # fmt: skip
     out = {k: plan.get(k) for k in keep if k in plan}
     if path is not None:

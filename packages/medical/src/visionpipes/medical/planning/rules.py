@@ -14,6 +14,10 @@ experiment_planners/default_experiment_planner.py`, `network_topology.py`,
   map size fits the memory budget (560e6 voxel-features correspond to 8 GB at batch 2 in 3-D); the
   batch then fills the budget, at most 5 % of the dataset's voxels, at least 2;
 - a low-resolution cascade stage when the full-resolution patch covers < 25 % of the median image;
+- cost (ours, not nnU-Net's): `conv_layers` / `forward_flops` count the plain-conv U-Net's multiply-adds
+  per forward pass of one patch (every 3-D conv, transposed conv and the 1x1 output), and
+  `sliding_windows` counts the windows MONAI's `sliding_window_inference` runs over an image — what a
+  plan's training step and full-volume prediction cost in FLOPs;
 - normalisation per channel: CT clips to the foreground's 0.5/99.5 percentiles and z-scores with
   the foreground mean/std of the whole dataset; other modalities z-score each image (over the
   non-zero region when cropping to it shrank the images to < 3/4).
@@ -131,9 +135,12 @@ def pool_and_conv_props(
     )
 
 
-def features_per_stage(num_stages: int, dim: int) -> tuple[int, ...]:
-    """32, 64, ... doubling per stage, capped at 320 (3-D) or 512 (2-D)."""
-    return tuple(min(MAX_FEATURES[dim], BASE_FEATURES * 2**i) for i in range(num_stages))
+def features_per_stage(num_stages: int, dim: int, base: int = BASE_FEATURES) -> tuple[int, ...]:
+    """`base` (nnU-Net: 32), doubling per stage, capped at 320 (3-D) or 512 (2-D) — for a narrower
+    `base` the cap shrinks in proportion (16 -> 160), so the network is nnU-Net's at a fraction of the width.
+    """
+    cap = MAX_FEATURES[dim] * base // BASE_FEATURES
+    return tuple(min(cap, base * 2**i) for i in range(num_stages))
 
 
 def feature_map_voxels(
@@ -159,6 +166,93 @@ def feature_map_voxels(
         total += convs_per_stage * feat * int(np.prod(skip))  # decoder conv blocks
         total += feat * int(np.prod(skip))  # transposed conv
     total += num_classes * int(np.prod(skips[0]))  # segmentation output
+    return int(total)
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """One convolution of the U-Net: output voxels per patch, kernel voxels, input and output channels."""
+
+    voxels: int
+    kernel_voxels: int
+    in_channels: int
+    out_channels: int
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds x 2 of this layer over one patch."""
+        return 2 * self.voxels * self.kernel_voxels * self.in_channels * self.out_channels
+
+
+def conv_layers(
+    patch_size: Sequence[int],
+    strides: Sequence[Sequence[int]],
+    kernel_sizes: Sequence[Sequence[int]],
+    features: Sequence[int],
+    in_channels: int,
+    num_classes: int,
+    convs_per_stage: int = 2,
+) -> list[ConvLayer]:
+    """The convolutions of nnU-Net's plain-conv U-Net (MONAI `DynUNet` with the same strides, kernels and
+    filters): per encoder stage `convs_per_stage` convs (the first strided), per decoder stage a transposed
+    conv (kernel = stride: one tap per output voxel) then `convs_per_stage` convs over the concatenation
+    with the skip, and the 1x1 output. Normalisation and activations are not counted (elementwise)."""
+    size = list(patch_size)
+    sizes: list[int] = []
+    layers: list[ConvLayer] = []
+    channels = in_channels
+    for stride, kernel, feat in zip(strides, kernel_sizes, features):
+        size = [s // st for s, st in zip(size, stride)]
+        voxels = int(np.prod(size))
+        kv = int(np.prod(kernel))
+        sizes.append(voxels)
+        layers.append(ConvLayer(voxels, kv, channels, feat))
+        layers.extend(ConvLayer(voxels, kv, feat, feat) for _ in range(convs_per_stage - 1))
+        channels = feat
+    for s in range(len(strides) - 2, -1, -1):
+        voxels, feat, kv = sizes[s], features[s], int(np.prod(kernel_sizes[s]))
+        layers.append(ConvLayer(voxels, 1, features[s + 1], feat))  # transposed conv, kernel = stride
+        layers.append(ConvLayer(voxels, kv, 2 * feat, feat))
+        layers.extend(ConvLayer(voxels, kv, feat, feat) for _ in range(convs_per_stage - 1))
+    layers.append(ConvLayer(sizes[0], 1, features[0], num_classes))
+    return layers
+
+
+def forward_flops(
+    patch_size: Sequence[int],
+    strides: Sequence[Sequence[int]],
+    kernel_sizes: Sequence[Sequence[int]],
+    features: Sequence[int],
+    in_channels: int,
+    num_classes: int,
+) -> int:
+    """FLOPs (2 x multiply-adds) of one forward pass of one patch through the plain-conv U-Net.
+
+    Example:
+        >>> forward_flops([8, 8, 8], [(1, 1, 1)], [(3, 3, 3)], [32], 1, 2)  # 2 x 512 x (27x32 + 27x32x32 + 32x2)
+        29261824
+    """
+    layers = conv_layers(patch_size, strides, kernel_sizes, features, in_channels, num_classes)
+    return int(sum(layer.flops for layer in layers))
+
+
+def sliding_windows(shape: Sequence[int], patch_size: Sequence[int], overlap: float) -> int:
+    """Windows MONAI's `sliding_window_inference` runs over an image of `shape` (its `_get_scan_interval`:
+    step `int(patch x (1 - overlap))`, at least 1; an axis no longer than the patch takes one window).
+
+    Example:
+        >>> sliding_windows([240, 240, 155], [128, 128, 128], 0.5)  # 3 x 3 x 2
+        18
+    """
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    total = 1
+    for size, p in zip(shape, patch_size):
+        size = round(float(size))
+        if size <= p:
+            continue
+        step = max(int(p * (1 - overlap)), 1)
+        total *= -(-(size - p) // step) + 1
     return int(total)
 
 
