@@ -193,10 +193,14 @@ def conv_layers(
     num_classes: int,
     convs_per_stage: int = 2,
 ) -> list[ConvLayer]:
-    """The convolutions of nnU-Net's plain-conv U-Net (MONAI `DynUNet` with the same strides, kernels and
-    filters): per encoder stage `convs_per_stage` convs (the first strided), per decoder stage a transposed
+    """The convolutions of nnU-Net's plain-conv U-Net as MONAI's `DynUNet` builds it from the plan's strides,
+    kernels and filters (the network `benchmarks/medical_real_geometry.py` runs): per encoder stage `convs_per_stage` convs (the first strided), per decoder stage a transposed
     conv (kernel = stride: one tap per output voxel) then `convs_per_stage` convs over the concatenation
     with the skip, and the 1x1 output. Normalisation and activations are not counted (elementwise)."""
+    if not len(strides) == len(kernel_sizes) == len(features):
+        raise ValueError(
+            f"one stride, kernel and feature count per stage: {len(strides)}, {len(kernel_sizes)}, {len(features)}"
+        )
     size = list(patch_size)
     sizes: list[int] = []
     layers: list[ConvLayer] = []
@@ -210,7 +214,9 @@ def conv_layers(
         layers.extend(ConvLayer(voxels, kv, feat, feat) for _ in range(convs_per_stage - 1))
         channels = feat
     for s in range(len(strides) - 2, -1, -1):
-        voxels, feat, kv = sizes[s], features[s], int(np.prod(kernel_sizes[s]))
+        # DynUNet's up block into level s convolves with the kernel of level s + 1 (nnU-Net's decoder with
+        # level s's: the two differ only where a level's kernel is anisotropic, e.g. 3x3x1)
+        voxels, feat, kv = sizes[s], features[s], int(np.prod(kernel_sizes[s + 1]))
         layers.append(ConvLayer(voxels, 1, features[s + 1], feat))  # transposed conv, kernel = stride
         layers.append(ConvLayer(voxels, kv, 2 * feat, feat))
         layers.extend(ConvLayer(voxels, kv, feat, feat) for _ in range(convs_per_stage - 1))
