@@ -129,3 +129,49 @@ def test_ct_liver_pipeline_data_train_eval_predict(tmp_path: Path, console_scrip
             metric(y_pred=p, y=t)
             assert float(metric.aggregate()) == pytest.approx(metrics[name]["dice"], abs=2e-3), name
             assert metrics[name]["n_dice"] == 1
+
+
+@pytest.mark.parametrize(
+    ("task", "folder", "zooms", "regions"),
+    [
+        ("pancreas", "Task07_Pancreas", [0.8, 0.8, 2.5], ["pancreas", "tumour"]),
+        ("colon", "Task10_Colon", [0.8, 0.8, 5.0], ["tumour"]),
+    ],
+)
+def test_ct_task_data_stage_validates_and_plans(
+    tmp_path: Path, task: str, folder: str, zooms: list, regions: list
+) -> None:
+    """The pancreas and colon samples through the pipeline's first two verbs (`data`, `plan`): validated,
+    their regions by the task's convention, planned at their own anisotropic spacing with CT normalisation
+    whose clip window keeps the soft tissue the labels cover."""
+    import nibabel as nib
+    import numpy as np
+
+    from visionpipes.medical import cli
+    from visionpipes.medical.data_stage import DataStageConfig, prepare_data
+    from visionpipes.medical.msd.dataset_json import load_task
+
+    config = DataStageConfig(
+        task=task, cases=3, size=32, slices=12, seed=1, test_cases=0, spacing=zooms[0], slice_spacing=zooms[2]
+    )
+    record = prepare_data(config, tmp_path / "raw")  # validates every volume, raises on an error
+    assert record["task_dir"] == folder and record["validation"]["warnings"] == []
+    task_dir = tmp_path / "raw" / folder
+    assert [r.name for r in load_task(task_dir).regions()] == regions
+    plan_path = tmp_path / "plan.json"
+    with pytest.raises(SystemExit) as info:
+        cli.main(["plan", str(tmp_path / "raw"), "--out", str(plan_path), "--device", "cuda",
+                  "--memory-gb", "8", "--cpu-cores", "8", "--samples", "20000"])  # fmt: skip
+    assert info.value.code == 0
+    plan = json.loads(plan_path.read_text())
+    assert plan["spacing"] == pytest.approx(zooms) and plan["pixdim"] is None
+    (norm,) = plan["normalization"]
+    assert norm["scheme"] == "ct" and norm["modality"] == "CT"
+    # the clip window holds the labelled voxels' HU (organ and tumour), read here from the files
+    case = load_task(task_dir).training[0]
+    hu = np.asarray(nib.load(case.image).dataobj)
+    label = np.asarray(nib.load(case.label).dataobj)
+    lo, hi = np.percentile(hu[label > 0], [25, 75])
+    assert norm["clip"][0] < lo and hi < norm["clip"][1]
+    first_stride = plan["values"]["train.model.strides"][0]
+    assert first_stride == [2, 2, 1]  # the thick-slice axis is pooled later

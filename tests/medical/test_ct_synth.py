@@ -1,5 +1,6 @@
-"""`vp-medical synth --task liver|lung`: CT tasks in the Decathlon's format (int16 HU on disk, anisotropic
-affine, the official dataset.json keys and labels), the task-aware region schemes, and validation of CT tasks."""
+"""`vp-medical synth --task liver|lung|pancreas|colon`: CT tasks in the Decathlon's format (int16 HU on disk,
+anisotropic affine, the official dataset.json keys, labels and file names), their anatomy checked from the
+written geometry, the task-aware region schemes, and validation of CT tasks."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from visionpipes.core.errors import UserError
 from visionpipes.medical import cli
 from visionpipes.medical.data_stage import DataStageConfig, prepare_data
 from visionpipes.medical.msd.ct_synth import CTSynthConfig, synth_ct_case, write_ct_task
-from visionpipes.medical.msd.dataset_json import DATASET_KEYS, load_task
+from visionpipes.medical.msd.dataset_json import load_task
 from visionpipes.medical.msd.regions import (
     REGION_CONVENTIONS,
     Region,
@@ -29,6 +30,13 @@ from visionpipes.medical.msd.validate import validate_task
 
 LIVER = CTSynthConfig(task="liver", cases=2, size=32, slices=10, seed=3, test_cases=1)
 LUNG = CTSynthConfig(task="lung", cases=2, size=32, slices=10, seed=3, test_cases=1)
+PANCREAS = CTSynthConfig(task="pancreas", cases=2, size=48, slices=16, seed=3, test_cases=1)
+COLON = CTSynthConfig(task="colon", cases=2, size=48, slices=16, seed=3, test_cases=1)
+#: The keys every Decathlon dataset.json has (Simpson et al. 2019, the task archives).
+OFFICIAL_KEYS = {
+    "name", "description", "reference", "licence", "release", "tensorImageSize", "modality", "labels",
+    "numTraining", "numTest", "training", "test",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -41,39 +49,149 @@ def lung_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_ct_task(tmp_path_factory.mktemp("ct") / "Task06_Lung", LUNG)
 
 
+@pytest.fixture(scope="module")
+def pancreas_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_ct_task(tmp_path_factory.mktemp("ct") / "Task07_Pancreas", PANCREAS)
+
+
+@pytest.fixture(scope="module")
+def colon_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_ct_task(tmp_path_factory.mktemp("ct") / "Task10_Colon", COLON)
+
+
 @pytest.mark.parametrize(
-    ("fixture", "labels", "prefix"),
+    ("fixture", "labels", "names", "shape", "zooms"),
     [
-        ("liver_task", {"0": "background", "1": "liver", "2": "cancer"}, "liver"),
-        ("lung_task", {"0": "background", "1": "cancer"}, "lung"),
+        (
+            "liver_task",
+            {"0": "background", "1": "liver", "2": "cancer"},
+            ["liver_0", "liver_1", "liver_2"],  # Task03: unpadded, from 0
+            (32, 32, 10),
+            (1.0, 1.0, 2.5),
+        ),
+        (
+            "lung_task",
+            {"0": "background", "1": "cancer"},
+            ["lung_001", "lung_002", "lung_003"],  # Task06, 07, 10: three digits, from 1
+            (32, 32, 10),
+            (1.0, 1.0, 2.5),
+        ),
+        (
+            "pancreas_task",
+            {"0": "background", "1": "pancreas", "2": "cancer"},
+            ["pancreas_001", "pancreas_002", "pancreas_003"],
+            (48, 48, 16),
+            (0.8, 0.8, 2.5),
+        ),
+        (
+            "colon_task",
+            {"0": "background", "1": "colon cancer primaries"},
+            ["colon_001", "colon_002", "colon_003"],
+            (48, 48, 16),
+            (0.8, 0.8, 5.0),
+        ),
     ],
 )
-def test_official_dataset_json_and_files(fixture: str, labels: dict, prefix: str, request) -> None:
+def test_official_dataset_json_and_files(
+    fixture: str, labels: dict, names: list, shape: tuple, zooms: tuple, request
+) -> None:
     root: Path = request.getfixturevalue(fixture)
     meta = json.loads((root / "dataset.json").read_text())
-    assert set(DATASET_KEYS) <= set(meta)
+    assert set(meta) == OFFICIAL_KEYS
     assert meta["tensorImageSize"] == "3D" and meta["modality"] == {"0": "CT"} and meta["labels"] == labels
     assert (meta["numTraining"], meta["numTest"]) == (2, 1)
-    assert meta["training"][1] == {
-        "image": f"./imagesTr/{prefix}_1.nii.gz",
-        "label": f"./labelsTr/{prefix}_1.nii.gz",
-    }
-    assert meta["test"] == [f"./imagesTs/{prefix}_2.nii.gz"]
-    image = nib.load(root / "imagesTr" / f"{prefix}_0.nii.gz")
-    label = nib.load(root / "labelsTr" / f"{prefix}_0.nii.gz")
-    # int16 on disk, the stored value is the HU (slope 1, intercept 0)
-    assert image.get_data_dtype() == np.int16 and label.get_data_dtype() == np.uint8
-    with gzip.open(root / "imagesTr" / f"{prefix}_0.nii.gz") as fh:
-        raw = nib.Nifti1Header.from_fileobj(fh)
-    assert (float(raw["scl_slope"]), float(raw["scl_inter"])) == (1.0, 0.0)
-    assert image.shape == (32, 32, 10) and label.shape == (32, 32, 10)
-    np.testing.assert_allclose(image.header.get_zooms(), (1.0, 1.0, 2.5))
-    np.testing.assert_allclose(np.abs(np.diag(image.affine))[:3], (1.0, 1.0, 2.5))
-    assert nib.aff2axcodes(image.affine) == ("L", "P", "S")
-    np.testing.assert_array_equal(image.affine, label.affine)
+    assert meta["training"] == [
+        {"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"} for n in names[:2]
+    ]
+    assert meta["test"] == [f"./imagesTs/{names[2]}.nii.gz"]
+    assert sorted(p.name for p in root.rglob("*.nii.gz")) == sorted(
+        [f"{n}.nii.gz" for n in names[:2]] * 2 + [f"{names[2]}.nii.gz"]
+    )
+    found = set()
+    for name in names[:2]:
+        image = nib.load(root / "imagesTr" / f"{name}.nii.gz")
+        label = nib.load(root / "labelsTr" / f"{name}.nii.gz")
+        # int16 on disk, the stored value is the HU (slope 1, intercept 0), read from the raw header
+        assert image.get_data_dtype() == np.int16 and label.get_data_dtype() == np.uint8
+        with gzip.open(root / "imagesTr" / f"{name}.nii.gz") as fh:
+            raw = nib.Nifti1Header.from_fileobj(fh)
+        assert (float(raw["scl_slope"]), float(raw["scl_inter"])) == (1.0, 0.0)
+        assert int(raw["datatype"]) == 4 and int(raw["bitpix"]) == 16  # NIFTI_TYPE_INT16
+        assert image.shape == shape and label.shape == shape
+        np.testing.assert_allclose(image.header.get_zooms(), zooms)
+        np.testing.assert_allclose(np.abs(np.diag(image.affine))[:3], zooms)
+        assert nib.aff2axcodes(image.affine) == ("L", "P", "S")
+        np.testing.assert_array_equal(image.affine, label.affine)
+        hu = np.asarray(image.dataobj)
+        assert hu.min() >= -1024 and (hu <= -950).any()  # Hounsfield units: air around the body
+        found |= set(np.unique(np.asarray(label.dataobj)).tolist())
+    assert found == {int(k) for k in labels}
     assert validate_task(root) == []
-    values = np.unique(np.asarray(label.dataobj))
-    assert set(values.tolist()) == {int(k) for k in labels}
+
+
+def _case(root: Path, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
+    """HU, label map, voxel centres in mm (`(*shape, 3)`, from the affine) and zooms of a written case."""
+    image = nib.load(root / "imagesTr" / f"{name}.nii.gz")
+    label = np.asarray(nib.load(root / "labelsTr" / f"{name}.nii.gz").dataobj)
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in label.shape], indexing="ij"), axis=-1)
+    xyz = nib.affines.apply_affine(image.affine, ijk)
+    return np.asarray(image.dataobj), label, xyz, image.header.get_zooms()
+
+
+@pytest.mark.parametrize("name", ["pancreas_001", "pancreas_002"])
+def test_pancreas_anatomy_from_the_written_files(pancreas_task: Path, name: str) -> None:
+    from scipy.ndimage import label as components
+
+    hu, label, xyz, zooms = _case(pancreas_task, name)
+    gland, tumour = label == 1, label == 2
+    voxel = float(np.prod(zooms))
+    # one gland, with the tumour inside it: the tumour's voxels all lie in the organ's connected region and
+    # its centre is surrounded by gland (in the organ+tumour region, not at its edge)
+    organ = label > 0
+    assert components(organ)[1] == 1 and tumour.any()
+    assert 0.05 < tumour.sum() / organ.sum() < 0.45  # smaller than the gland, as in Task07
+    centre = np.round(np.argwhere(tumour).mean(axis=0)).astype(int)
+    assert organ[tuple(centre)]
+    # small and elongated: the gland's longest principal axis (mm) is >= 2.5x its shortest
+    pts = xyz[organ]
+    extent = np.sqrt(np.linalg.eigvalsh(np.cov((pts - pts.mean(0)).T)))
+    assert extent[-1] >= 2.5 * extent[0]
+    assert organ.sum() * voxel < 0.05 * (hu > -500).sum() * voxel  # a few % of the body
+    # across the midline, head on the patient's right: RAS x of the gland spans both sides, the tumour-bearing
+    # head/neck is right of (x below) the tail end
+    x = pts[:, 0]
+    assert x.min() < 0 < x.max()
+    assert xyz[tumour][:, 0].mean() < np.percentile(x, 90)
+    # portal-venous HU: gland ~100, the adenocarcinoma hypodense
+    assert 70 <= np.median(hu[gland]) <= 130
+    assert np.median(hu[tumour]) < np.median(hu[gland]) - 20
+
+
+@pytest.mark.parametrize("name", ["colon_001", "colon_002"])
+def test_colon_anatomy_from_the_written_files(colon_task: Path, name: str) -> None:
+    from scipy.ndimage import binary_dilation, binary_fill_holes
+    from scipy.ndimage import label as components
+
+    hu, label, _, zooms = _case(colon_task, name)
+    tumour = label == 1
+    assert set(np.unique(label).tolist()) == {0, 1}  # only the cancer is labelled
+    assert components(tumour)[1] == 1
+    assert tumour.sum() < 0.03 * (hu > -500).sum()  # a mass, not the bowel
+    # a mass in a tubular, gas-filled organ: gas (< -500 HU) enclosed by the body within 3 voxels in-plane
+    # and one slice of it, i.e. the lumen it narrows or the lumen beyond it, and it is soft tissue itself
+    body = np.stack([binary_fill_holes(hu[..., z] > -500) for z in range(hu.shape[2])], axis=-1)
+    lumen = (hu < -500) & body
+    ring = binary_dilation(tumour, np.ones((7, 7, 3), bool)) & ~tumour
+    assert (ring & lumen).any()
+    # ... and that gas is a tube: its connected lumen runs through most of the slices (not a bowel gas pocket)
+    parts, _ = components(lumen)
+    touching = np.unique(parts[ring & lumen])
+    spans = [len(np.unique(np.argwhere(parts == k)[:, 2])) for k in touching[touching > 0]]
+    assert max(spans) >= 0.5 * hu.shape[2]
+    assert 30 <= np.median(hu[tumour]) <= 120
+    # the cancer spans few of the 5 mm slices (it is longer along the colon than across it)
+    slices = np.unique(np.argwhere(tumour)[:, 2])
+    assert 1 <= len(slices) <= 8 and zooms[2] == 5.0
 
 
 def test_liver_hounsfield_units_and_anatomy() -> None:
@@ -134,7 +252,7 @@ def test_cli_synth_task_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit) as info:
         cli.main(args)
     assert info.value.code == 0
-    assert nib.load(out / "imagesTr" / "lung_0.nii.gz").shape == (24, 24, 8)
+    assert nib.load(out / "imagesTr" / "lung_001.nii.gz").shape == (24, 24, 8)
     with pytest.raises(SystemExit) as info:
         cli.main(["synth", str(tmp_path / "b"), "--slices", "8"])
     assert info.value.code == 2

@@ -37,7 +37,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         keys += ["slices", "slice_spacing"]
     elif args.slices is not None or args.slice_spacing is not None:
         print(
-            "error: --slices and --slice-spacing apply to the CT tasks (--task liver|lung)", file=sys.stderr
+            "error: --slices and --slice-spacing apply to the CT tasks (--task liver|lung|pancreas|colon)",
+            file=sys.stderr,
         )
         return 2
     options = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
@@ -253,15 +254,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = verbs.add_parser(
         "synth",
-        help="write a synthetic MSD sample (Task01_BrainTumour, Task03_Liver or Task06_Lung format)",
+        help="write a synthetic MSD sample (Task01_BrainTumour, Task03_Liver, Task06_Lung, Task07_Pancreas or "
+        "Task10_Colon format)",
         description="Write a complete MSD-format sample, deterministic by seed, written atomically: "
         "--task brain (default): Task01_BrainTumour (dataset.json, 4-D FLAIR/T1w/t1gd/T2w images, labels 0-3); "
         "--task liver: Task03_Liver (CT in int16 HU, labels 1 liver, 2 cancer); --task lung: Task06_Lung (CT, "
-        "label 1 cancer); both CT tasks on an anisotropic grid (--spacing in-plane, --slice-spacing along z).",
+        "label 1 cancer); --task pancreas: Task07_Pancreas (CT, labels 1 pancreas, 2 cancer); --task colon: "
+        "Task10_Colon (CT, label 1 colon cancer primaries); the CT tasks on an anisotropic grid (--spacing "
+        "in-plane, --slice-spacing along z; defaults liver/lung 1 x 2.5 mm, pancreas 0.8 x 2.5, colon 0.8 x 5).",
     )
     synth.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="task folder to create")
     synth.add_argument(
-        "--task", choices=("brain", "liver", "lung"), default="brain", help="which task (default: brain)"
+        "--task",
+        choices=("brain", "liver", "lung", "pancreas", "colon"),
+        default="brain",
+        help="which task (default: brain)",
     )
     synth.add_argument("--cases", type=int, help="training cases (default: brain 12, CT 20)")
     synth.add_argument("--test-cases", type=int, help="images in imagesTs (default: 2)")
@@ -272,8 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--slices", type=int, help="CT: number of slices (default: 24)")
     synth.add_argument("--seed", type=int, help="random seed (default: 0)")
-    synth.add_argument("--spacing", type=float, help="voxel size in mm (CT: in-plane; default: 1.0)")
-    synth.add_argument("--slice-spacing", type=float, help="CT: slice thickness in mm (default: 2.5)")
+    synth.add_argument(
+        "--spacing", type=float, help="voxel size in mm (CT: in-plane; default: brain 1.0, CT the task's)"
+    )
+    synth.add_argument("--slice-spacing", type=float, help="CT: slice thickness in mm (default: the task's)")
     synth.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it is not empty")
     synth.set_defaults(run=_cmd_synth)
 

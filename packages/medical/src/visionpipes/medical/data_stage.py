@@ -1,5 +1,5 @@
 """The pipeline's data stage: synthesise a sample (Task01 brain tumours by default, or the CT tasks
-Task03_Liver / Task06_Lung with `task: liver|lung`), or validate a real MSD task folder,
+Task03_Liver / Task06_Lung / Task07_Pancreas / Task10_Colon with `task: liver|lung|pancreas|colon`), or validate a real MSD task folder,
 and write `task.json`, which names the folder the later stages read and fingerprints its content.
 
 It checks and points; it never copies or converts a real dataset, and writes its output folder whole or
@@ -30,7 +30,7 @@ TASK_POINTER = "task.json"
 SYNTH_TASK_NAME = "Task01_BrainTumour"
 #: The synthetic samples `data.task` selects, and their folder names.
 SYNTH_TASKS: dict[str, str] = {"brain": SYNTH_TASK_NAME, **TASK_FOLDERS}
-SynthTask = Literal["brain", "liver", "lung"]
+SynthTask = Literal["brain", "liver", "lung", "pancreas", "colon"]
 FingerprintMode = Literal["content", "size"]
 FINGERPRINT_MODES: tuple[str, ...] = get_args(FingerprintMode)
 
@@ -40,8 +40,9 @@ class DataStageConfig(SynthConfig):
 
     Attributes:
         task: the synthetic sample: `brain` (Task01_BrainTumour, 4-channel MRI, `size`^3 voxels of `spacing`
-            mm), `liver` (Task03_Liver) or `lung` (Task06_Lung): CT in int16 HU on a `size` x `size` x
-            `slices` grid of `spacing` x `spacing` x `slice_spacing` mm.
+            mm), `liver` (Task03_Liver), `lung` (Task06_Lung), `pancreas` (Task07_Pancreas) or `colon`
+            (Task10_Colon): CT in int16 HU on a `size` x `size` x `slices` grid of `spacing` x `spacing` x
+            `slice_spacing` mm (as given here: set 0.8 and 2.5 / 5 for the pancreas / colon tasks' geometry).
         slices, slice_spacing: the CT samples' slice count and thickness (mm); ignored for `brain`.
         path: a real MSD task folder (`.../Task01_BrainTumour`, `.../Task03_Liver`), relative to the params
             file's folder or absolute; None (the default) synthesises the sample (`task`, `cases`, `size`,
@@ -141,7 +142,8 @@ def prepare_data(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the data stage: write `<out_dir>/task.json` (and, without `config.path`, the synthetic sample
-    in `<out_dir>/Task01_BrainTumour`, `Task03_Liver` or `Task06_Lung` as `config.task` says), after
+    in `<out_dir>/Task01_BrainTumour`, `Task03_Liver`, `Task06_Lung`, `Task07_Pancreas` or `Task10_Colon` as
+    `config.task` says), after
     validating the task folder by decoding every volume.
 
     Args:
