@@ -160,6 +160,48 @@ def test_runtime_equals_the_torch_model_decoded_the_same_way(deploy: dict[str, P
     assert all(r.lanes is None for r in runtime.predict(frames[:2], lanes=False))
 
 
+def test_channel_argmax_is_numpys_argmax_ties_included() -> None:
+    from visionpipes.driving.multitask.decode import channel_argmax
+
+    rng = np.random.default_rng(0)
+    for channels in (1, 2, 3, 8):
+        values = rng.integers(-2, 3, size=(channels, 17, 23)).astype(np.float32)  # many ties
+        np.testing.assert_array_equal(channel_argmax(values), values.argmax(0).astype(np.uint8))
+        noisy = rng.normal(size=(channels, 5, 7)).astype(np.float32)[:, ::-1, 1:]  # a strided view
+        np.testing.assert_array_equal(channel_argmax(noisy), noisy.argmax(0).astype(np.uint8))
+    with pytest.raises(ValueError, match="C, h, w"):
+        channel_argmax(np.zeros((4, 4), np.float32))
+
+
+def test_fast_mask_decoding_equals_the_reference_on_the_models_outputs(deploy: dict[str, Path]) -> None:
+    """The stream's mask decoding (`lane_mask_fast`, `drivable_mask_from_logits` with
+    `channel_argmax`) gives the same masks, byte for byte, as the lane model's
+    `lane_mask_from_logits` and a bilinear resize + NumPy arg-max, on the seeded graph's outputs for
+    the video's frames, at the frame size, at 1280x720 and at the network's own resolution."""
+    import cv2
+
+    from visionpipes.driving.lanes.decode import lane_mask_from_logits
+    from visionpipes.driving.multitask.decode import drivable_mask_from_logits, lane_mask_fast, unletterbox
+    from visionpipes.driving.multitask.runtime import PerceptionRuntime
+
+    runtime = PerceptionRuntime(deploy["folder"], threads=1)
+    frames = _frames(deploy["video"], 2)
+    (_, lanes, drivable), infos = runtime.raw(frames)
+    size = (frames[0].shape[1], frames[0].shape[0])
+    lane_pixels = 0
+    for k, info in enumerate(infos):
+        lane_logits, area_logits = unletterbox(lanes[k], info, size), unletterbox(drivable[k], info, size)
+        for target in (size, (1280, 720), None):
+            for decoding in (runtime.lane_decoding, {}, {**runtime.lane_decoding, "roi_top": 0.25}):
+                ours = lane_mask_fast(lane_logits, target, **decoding)
+                np.testing.assert_array_equal(ours, lane_mask_from_logits(lane_logits, target, **decoding))
+                lane_pixels += int((ours != 255).sum())
+            out = target or (area_logits.shape[2], area_logits.shape[1])
+            reference = np.stack([cv2.resize(c, out, interpolation=cv2.INTER_LINEAR) for c in area_logits])
+            np.testing.assert_array_equal(drivable_mask_from_logits(area_logits, out), reference.argmax(0))
+    assert lane_pixels > 0  # the seeded head marks some lanes: the comparison is not of empty masks
+
+
 def test_the_runtime_reads_the_graph_the_exporter_writes() -> None:
     from visionpipes.driving.multitask import export, runtime
 

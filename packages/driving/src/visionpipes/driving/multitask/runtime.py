@@ -24,9 +24,14 @@ import numpy as np
 from visionpipes.core.errors import UserError
 from visionpipes.driving.bdd100k.categories import DET_CATEGORIES, DRIVABLE_CATEGORIES
 from visionpipes.driving.detection.runtime import Letterbox, decode_predictions
-from visionpipes.driving.lanes.decode import LANE_CHANNELS, lane_mask_from_logits
+from visionpipes.driving.lanes.decode import LANE_CHANNELS
 from visionpipes.driving.multitask.config import MultiTaskModelConfig
-from visionpipes.driving.multitask.decode import drivable_mask_from_logits, network_input, unletterbox
+from visionpipes.driving.multitask.decode import (
+    drivable_mask_from_logits,
+    lane_mask_fast,
+    network_input,
+    unletterbox,
+)
 
 #: The graph's file name in a deploy folder and its input/output names (as `multitask.export` writes them).
 PERCEPTION_FILE = "perception.onnx"
@@ -72,7 +77,7 @@ def resolve_perception_file(deploy_dir_or_onnx: str | os.PathLike) -> Path:
     return path
 
 
-def _session(path: Path, providers: Sequence[str] | None, threads: int | None) -> Any:
+def _session(path: Path, providers: Sequence[str] | None, threads: int | None, spinning: bool = False) -> Any:
     import onnxruntime as ort
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
@@ -81,6 +86,11 @@ def _session(path: Path, providers: Sequence[str] | None, threads: int | None) -
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads if threads is not None else default_threads()
     options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No spin-waiting of the intra-op threads after a call: in a stream the decoding thread runs
+    # between two session calls, and spinning workers took its cores (CPU per frame, see the runtime).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if providers is None:
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
@@ -254,7 +264,7 @@ class PerceptionRuntime:
 def _lane_mask(
     logits: np.ndarray, info: Letterbox, size: tuple[int, int], decoding: dict[str, Any]
 ) -> np.ndarray:
-    return lane_mask_from_logits(unletterbox(logits, info, size), size, **decoding)
+    return lane_mask_fast(unletterbox(logits, info, size), size, **decoding)
 
 
 def _drivable_mask(logits: np.ndarray, info: Letterbox, size: tuple[int, int]) -> np.ndarray:
