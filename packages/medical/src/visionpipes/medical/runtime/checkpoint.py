@@ -50,6 +50,8 @@ def model_description(hparams: Mapping[str, Any]) -> dict[str, Any]:
     entries of `planning.normalization`; None in checkpoints from before it: non-zero z-score per channel)."""
     out = {k: hparams.get(k) for k in DESCRIPTION_KEYS}
     out["labels"] = {str(k): v for k, v in (out["labels"] or {}).items()}
+    if hparams.get("previous_stage"):  # a 3d_cascade_fullres model (`runtime.cascade`)
+        out["previous_stage"] = dict(hparams["previous_stage"])
     return out
 
 
@@ -61,8 +63,30 @@ def network_from_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, d
     """
     ckpt = load_training_checkpoint(path)
     description = model_description(ckpt["hyper_parameters"])
+    return _network(ckpt, description, "net.", path), description
+
+
+def _network(
+    ckpt: Mapping[str, Any], description: Mapping[str, Any], prefix: str, path: str | os.PathLike
+) -> torch.nn.Module:
+    from visionpipes.medical.runtime.cascade import cascade_input_channels
+
     config = parse_config(ModelConfig, description["model"], source=f"model checkpoint {path}")
-    net = build_model(config, len(description["modality"]), len(description["regions"]))
+    net = build_model(config, cascade_input_channels(description), len(description["regions"]))
     weights = state_dict_of(ckpt, path=path, what="model checkpoint")
-    net.load_state_dict({k.removeprefix("net."): v for k, v in weights.items() if k.startswith("net.")})
-    return net.eval(), description
+    net.load_state_dict({k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)})
+    return net.eval()
+
+
+def lowres_network_from_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The low-resolution network a 3d_cascade_fullres checkpoint carries (its `prev_net.` weights) and
+    that network's description.
+
+    Raises:
+        UserError: if the checkpoint is missing, not one of ours, or not a cascade's.
+    """
+    ckpt = load_training_checkpoint(path)
+    prev = ckpt["hyper_parameters"].get("previous_stage")
+    if not prev:
+        raise UserError(f"model checkpoint {path} is not a 3d_cascade_fullres model (no previous stage).")
+    return _network(ckpt, prev["description"], "prev_net.", path), dict(prev["description"])

@@ -217,6 +217,11 @@ class Predictor:
                 recorded = {}
         settings = {**recorded, **{k: v for k, v in overrides.items() if v is not None}}
         config = parse_config(InferenceConfig, settings, source=f"inference settings for {path}")
+        if description.get("previous_stage"):  # nnU-Net's 3d_cascade_fullres: both networks
+            from visionpipes.medical.runtime.cascade import CascadePredictor, load_lowres_network
+
+            lowres_net = load_lowres_network(path)
+            return CascadePredictor.from_parts(net, description, lowres_net, config, device)
         return cls.from_description(net, description, config, device)
 
     @property

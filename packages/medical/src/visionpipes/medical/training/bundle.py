@@ -257,10 +257,18 @@ def export_bundle(
 
     Raises:
         UserError: if the checkpoint or metrics file is unusable, the settings use TTA, or the model was
-            trained with another normalisation than the non-zero z-score (CT).
+            trained with another normalisation than the non-zero z-score (CT), or is a 3d_cascade_fullres
+            model (two networks).
     """
     inference = inference or InferenceConfig()
     net, description = network_from_checkpoint(checkpoint)
+    if description.get("previous_stage"):
+        raise UserError(
+            f"model checkpoint {checkpoint} is a 3d_cascade_fullres model (nnU-Net's low-resolution cascade: "
+            "a 3d_lowres network whose label map feeds the full-resolution one), which a MONAI Bundle's single "
+            "network and inference.json cannot express; deploy it with `vp-medical export` (ONNX/TorchScript) "
+            "instead."
+        )
     normalization = description.get("normalization")
     if normalization and not is_nonzero_zscore(normalization):
         raise UserError(

@@ -92,6 +92,11 @@ class SegmentationConfig(ConfigModel):
         sw_overlap: overlap of the validation sliding windows.
         sw_batch_size: windows per forward pass in validation.
         region_scheme: `auto`, `brain_tumour` or `per_label` (see `regions_from_labels`).
+        configuration: nnU-Net's configuration: `3d_fullres` (the plan's patch at its spacing),
+            `3d_lowres` (the plan's cascade stage: its `lowres_spacing`, patch and batch),
+            `3d_cascade_fullres` (3d_lowres, then 3d_fullres fed the low-resolution prediction as one-hot
+            channels: `training.cascade`), or `auto`: `3d_cascade_fullres` when the plan enables the
+            cascade, else `3d_fullres` (`resolve_configuration`).
     """
 
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -103,6 +108,7 @@ class SegmentationConfig(ConfigModel):
     sw_overlap: float = Field(0.5, ge=0.0, lt=1.0)
     sw_batch_size: int = Field(4, ge=1)
     region_scheme: RegionScheme = "auto"
+    configuration: Literal["auto", "3d_fullres", "3d_lowres", "3d_cascade_fullres"] = "auto"
 
     @model_validator(mode="before")
     @classmethod
@@ -207,6 +213,30 @@ def resolve_training_config(
     plan = read_plan(plan_path) if plan_path is not None else None
     resolved, origin = resolve_auto_values(train_params, plan, source=source)
     config = parse_config(SegmentationConfig, resolved, source=source)
+    configuration = resolve_configuration(config.configuration, plan, source=source)
+    config = config.model_copy(update={"configuration": configuration})
     if plan is None:
         return config, None
-    return config, {**plan_summary(plan, plan_path), "sources": origin}
+    return config, {**plan_summary(plan, plan_path), "sources": origin, "configuration": configuration}
+
+
+def resolve_configuration(requested: str, plan: Mapping[str, Any] | None, *, source: str) -> str:
+    """The nnU-Net configuration `train.configuration` names: `auto` is `3d_cascade_fullres` when the
+    plan enables the low-resolution cascade (nnU-Net trains 3d_lowres + 3d_cascade_fullres only then),
+    else `3d_fullres` (also without a plan).
+
+    Raises:
+        UserError: if `3d_lowres` or `3d_cascade_fullres` is asked for without a plan that enables the
+            cascade (the low-resolution spacing, patch and batch come from the plan).
+    """
+    enabled = bool(plan is not None and (plan.get("cascade") or {}).get("enabled"))
+    if requested == "auto":
+        return "3d_cascade_fullres" if enabled else "3d_fullres"
+    if requested in ("3d_lowres", "3d_cascade_fullres") and not enabled:
+        why = "no plan was given" if plan is None else "the plan does not enable the cascade"
+        raise UserError(
+            f"{source}: configuration {requested} needs a plan with a low-resolution cascade stage, but {why} "
+            "(`vp-medical plan` enables it when the patch covers < 25 % of the median image); use "
+            "3d_fullres or auto."
+        )
+    return requested

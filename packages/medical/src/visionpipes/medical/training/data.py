@@ -120,6 +120,7 @@ def build_transforms(
     train: bool,
     seed: int = 0,
     normalization: Sequence[Mapping[str, Any]] | None = None,
+    previous_stage_labels: Sequence[int] | None = None,
 ):
     """MONAI transforms from `{"image": path, "label": path}` to normalised image and region channels.
 
@@ -127,6 +128,11 @@ def build_transforms(
     intensity jitter; validation keeps whole volumes. `normalization` holds per-channel entries
     (`resolve_normalization`); None z-scores each channel's non-zero voxels. A CT image (not zero outside
     the body) is neither cropped to its non-zero box nor restricted to it for negative crops.
+
+    `previous_stage_labels` (a 3d_cascade_fullres stage: the foreground labels): the items also hold
+    `prev`, the low-resolution stage's label map, which follows the label through the spatial steps
+    (nearest neighbour), crops and flips, and is appended to the image as one channel per foreground
+    label (`training.cascade.PrevStageOneHotd`, with nnU-Net's mask augmentations when training).
     """
     from monai.transforms import (
         Compose,
@@ -140,7 +146,7 @@ def build_transforms(
         SpatialPadd,
     )
 
-    keys = ["image", "label"]
+    keys = ["image", "label"] + (["prev"] if previous_stage_labels is not None else [])
     steps: list = [
         LoadImaged(keys=keys, image_only=True),
         EnsureChannelFirstd(keys=keys),
@@ -173,6 +179,10 @@ def build_transforms(
                 RandScaleIntensityd(keys="image", factors=0.1, prob=1.0),
                 RandShiftIntensityd(keys="image", offsets=0.1, prob=1.0),
             ]
+    if previous_stage_labels is not None:
+        from visionpipes.medical.training.cascade import PrevStageOneHotd
+
+        steps.append(PrevStageOneHotd(previous_stage_labels, augment=train and config.augment))
     steps.append(LabelToRegionsd(keys="label", regions=regions))
     transform = Compose(steps)
     transform.set_random_state(seed=seed)

@@ -103,6 +103,45 @@ def _normalization_text(entries: Any) -> str:
     return "; ".join(parts)
 
 
+def _configuration(description: Mapping[str, Any], plan: Mapping[str, Any] | None) -> str:
+    """nnU-Net's configuration name of a deployed model (`train.configuration` as resolved)."""
+    if description.get("previous_stage"):
+        return "3d_cascade_fullres"
+    return str((plan or {}).get("configuration") or "3d_fullres")
+
+
+def _cascade_text(cascade: Mapping[str, Any], configuration: str | None) -> str:
+    if not cascade.get("enabled"):
+        return "no."
+    where = f"planned at {cascade.get('lowres_spacing')} mm"
+    if configuration == "3d_cascade_fullres":
+        return (
+            f"{where}, trained: the 3d_lowres network (patch {cascade.get('lowres_patch_size')}) predicts "
+            "first, its label map is appended as one-hot channels to the 3d_cascade_fullres input."
+        )
+    if configuration == "3d_lowres":
+        return f"{where}; this model is the 3d_lowres stage alone."
+    return f"{where} (not trained: train.configuration {configuration or '3d_fullres'})."
+
+
+def _cascade_bullets(description: Mapping[str, Any]) -> list[str]:
+    """The Model section's lines on nnU-Net's cascade (a 3d_cascade_fullres model only)."""
+    prev = description.get("previous_stage")
+    if not prev:
+        return []
+    low = prev["description"]
+    labels = prev["foreground_labels"]
+    return [
+        f"Configuration: 3d_cascade_fullres (nnU-Net's low-resolution cascade). The 3d_lowres network "
+        f"(`{low['model']['name']}`, channels {list(low['model']['channels'])}, window {list(low['roi_size'])} "
+        f"at {low.get('pixdim')} mm, files `lowres_model.*`) predicts first; its label map, brought back "
+        f"to the scan's grid, is appended as {len(labels)} one-hot channels (labels {labels}) to the "
+        f"full-resolution network's input ({len(description['modality']) + len(labels)} channels in all).",
+        "The MONAI Bundle export cannot express the two-stage cascade (`export --format bundle` refuses it): "
+        "use this folder (ONNX/TorchScript) with `vp-medical predict`.",
+    ]
+
+
 def _plan_bullets(plan: Mapping[str, Any]) -> list[str]:
     hw = plan.get("hardware") or {}
     sources = plan.get("sources") or {}
@@ -115,12 +154,7 @@ def _plan_bullets(plan: Mapping[str, Any]) -> list[str]:
         f"patch {plan.get('patch_size')}, batch {plan.get('batch_size')}, strides {plan.get('strides')}.",
         f"Values from the plan (`auto`): {', '.join(f'`{k}`' for k in from_plan) or 'none'}; set explicitly "
         f"in params.yaml: {', '.join(f'`{k}`' for k in from_params) or 'none'}.",
-        "Low-resolution cascade: "
-        + (
-            f"planned at {cascade.get('lowres_spacing')} mm (not trained)."
-            if cascade.get("enabled")
-            else "no."
-        ),
+        "Low-resolution cascade: " + _cascade_text(cascade, plan.get("configuration")),
         f"Fingerprint sha256 `{str(plan.get('fingerprint_sha256'))[:16]}…`"
         + (f", plan file `{plan['path']}`." if plan.get("path") else "."),
     ]
@@ -156,6 +190,7 @@ def model_card(
             f"Sliding window {list(d['roi_size'])} voxels; inference settings: "
             + ", ".join(f"{k}={v}" for k, v in record["inference"].items())
             + ".",
+            *_cascade_bullets(d),
         ],
     )
     card.section(
@@ -277,6 +312,13 @@ def deploy(
     inference = inference or InferenceConfig()
     checkpoint = Path(checkpoint)
     net, description = network_from_checkpoint(checkpoint)
+    stages = [("", net, description)]
+    if description.get("previous_stage"):  # 3d_cascade_fullres: the low-resolution network too
+        from visionpipes.medical.runtime.cascade import LOWRES_PREFIX
+        from visionpipes.medical.runtime.checkpoint import lowres_network_from_checkpoint
+
+        lowres_net, lowres_description = lowres_network_from_checkpoint(checkpoint)
+        stages.append((LOWRES_PREFIX, lowres_net, lowres_description))
     plan = load_training_checkpoint(checkpoint)["hyper_parameters"].get("plan")
     metrics_data = read_metrics(metrics, producer="`vp-medical evaluate`") if metrics is not None else None
     data = _data_record(task_dir, fingerprint_mode) if task_dir is not None else None
@@ -286,32 +328,41 @@ def deploy(
         t = json.loads(summary.read_text())
         training = {k: t.get(k) for k in ("epochs", "seconds_per_epoch", "split", "metrics")}
 
-    metadata = model_metadata(description, inference.to_dict())
-    example = torch.randn(
-        1, len(description["modality"]), *description["roi_size"], generator=torch.Generator().manual_seed(0)
-    )
+    from visionpipes.medical.runtime.cascade import cascade_input_channels
+
     axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out, is_dir=True) as tmp:
-        reports = {}
-        for fmt in config.formats:
-            path = tmp / FILES[fmt]
-            if fmt == "onnx":
-                reports[fmt] = export_onnx(
-                    net, example, path, input_names=["image"], output_names=["logits"],
-                    dynamic_axes={"image": axes, "logits": axes}, opset=config.opset, atol=config.atol,
-                    rtol=config.rtol, metadata=metadata,
-                )  # fmt: skip
-            else:
-                reports[fmt] = export_torchscript(net, example, path, atol=config.atol, rtol=config.rtol)
-                set_torchscript_metadata(path, metadata)
-        parity = {
-            fmt: {"max_abs_diff": r.max_abs_diff, "max_rel_diff": r.max_rel_diff, "exporter": r.exporter,
-                  "opset": r.opset}
-            for fmt, r in reports.items()
-        }  # fmt: skip
-        files = {fmt: file_entry(tmp, FILES[fmt], **parity[fmt]) for fmt in reports}
+        files = {}
+        for prefix, stage_net, stage_description in stages:
+            metadata = model_metadata(stage_description, inference.to_dict())
+            example = torch.randn(
+                1, cascade_input_channels(stage_description), *stage_description["roi_size"],
+                generator=torch.Generator().manual_seed(0),
+            )  # fmt: skip
+            reports = {}
+            for fmt in config.formats:
+                path = tmp / f"{prefix}{FILES[fmt]}"
+                if fmt == "onnx":
+                    reports[fmt] = export_onnx(
+                        stage_net, example, path, input_names=["image"], output_names=["logits"],
+                        dynamic_axes={"image": axes, "logits": axes}, opset=config.opset, atol=config.atol,
+                        rtol=config.rtol, metadata=metadata,
+                    )  # fmt: skip
+                else:
+                    reports[fmt] = export_torchscript(
+                        stage_net, example, path, atol=config.atol, rtol=config.rtol
+                    )
+                    set_torchscript_metadata(path, metadata)
+            parity = {
+                fmt: {"max_abs_diff": r.max_abs_diff, "max_rel_diff": r.max_rel_diff, "exporter": r.exporter,
+                      "opset": r.opset}
+                for fmt, r in reports.items()
+            }  # fmt: skip
+            files.update(
+                {f"{prefix}{fmt}": file_entry(tmp, f"{prefix}{FILES[fmt]}", **parity[fmt]) for fmt in reports}
+            )
         record = write_record(
             tmp,
             domain=DOMAIN,
@@ -320,6 +371,7 @@ def deploy(
             description=description,
             inference=inference.to_dict(),
             parameters=count_parameters(net),
+            configuration=_configuration(description, plan),
             checkpoint=str(checkpoint),
             checkpoint_sha256=sha256_file(checkpoint),
             data=data,
@@ -328,4 +380,6 @@ def deploy(
             plan=plan,
         )
         model_card(record, metrics_data, params).write(tmp)
-    return DeployResult(out_dir=out, files={fmt: out / FILES[fmt] for fmt in reports}, record=record)
+    return DeployResult(
+        out_dir=out, files={role: out / info["file"] for role, info in files.items()}, record=record
+    )

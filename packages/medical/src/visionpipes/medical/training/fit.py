@@ -75,6 +75,37 @@ def train(
             an unusable configuration.
     """
     config = config or SegmentationConfig()
+    configuration = config.configuration
+    if configuration == "auto":  # an API call without `resolve_training_config`
+        from visionpipes.medical.training.config import resolve_configuration
+
+        configuration = resolve_configuration("auto", plan, source="train")
+    if configuration == "3d_cascade_fullres":
+        from visionpipes.medical.training.cascade import train_cascade
+
+        return train_cascade(task_dir, out_dir, config, resume=resume, plan=plan)
+    if configuration == "3d_lowres":
+        from visionpipes.medical.training.cascade import lowres_config
+
+        config = lowres_config(config, plan)
+    return train_stage(task_dir, out_dir, config, resume=resume, plan=plan)
+
+
+def train_stage(
+    task_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: SegmentationConfig,
+    *,
+    resume: bool = True,
+    plan: dict | None = None,
+    previous_stage: dict | None = None,
+) -> TrainResult:
+    """One network's training (`train` without the configuration dispatch): `config` as given.
+
+    `previous_stage` (3d_cascade_fullres, `training.cascade.train_cascade`): `foreground_labels`,
+    `predictions` (case id -> the low-resolution label map), `description` and `checkpoint` of the
+    low-resolution network; the items then carry `prev` and the module is `CascadeFullresModule`.
+    """
     task = load_task(task_dir)
     regions = task.regions(config.region_scheme)  # type: ignore[arg-type]
     if not task.training:
@@ -92,13 +123,27 @@ def train(
     write_json(out / "split.json", split)
 
     def items(cases: Sequence[MSDCase]) -> list[dict]:
+        if previous_stage is not None:
+            preds = previous_stage["predictions"]
+            return [
+                {"image": str(c.image), "label": str(c.label), "prev": str(preds[c.case_id])} for c in cases
+            ]
         return [{"image": str(c.image), "label": str(c.label)} for c in cases]
+
+    prev_labels = None if previous_stage is None else previous_stage["foreground_labels"]
 
     from monai.data import DataLoader
 
     train_ds = make_dataset(
         items(train_cases),
-        build_transforms(regions, config.data, train=True, seed=seed, normalization=normalization),
+        build_transforms(
+            regions,
+            config.data,
+            train=True,
+            seed=seed,
+            normalization=normalization,
+            previous_stage_labels=prev_labels,
+        ),
         config.data,
         out,
         "train",
@@ -111,7 +156,13 @@ def train(
     if val_cases:
         val_ds = make_dataset(
             items(val_cases),
-            build_transforms(regions, config.data, train=False, normalization=normalization),
+            build_transforms(
+                regions,
+                config.data,
+                train=False,
+                normalization=normalization,
+                previous_stage_labels=prev_labels,
+            ),
             config.data,
             out,
             "val",
@@ -120,7 +171,13 @@ def train(
     else:
         trainer_config = trainer_config.model_copy(update={"monitor": None})
 
-    module = MSDSegmentationModule(
+    module_class, extra = MSDSegmentationModule, {}
+    if previous_stage is not None:
+        from visionpipes.medical.training.cascade import CascadeFullresModule
+
+        module_class = CascadeFullresModule
+        extra = {"previous_stage": {k: previous_stage[k] for k in ("foreground_labels", "description")}}
+    module = module_class(
         model=config.model.to_dict(),
         regions=[[r.name, sorted(r.labels)] for r in regions],
         modality=task.modality_names,
@@ -135,7 +192,10 @@ def train(
         max_epochs=config.trainer.max_epochs,
         normalization=normalization,
         plan=plan,
+        **extra,
     )
+    if previous_stage is not None:
+        module.load_previous_stage(previous_stage["checkpoint"])
     last = out / "checkpoints" / "last.ckpt"
     start_epoch = 0
     if resume and last.is_file():

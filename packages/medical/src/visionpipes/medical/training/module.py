@@ -63,12 +63,16 @@ class MSDSegmentationModule(lightning.LightningModule):
         from monai.metrics import DiceMetric
 
         self.net = build_model(
-            parse_config(ModelConfig, model, source="model settings"), len(modality), len(regions)
+            parse_config(ModelConfig, model, source="model settings"), self._input_channels(), len(regions)
         )
         self.region_names = [name for name, _ in regions]
         common = {"sigmoid": True, "smooth_nr": 0.0, "smooth_dr": 1e-5, "squared_pred": True}
         self.loss_fn = DiceCELoss(**common) if loss == "dice_ce" else DiceLoss(**common)
         self.val_dice = DiceMetric(include_background=True, reduction="mean_batch", ignore_empty=True)
+
+    def _input_channels(self) -> int:
+        """The network's input channels: one per modality (a cascade's stage adds its previous stage's)."""
+        return len(self.hparams.modality)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
