@@ -13,7 +13,10 @@ fps ratios (target: multi-task >= 3x the two-model fps; goal: within 1.5x of det
 the three-task model's parameters and GFLOPs at 640x384 against YOLOP's published 7.9 M / 18.6 G.
 The two-model files come from a deploy folder (`--deploy`, the files `vp-driving stream --deploy`
 runs: the int8 detector when deployed); the multi-task graph is the folder's perception.onnx when it
-has one, else a seeded (untrained: same graph, same cost) model exported at each `--multitask-size`.
+has one, else a seeded (untrained: same graph, same cost) model exported at each `--multitask-size`
+(default: the model config's own input size, what `deploy` exports). Each run also prints where a
+tick's time goes, stage by stage (`tick_profile`), and the process CPU time per frame of each stream
+(`cpu_ms_per_frame`, and the ratios from it: less sensitive to other processes' load than the fps).
 
     python benchmarks/driving_streams.py --multitask-only --deploy data/driving/deploy \
         --out benchmarks/results/driving_streams_multitask.json
@@ -63,7 +66,9 @@ def baseline_threads(weights: str, videos: list[str], imgsz: int, frames: int, c
     torch_utils.NUM_THREADS = min(8, max(1, (os.cpu_count() or 1) - 1))  # ultralytics' default
 
     def work(i: int) -> None:
-        for _ in models[i].predict(source=videos[i], stream=True, imgsz=imgsz, conf=conf, verbose=False, device="cpu"):
+        for _ in models[i].predict(
+            source=videos[i], stream=True, imgsz=imgsz, conf=conf, verbose=False, device="cpu"
+        ):
             counts[i] += 1
             if counts[i] >= frames:
                 break
@@ -91,6 +96,7 @@ def ours(
     given), or the multi-task graph (all three tasks on every tick) when `perception` is given."""
     from visionpipes.driving.streams.run import StreamConfig, run_streams
 
+    cpu = time.process_time()
     report = run_streams(
         videos,
         out,
@@ -98,18 +104,33 @@ def ours(
         lanes_path=lanes,
         perception_path=perception,
         config=StreamConfig(
-            conf=conf, realtime=False, max_frames=frames, write_video=False, lanes_every=1 if lanes or perception else 0
+            conf=conf,
+            realtime=False,
+            max_frames=frames,
+            write_video=False,
+            lanes_every=1 if lanes or perception else 0,
         ),
         printer=lambda line: None,
     )
-    return {"frames": sum(c.frames for c in report.cameras), "seconds": report.seconds, "total_fps": report.total_fps}
+    cpu = time.process_time() - cpu
+    frames_done = sum(c.frames for c in report.cameras)
+    return {
+        "frames": frames_done,
+        "seconds": report.seconds,
+        "total_fps": report.total_fps,
+        # the process's CPU seconds (every thread: readers, onnxruntime's pool, post-processing) per
+        # frame: less sensitive to other processes' load than the wall clock
+        "cpu_ms_per_frame": round(1000 * cpu / max(frames_done, 1), 2),
+    }
 
 
 #: YOLOP's published size (Wu et al., 2022, Table 6: 7.9 M parameters, 18.6 GFLOPs at 640x384).
 YOLOP_PUBLISHED = {"params_m": 7.9, "gflops": 18.6, "width": 640, "height": 384}
 
 
-def calibrate_seeded(model: Any, frames: list[Any], detector: Path, lanes: Path, conf: float) -> dict[str, Any]:
+def calibrate_seeded(
+    model: Any, frames: list[Any], detector: Path, lanes: Path, conf: float
+) -> dict[str, Any]:
     """Shift a seeded model's output biases so that its outputs load the decoding as the deployed
     models' do on the same frames (an untrained head marks every pixel a lane, which makes the
     lane-level decoding 10x dearer than on a trained model's sparse lanes, and scores every anchor
@@ -128,7 +149,9 @@ def calibrate_seeded(model: Any, frames: list[Any], detector: Path, lanes: Path,
     det = OnnxDetector(detector, threads=1)
     (raw,) = det.runner(detector_input(frames, (det.imgsz, det.height))[0])
     anchors_above = float((raw[:, 4:].max(axis=1) > conf).sum(axis=1).mean())
-    lane_share = float(np.mean([(m != LANE_BACKGROUND).mean() for m in OnnxLaneModel(lanes, threads=1)(frames)]))
+    lane_share = float(
+        np.mean([(m != LANE_BACKGROUND).mean() for m in OnnxLaneModel(lanes, threads=1)(frames)])
+    )
     x, _ = network_input(frames, (model.config.width, model.config.height))
     with torch.no_grad():
         predictions, lane_logits, drivable = model(torch.from_numpy(x))
@@ -139,12 +162,38 @@ def calibrate_seeded(model: Any, frames: list[Any], detector: Path, lanes: Path,
         shift = float(np.log(conf / (1 - conf))) - float(torch.quantile(logits, 1 - k / logits.numel()))
         for branch in model.detect.cv3:
             branch[-1].bias[car] += shift
-        margin = torch.from_numpy(np.stack([lane_margin(lg[:BACKGROUND_CLASS + 1]) for lg in lane_logits.numpy()]))
-        model.lane_head.classifier.bias[BACKGROUND_CLASS] += float(torch.quantile(margin.flatten()[::7], 1 - lane_share))
+        margin = torch.from_numpy(
+            np.stack([lane_margin(lg[: BACKGROUND_CLASS + 1]) for lg in lane_logits.numpy()])
+        )
+        model.lane_head.classifier.bias[BACKGROUND_CLASS] += float(
+            torch.quantile(margin.flatten()[::7], 1 - lane_share)
+        )
         head = model.drivable_head.classifier
         head.bias[0] += float(torch.quantile((drivable[:, 2] - drivable[:, 0]).flatten()[::7], 0.25))
         head.bias[1] += float(torch.quantile((drivable[:, 2] - drivable[:, 1]).flatten()[::7], 0.15))
     return {"anchors_above_conf_per_frame": round(anchors_above, 1), "lane_pixel_share": round(lane_share, 4)}
+
+
+def _model_code_version() -> dict[str, Any]:
+    """The commit of the multi-task model's code (`git log` of model.py and config.py) and whether
+    the working tree changes them: which network a run measured."""
+    import subprocess
+
+    files = [f"packages/driving/src/visionpipes/driving/multitask/{name}.py" for name in ("model", "config")]
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=30
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {
+        "commit": git("log", "-1", "--format=%h", "--", *files) or None,
+        "uncommitted_changes": bool(git("status", "--porcelain", "--", *files)),
+    }
 
 
 def multitask_models(
@@ -180,12 +229,15 @@ def multitask_models(
         for k, frame in enumerate(frames):
             calibration.append(work / f"calibration{k}.jpg")
             cv2.imwrite(str(calibration[-1]), frame)
-        for width, height in sizes:
+        for width, height in sizes or [(model.config.width, model.config.height)]:
             sized = build_multitask_model({**model.config.to_dict(), "width": width, "height": height}).eval()
             sized.load_state_dict(model.state_dict())
-            info[f"seeded {width}x{height}"] = calibrate_seeded(sized, frames, deployed.detector, deployed.lanes, 0.25)
+            info[f"seeded {width}x{height}"] = calibrate_seeded(
+                sized, frames, deployed.detector, deployed.lanes, 0.25
+            )
             path = export_multitask_onnx(sized, work / f"perception_{width}x{height}.onnx").path
             graphs[f"seeded {width}x{height}"] = path
+            info[f"seeded {width}x{height}"].update({k: round(v, 3) for k, v in sized.profile().items()})
             if int8:
                 from visionpipes.driving.detection.quantize import quantize_detector_int8
 
@@ -197,8 +249,149 @@ def multitask_models(
     size["ratio_params"] = round(size["ours_640x384"]["params_m"] / YOLOP_PUBLISHED["params_m"], 3)
     size["ratio_gflops"] = round(size["ours_640x384"]["gflops"] / YOLOP_PUBLISHED["gflops"], 3)
     size["backbone"] = model.config.backbone if isinstance(model.config.backbone, str) else "spec"
+    size["config"] = model.config.to_dict()
+    size["model_code"] = _model_code_version()
     size["seeded_calibration"] = info
     return graphs, size
+
+
+def _stage_ms(fn: Any, repeats: int) -> dict[str, float]:
+    """Median wall and process-CPU milliseconds of `fn()` (after one untimed call)."""
+    fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+    return {
+        "wall_ms": round(1000 * statistics.median(wall), 2),
+        "cpu_ms": round(1000 * statistics.median(cpu), 2),
+    }
+
+
+def tick_profile(
+    detector: Path, lanes: Path, perception: Path, videos: list[str], conf: float, repeats: int = 10
+) -> dict[str, Any]:
+    """Where one stream tick's time goes (all cameras' newest frames, one stage at a time, in this
+    thread, no overlap): the multi-task tick (letterbox, the one ONNX call, NMS, lane decoding,
+    drivable mask, its poly2d polygons, tracking, the JSON frame; the lane and drivable decoding also
+    with the reference decoders the runtime used before, to show what the fast ones save) and the
+    two-model tick (detector, lane model, its lane decoding, tracking, JSON). Each stage: median
+    wall and process-CPU ms over `repeats` calls (onnxruntime's pool included in the CPU)."""
+    import cv2
+    import numpy as np
+
+    from visionpipes.driving.detection.runtime import OnnxDetector, decode_predictions, detector_input
+    from visionpipes.driving.lanes.decode import lane_mask_from_logits
+    from visionpipes.driving.lanes.runtime import OnnxLaneModel
+    from visionpipes.driving.multitask.decode import (
+        drivable_mask_from_logits,
+        lane_mask_fast,
+        network_input,
+        unletterbox,
+    )
+    from visionpipes.driving.multitask.runtime import INPUT_NAME, PerceptionRuntime
+    from visionpipes.driving.streams.outputs import drivable_labels
+    from visionpipes.driving.streams.tracking import make_tracker, track, tracks_to_frame
+
+    captures = [cv2.VideoCapture(v) for v in videos]
+
+    def read() -> list[Any]:
+        out = []
+        for capture in captures:
+            ok, frame = capture.read()
+            if not ok:
+                capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                ok, frame = capture.read()
+            out.append(frame)
+        return out
+
+    frames = read()
+    sizes = [(f.shape[1], f.shape[0]) for f in frames]
+    rt = PerceptionRuntime(perception)
+    x, infos = network_input(frames, (rt.width, rt.height))
+    predictions, lane_out, area_out = rt.session.run(None, {INPUT_NAME: x})
+    lane_logits = [unletterbox(lane_out[k], infos[k], sizes[k]) for k in range(len(frames))]
+    area_logits = [unletterbox(area_out[k], infos[k], sizes[k]) for k in range(len(frames))]
+    dets = decode_predictions(predictions, infos, sizes, conf=conf)
+    areas = [drivable_mask_from_logits(a, s) for a, s in zip(area_logits, sizes)]
+    trackers = [make_tracker("bytetrack") for _ in frames]
+    tracks = [track(t, *d, f) for t, d, f in zip(trackers, dets, frames)]
+    polygons = [drivable_labels(a) for a in areas]
+
+    def reference_drivable(logits: Any, size: tuple[int, int]) -> Any:
+        return np.stack([cv2.resize(c, size, interpolation=cv2.INTER_LINEAR) for c in logits]).argmax(0)
+
+    def frames_json(with_areas: bool) -> None:
+        for k, t in enumerate(tracks):
+            frame = tracks_to_frame(f"cam{k}", 0, 0.0, t, rt.class_names)
+            if with_areas:
+                frame.labels = [*(frame.labels or []), *polygons[k]]
+            json.dumps(frame.to_dict())
+
+    multi = {
+        "video decode (cv2, 4 cameras)": lambda: read(),
+        "letterbox + input tensor": lambda: network_input(frames, (rt.width, rt.height)),
+        "onnx forward (one call)": lambda: rt.session.run(None, {INPUT_NAME: x}),
+        "detection decode (class-wise NMS)": lambda: decode_predictions(predictions, infos, sizes, conf=conf),
+        "lane decoding (lane_mask_fast)": lambda: [
+            lane_mask_fast(g, s, **rt.lane_decoding) for g, s in zip(lane_logits, sizes)
+        ],
+        "drivable mask (channel_argmax)": lambda: [
+            drivable_mask_from_logits(a, s) for a, s in zip(area_logits, sizes)
+        ],
+        "drivable poly2d (findContours)": lambda: [drivable_labels(a) for a in areas],
+        "tracking (ByteTrack)": lambda: [track(t, *d, f) for t, d, f in zip(trackers, dets, frames)],
+        "JSON frames": lambda: frames_json(True),
+    }
+    before = {
+        "lane decoding (reference lane_mask_from_logits)": lambda: [
+            lane_mask_from_logits(g, s, **rt.lane_decoding) for g, s in zip(lane_logits, sizes)
+        ],
+        "drivable mask (reference resize + NumPy argmax)": lambda: [
+            reference_drivable(a, s) for a, s in zip(area_logits, sizes)
+        ],
+    }
+    det = OnnxDetector(detector)
+    lane_model = OnnxLaneModel(lanes)
+    xd, infos_d = detector_input(frames, (det.imgsz, det.height))
+    (raw,) = det.runner(xd)
+    two_lanes = lane_model.logits(frames)
+    two = {
+        "video decode (cv2, 4 cameras)": lambda: read(),
+        "detector letterbox + input": lambda: detector_input(frames, (det.imgsz, det.height)),
+        "detector forward": lambda: det.runner(xd),
+        "detection decode (class-wise NMS)": lambda: decode_predictions(raw, infos_d, sizes, conf=conf),
+        "lane model input + forward": lambda: lane_model.logits(frames),
+        "lane decoding (lane_mask_from_logits)": lambda: [
+            lane_mask_from_logits(g, s, **lane_model.decoding) for g, s in zip(two_lanes, sizes)
+        ],
+        "tracking (ByteTrack)": lambda: [track(t, *d, f) for t, d, f in zip(trackers, dets, frames)],
+        "JSON frames": lambda: frames_json(False),
+    }
+    out: dict[str, Any] = {"frames_per_tick": len(frames), "frame_size": list(sizes[0]), "repeats": repeats}
+    for name, stages in (("multitask", multi), ("multitask_reference_decoders", before), ("two_model", two)):
+        table = {stage: _stage_ms(fn, repeats) for stage, fn in stages.items()}
+        if name != "multitask_reference_decoders":
+            table["total"] = {k: round(sum(v[k] for v in table.values()), 2) for k in ("wall_ms", "cpu_ms")}
+        out[name] = table
+    for capture in captures:
+        capture.release()
+    return out
+
+
+def print_tick_profile(profile: dict[str, Any]) -> None:
+    """The tick profile as a table (ms per tick of `frames_per_tick` frames)."""
+    print(
+        f"\nwhere a tick's time goes ({profile['frames_per_tick']} frames of {profile['frame_size'][0]}x"
+        f"{profile['frame_size'][1]}, ms per tick, stages run one at a time)"
+    )
+    for name in ("multitask", "multitask_reference_decoders", "two_model"):
+        print(f"  {name:56s} {'wall ms':>9s} {'CPU ms':>9s}")
+        for stage, v in profile[name].items():
+            print(f"    {stage:54s} {v['wall_ms']:9.2f} {v['cpu_ms']:9.2f}")
+    print(flush=True)
 
 
 def multitask_comparison(
@@ -235,35 +428,63 @@ def multitask_comparison(
         "two_model": {"detector": deployed.detector, "lanes": deployed.lanes},
         **{f"multitask {name}": {"perception": path} for name, path in graphs.items()},
     }
+    first = next(path for name, path in graphs.items() if "int8" not in name)
+    profile = tick_profile(deployed.detector, deployed.lanes, first, videos, conf)
+    print_tick_profile(profile)
     for models in runs.values():  # warm-up: sessions, caches, the tracker's imports
-        ours(models.get("detector"), models.get("lanes"), videos, 8, conf, work / "warm", models.get("perception"))
+        ours(
+            models.get("detector"),
+            models.get("lanes"),
+            videos,
+            8,
+            conf,
+            work / "warm",
+            models.get("perception"),
+        )
     results: dict[str, list[dict[str, Any]]] = {key: [] for key in runs}
     for k in range(rounds):
         for key, models in runs.items():
             out = work / f"mt{k}-{key.replace(' ', '_')}"
             results[key].append(
-                ours(models.get("detector"), models.get("lanes"), videos, frames, conf, out, models.get("perception"))
+                ours(
+                    models.get("detector"),
+                    models.get("lanes"),
+                    videos,
+                    frames,
+                    conf,
+                    out,
+                    models.get("perception"),
+                )
             )
             print(f"round {k + 1}/{rounds} {key}: {results[key][-1]['total_fps']} fps", flush=True)
 
-    def ratio(a: str, b: str) -> float:
-        return round(statistics.median(x["total_fps"] / y["total_fps"] for x, y in zip(results[a], results[b])), 2)
+    def ratio(a: str, b: str, key: str = "total_fps") -> float:
+        return round(statistics.median(x[key] / y[key] for x, y in zip(results[a], results[b])), 2)
 
     summary: dict[str, Any] = {
         "models": {key: {role: str(path) for role, path in models.items()} for key, models in runs.items()},
         "rounds": results,
-        "total_fps_median": {key: statistics.median(r["total_fps"] for r in rs) for key, rs in results.items()},
+        "total_fps_median": {
+            key: statistics.median(r["total_fps"] for r in rs) for key, rs in results.items()
+        },
+        "cpu_ms_per_frame_median": {
+            key: statistics.median(r["cpu_ms_per_frame"] for r in rs) for key, rs in results.items()
+        },
     }
     summary["ratios"] = {
         key: {
             "vs_two_model": ratio(key, "two_model"),
             "detector_only_over_multitask": ratio("detector_only", key),
+            # the same ratios from CPU time per frame (process CPU seconds / frames; load-robust)
+            "vs_two_model_cpu": ratio("two_model", key, "cpu_ms_per_frame"),
+            "detector_only_over_multitask_cpu": ratio(key, "detector_only", "cpu_ms_per_frame"),
             "target_3x_two_model_met": ratio(key, "two_model") >= 3.0,
             "goal_within_1.5x_of_detector_only_met": ratio("detector_only", key) <= 1.5,
         }
         for key in runs
         if key.startswith("multitask")
     }
+    summary["tick_profile"] = profile
     summary["size"] = size
     summary["note"] = (
         "one reader thread per camera, one batched onnxruntime call per tick per model, ByteTrack and the "
@@ -345,7 +566,9 @@ def main() -> None:
     parser.add_argument("--lanes", help="trained lane model (lane_model.pt)")
     parser.add_argument("--videos", nargs="*", help="camera videos (default: 4 synthetic 640x360 videos)")
     parser.add_argument("--frames", type=int, default=144, help="frames per camera (default 144)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds of both methods (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating timed rounds of both methods (default 3)"
+    )
     parser.add_argument("--conf", type=float, default=0.25)
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per latency (default 20)")
     parser.add_argument(
@@ -356,7 +579,9 @@ def main() -> None:
         "--multitask", action="store_true", help="also compare the multi-task stream (needs --deploy)"
     )
     parser.add_argument(
-        "--multitask-only", action="store_true", help="only the multi-task comparison (no ultralytics baseline)"
+        "--multitask-only",
+        action="store_true",
+        help="only the multi-task comparison (no ultralytics baseline)",
     )
     parser.add_argument(
         "--deploy", help="deploy folder of the two-model stream (and its perception.onnx when it has one)"
@@ -365,10 +590,12 @@ def main() -> None:
         "--multitask-size",
         action="append",
         metavar="WxH",
-        help="input size of the seeded multi-task graph (repeatable; default 640x384 and 320x192)",
+        help="input size of the seeded multi-task graph (repeatable; default the model config's own size)",
     )
     parser.add_argument(
-        "--no-multitask-int8", action="store_true", help="skip the int8 version of the seeded multi-task graph"
+        "--no-multitask-int8",
+        action="store_true",
+        help="skip the int8 version of the seeded multi-task graph",
     )
     args = parser.parse_args()
     if args.multitask_only:
@@ -377,7 +604,9 @@ def main() -> None:
         parser.error("--multitask needs --deploy (the deploy folder's detector and lane model)")
     if not args.multitask_only and not args.weights:
         parser.error("--weights is required (unless --multitask-only)")
-    sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.multitask_size or ["640x384", "320x192"]]
+    sizes = [
+        tuple(int(v) for v in size.lower().split("x")) for size in args.multitask_size or []
+    ]  # none: the model config's own size
 
     from visionpipes.core.settings import apply_runtime_settings
 
@@ -388,15 +617,28 @@ def main() -> None:
         if not videos:
             from visionpipes.driving.synth.sample import SynthConfig, write_sample
 
-            write_sample(work / "bdd", SynthConfig(images=1, val_fraction=0.0, cameras=4, video_frames=args.frames))
+            write_sample(
+                work / "bdd", SynthConfig(images=1, val_fraction=0.0, cameras=4, video_frames=args.frames)
+            )
             videos = [str(p) for p in sorted((work / "bdd" / "videos").glob("*.mp4"))]
         if args.multitask_only:
             result = {
-                "machine": {"cpu": cpu_model_name(), "threads": settings.threads, "load_average": os.getloadavg()},
+                "machine": {
+                    "cpu": cpu_model_name(),
+                    "threads": settings.threads,
+                    "load_average": os.getloadavg(),
+                },
                 "cameras": len(videos),
                 "frames_per_camera": args.frames,
                 "multitask": multitask_comparison(
-                    Path(args.deploy), videos, args.frames, args.rounds, args.conf, sizes, work, not args.no_multitask_int8
+                    Path(args.deploy),
+                    videos,
+                    args.frames,
+                    args.rounds,
+                    args.conf,
+                    sizes,
+                    work,
+                    not args.no_multitask_int8,
                 ),
             }
             result["machine"]["load_average_after"] = os.getloadavg()
@@ -423,7 +665,9 @@ def main() -> None:
             rounds["baseline"].append(baseline_threads(args.weights, videos, imgsz, args.frames, args.conf))
             rounds["ours"].append(ours(det, None, videos, args.frames, args.conf, work / f"o{k}"))
             if args.deployed:
-                rounds["ours_deployed"].append(ours(Path(args.deployed), None, videos, args.frames, args.conf, work / f"d{k}"))
+                rounds["ours_deployed"].append(
+                    ours(Path(args.deployed), None, videos, args.frames, args.conf, work / f"d{k}")
+                )
         result["rounds"] = rounds
         result["baseline_threads_ultralytics"] = {
             "total_fps_median": statistics.median(r["total_fps"] for r in rounds["baseline"])
@@ -434,7 +678,11 @@ def main() -> None:
         }
 
         def speedup(key: str) -> float | None:
-            pairs = [(o["total_fps"], b["total_fps"]) for o, b in zip(rounds[key], rounds["baseline"]) if b["total_fps"]]
+            pairs = [
+                (o["total_fps"], b["total_fps"])
+                for o, b in zip(rounds[key], rounds["baseline"])
+                if b["total_fps"]
+            ]
             return round(statistics.median(o / b for o, b in pairs), 2) if pairs else None
 
         if args.deployed:
@@ -457,7 +705,14 @@ def main() -> None:
         result["latency_per_frame"] = lat
         if args.multitask:
             result["multitask"] = multitask_comparison(
-                Path(args.deploy), videos, args.frames, args.rounds, args.conf, sizes, work, not args.no_multitask_int8
+                Path(args.deploy),
+                videos,
+                args.frames,
+                args.rounds,
+                args.conf,
+                sizes,
+                work,
+                not args.no_multitask_int8,
             )
     _write(result, args.out)
 
