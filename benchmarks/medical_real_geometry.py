@@ -1,30 +1,32 @@
-"""Medical prediction at real geometries: plan with nnU-Net's rules, then predict one 240x240x155x4 MRI
-volume (BraTS's grid, 1 mm) and one 512x512x200 CT volume (0.8x0.8x2.5 mm, anisotropic) with the plan's
-U-Net and patch on this CPU, side by side with MONAI's plain `sliding_window_inference` of the same
-network, patch, overlap and blending; the plans for `cpu` and for a `cuda` 80 GB budget side by side.
+"""Medical prediction at real geometries: plan with `vp-medical plan`'s rules (`make_plan`), then predict one
+240x240x155x4 MRI volume (BraTS's grid, 1 mm) and one 512x512x200 CT volume (0.8x0.8x2.5 mm, anisotropic)
+with the CPU plan's U-Net and patch on this CPU, side by side with MONAI's plain `sliding_window_inference`
+of the same network, patch, overlap and blending; the plans for this `cpu` and for a `cuda` 80 GB budget
+side by side; the plan's time estimate against the measurement.
 
-    nice -n 5 .venv/bin/python benchmarks/medical_real_geometry.py [--overlap 0.5]
+    nice -n 5 .venv/bin/python benchmarks/medical_real_geometry.py [--overlap 0.5] [--only mri|ct]
 
 What is synthetic, said plainly:
 - the fingerprints are written down, not extracted from files: every case of a dataset has the
   geometry above (spacing, shape, modality), 484 cases for the MRI (BraTS's training set), 131 for the
-  CT (the MSD liver's); `visionpipes.medical.planning.rules` plans from those numbers;
+  CT (the MSD liver's); `visionpipes.medical.planning.plan.make_plan` plans from those numbers, with
+  this machine's RAM share and the conv-throughput table its probe measures at start;
 - the network is the plan's U-Net topology (MONAI `DynUNet` with the plan's strides, kernels and
-  features) with random, seeded weights: the point is geometry and speed, not segmentation quality;
+  features, the width the CPU plan chose) with random, seeded weights: the point is geometry and speed,
+  not segmentation quality;
 - the volumes are seeded noise inside a body-shaped ellipsoid (zero outside, as skull-stripped MRI is).
 
-What is measured and what is extrapolated (a full volume with the plan network would take hours on a
-shared 2-core CPU):
-- `block`: a sub-volume of 2 windows per axis (8 windows) run with the plan network by each
-  implementation in its own process: seconds, peak RSS, seconds per window, outputs compared;
-- `full_grid_memory`: the whole volume run by each implementation with a 1x1x1-conv stand-in network
-  and 128-voxel windows without overlap, one window at a time for both: the full-size input, output and
-  weight buffers the sliding window allocates (they do not depend on the window grid): peak RSS,
-  outputs compared at full size;
-- `full_volume_extrapolated`: the plan's window count over the full grid x the block's seconds per
-  window, and peak RSS = the memory run's peak + the block's network working set. Labelled as such.
+What is measured and what is extrapolated:
+- where the plan estimates a full-volume prediction of at most `--full-limit` seconds (420), `full_volume`:
+  the whole volume, ours and MONAI plain, once each: seconds, peak RSS, outputs compared;
+- otherwise `block`: a sub-volume of 2 x 2 x 1 windows run by each implementation (the headline pair twice,
+  alternating, then MONAI with our window batch and ours as ONNX), `full_grid_memory`: the whole volume
+  with a 1x1x1-conv stand-in network and 128-voxel windows (the full-size buffers), and
+  `full_volume_extrapolated`: the full grid's window count x the block's seconds per window, peak RSS =
+  the memory run's peak + the block's network working set. Labelled as such;
+- `estimate_vs_measured`: the plan's seconds per window (network) and per volume against ours.
 Each implementation runs in a fresh subprocess (peak RSS is `ru_maxrss` of that child). Writes
-benchmarks/results/medical_real_geometry.json and .md.
+benchmarks/results/medical_real_geometry.json and .md (`_mri`/`_ct` suffix with `--only`).
 """
 
 from __future__ import annotations
@@ -45,11 +47,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-#: The CPU plan's memory budget per core (GB-equivalent): a CPU is planned like a small accelerator,
-#: so that a patch of the plan's network runs in seconds, not minutes (the same cap as the `cpu`
-#: hardware profile of `vp-medical plan`).
-CPU_GB_PER_CORE = 0.055
 CUDA_GB = 80.0
+#: A CPU plan whose estimated full-volume prediction is at most this many seconds is measured on the
+#: full volume; a longer one on a block of windows, extrapolated (`--full-limit`).
+FULL_LIMIT_S = 420.0
 
 VOLUMES: dict[str, dict[str, Any]] = {
     "mri": {
@@ -74,38 +75,36 @@ VOLUMES: dict[str, dict[str, Any]] = {
 # -- planning -------------------------------------------------------------------------------------
 def fingerprint(spec: dict[str, Any]) -> dict[str, Any]:
     """The numbers a fingerprint would hold for a dataset of identical cases of this geometry."""
+    stats = {"mean": 0.0, "std": 1.0, "percentile_00_5": -2.6, "percentile_99_5": 2.6}
     return {
         "spacings": [list(spec["spacing"])] * spec["cases"],
         "shapes_after_crop": [list(spec["shape"])] * spec["cases"],
         "modality": spec["modality"],
-        "num_classes": spec["classes"],
+        "labels": {str(i): f"label {i}" for i in range(spec["classes"] + 1)},
+        "median_relative_size_after_cropping": 1.0,
+        "foreground_intensity_properties_per_channel": [dict(stats) for _ in spec["modality"]],
     }
 
 
-def plan(spec: dict[str, Any], memory_gb: float, device: str) -> dict[str, Any]:
-    from visionpipes.medical.planning import rules
+def plan(spec: dict[str, Any], hardware: dict[str, Any], **timing: Any) -> dict[str, Any]:
+    """`vp-medical plan`'s rules (`planning.plan.make_plan`) for this geometry on `hardware`."""
+    from visionpipes.medical.planning.plan import make_plan
 
-    fp = fingerprint(spec)
-    spacing = rules.target_spacing(fp["spacings"], fp["shapes_after_crop"])
-    median = np.percentile(np.asarray(fp["shapes_after_crop"], dtype=np.float64), 50, axis=0)
-    voxels = float(np.prod(median)) * spec["cases"]
-    p = rules.plan_patch_and_batch(
-        spacing, median, num_classes=spec["classes"], memory_gb=memory_gb, dataset_voxels=voxels
-    )
+    p = make_plan(fingerprint(spec), hardware, **timing)
     return {
-        "device": device,
-        "memory_gb": round(memory_gb, 4),
+        "device": hardware["device"],
+        "memory_gb": hardware["memory_gb"],
+        "budget_gb": p.memory["budget_gb"],
         "spacing": [round(float(s), 4) for s in p.spacing],
         "patch_size": list(p.patch_size),
         "batch_size": p.batch_size,
-        "strides": [list(s) for s in p.topology.strides],
-        "kernel_sizes": [list(k) for k in p.topology.kernel_sizes],
+        "strides": [list(s) for s in p.strides],
+        "kernel_sizes": [list(k) for k in p.kernel_sizes],
         "features": list(p.features),
-        "estimated_gb": p.estimated_gb,
-        "lowres_stage": rules.needs_lowres_stage(p.patch_size, median),
-        "normalization": [
-            rules.normalization_scheme(m, median_relative_size_after_crop=1.0) for m in spec["modality"]
-        ],
+        "estimated_gb": p.memory["estimated_gb"],
+        "lowres_stage": bool(p.cascade.get("enabled")),
+        "normalization": [e["scheme"] for e in p.normalization],
+        "time": p.time,
     }
 
 
@@ -276,19 +275,25 @@ def compare(a: Path, b: Path) -> dict[str, float]:
     return {"max_abs_diff": diff, "dice_min_over_regions": round(min(dice), 6)}
 
 
-def pair(base: dict[str, Any], work: Path, name: str, *, block: bool = False) -> dict[str, Any]:
+def pair(base: dict[str, Any], work: Path, name: str, *, kind: str) -> dict[str, Any]:
     """Ours and MONAI's plain call on the same job, each in its own process, outputs compared.
 
-    On a `block` (the plan network) the two headline runs are repeated, alternating, and the faster
-    of each kept (the machine is shared); then, once each, MONAI with our window batch (what batching
-    is worth) and ours with the network in its deployed ONNX form (onnxruntime).
+    `kind`: `block` (the plan network on a few windows): the two headline runs are repeated,
+    alternating, and the faster of each kept (the machine is shared); then, once each, MONAI with our
+    window batch (what batching is worth) and ours with the network in its deployed ONNX form
+    (onnxruntime). `full` (the plan network on the whole volume): each headline run once, then ours as
+    ONNX. `memory`
+    (the stand-in network): each once, one window at a time for both.
     """
+    block = kind == "block"
     out: dict[str, Any] = {}
-    ours_batch = 4 if block else 1  # the memory run: one window at a time (the window batch is the block's)
+    ours_batch = 1 if kind == "memory" else 4  # the memory run: one window at a time
     headline = [("ours", "ours", ours_batch), ("monai", "monai", 1)]
     runs = headline * (2 if block else 1)
     if block:
         runs += [("monai_sw4", "monai", 4), ("ours_onnx", "ours_onnx", 4)]
+    elif kind == "full":
+        runs += [("ours_onnx", "ours_onnx", 4)]  # the deployed form (`vp-medical export`, onnxruntime)
     for key, impl, batch in runs:
         job = {**base, "impl": impl, "sw_batch_size": batch, "out": str(work / f"{name}-{key}.npy")}
         got = {"impl": impl, "sw_batch_size": batch, **run_child(job)}
@@ -310,56 +315,93 @@ def pair(base: dict[str, Any], work: Path, name: str, *, block: bool = False) ->
     return out
 
 
+def _features(p: dict[str, Any]) -> str:
+    return f"{p['features'][0]}..{p['features'][-1]}"
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Medical prediction at real geometries (`benchmarks/medical_real_geometry.py`)",
         "",
         f"{result['cpu']}, {result['threads']} torch threads, run with `{result['command']}` on a shared machine "
-        f"(load average {result['load_average_at_start']} at start). Random-weight networks; synthetic fingerprints "
-        "and volumes (see the script's docstring). Full-volume numbers with the plan network are **extrapolated**.",
+        f"(load average {result['load_average_at_start']} at start, {result['load_average_at_end']} at the end). "
+        "Random-weight networks; synthetic fingerprints and volumes (see the script's docstring). CPU throughput "
+        f"table (GFLOP/s of a 3x3x3 conv by width, {result['cpu_gflops_source']}): {result['cpu_gflops']}.",
         "",
-        "## Plans (nnU-Net rules): cpu vs cuda 80 GB",
+        "## Plans (`make_plan`): this CPU vs a cuda 80 GB budget",
         "",
-        "| volume | device | budget GB | spacing | patch | batch | stages | features | est. GB | low-res stage |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| volume | device | budget GB-eq. | spacing | patch | batch | stages | features | est. GB | low-res stage "
+        "| est. s/step | windows/volume | est. predict s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, v in result["volumes"].items():
         for p in (v["plans"]["cpu"], v["plans"]["cuda"]):
+            t = p["time"]["planned"]
             lines.append(
-                f"| {name} | {p['device']} | {p['memory_gb']} | {p['spacing']} | {p['patch_size']} | {p['batch_size']} "
-                f"| {len(p['strides'])} | {p['features'][0]}..{p['features'][-1]} | {p['estimated_gb']} | {p['lowres_stage']} |"
+                f"| {name} | {p['device']} ({p['memory_gb']:g} GB) | {p['budget_gb']:g} | {p['spacing']} | "
+                f"{p['patch_size']} | {p['batch_size']} | {len(p['strides'])} | {_features(p)} | {p['estimated_gb']} | "
+                f"{p['lowres_stage']} | {t.get('seconds_per_step', '-')} | {t['windows_per_volume']} | "
+                f"{t.get('predict_seconds_per_volume', '-')} |"
             )
     lines += [
         "",
-        "## Prediction with the cpu plan's network and patch",
+        "## Prediction with the cpu plan's network and patch: ours vs MONAI's plain `sliding_window_inference`",
         "",
         "| volume | run | windows | ours s | MONAI s | MONAI/ours | ours peak RSS MiB | MONAI peak RSS MiB "
         "| max abs diff | Dice (argmax) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, v in result["volumes"].items():
-        for run in ("block", "full_grid_memory"):
+        for run in ("full_volume", "block", "full_grid_memory"):
+            if run not in v:
+                continue
             r = v[run]
+            label = "**measured full volume**" if run == "full_volume" else run
             lines.append(
-                f"| {name} | {run} {tuple(r['shape'])} | {r['ours']['windows']} | {r['ours']['seconds']} | "
+                f"| {name} | {label} {tuple(r['shape'])} | {r['ours']['windows']} | {r['ours']['seconds']} | "
                 f"{r['monai']['seconds']} | {r['speedup_monai_over_ours']} | {r['ours']['peak_rss_mib']} | "
                 f"{r['monai']['peak_rss_mib']} | {r['outputs']['max_abs_diff']:.2e} | {r['outputs']['dice_min_over_regions']} |"
             )
-        b = v["block"]
-        for key, what in (
-            ("monai_sw4", "MONAI given our window batch (4)"),
-            ("ours_onnx", "ours, network as ONNX"),
-        ):
+        if "block" in v:
+            b = v["block"]
+            for key, what in (
+                ("monai_sw4", "MONAI given our window batch (4)"),
+                ("ours_onnx", "ours, network as ONNX"),
+            ):
+                lines.append(
+                    f"| {name} | block: {what} vs MONAI plain | {b[key]['windows']} | {b[key]['seconds']} | "
+                    f"{b['monai']['seconds']} | {b[f'speedup_monai_over_{key}']} | {b[key]['peak_rss_mib']} | "
+                    f"{b['monai']['peak_rss_mib']} | {b[f'outputs_{key}']['max_abs_diff']:.2e} | "
+                    f"{b[f'outputs_{key}']['dice_min_over_regions']} |"
+                )
+        if "full_volume" in v and "ours_onnx" in v["full_volume"]:
+            f = v["full_volume"]
             lines.append(
-                f"| {name} | block: {what} vs MONAI plain | {b[key]['windows']} | {b[key]['seconds']} | "
-                f"{b['monai']['seconds']} | {b[f'speedup_monai_over_{key}']} | {b[key]['peak_rss_mib']} | "
-                f"{b['monai']['peak_rss_mib']} | {b[f'outputs_{key}']['max_abs_diff']:.2e} | "
-                f"{b[f'outputs_{key}']['dice_min_over_regions']} |"
+                f"| {name} | full volume: ours, network as ONNX vs MONAI plain | {f['ours_onnx']['windows']} | "
+                f"{f['ours_onnx']['seconds']} | {f['monai']['seconds']} | {f['speedup_monai_over_ours_onnx']} | "
+                f"{f['ours_onnx']['peak_rss_mib']} | {f['monai']['peak_rss_mib']} | "
+                f"{f['outputs_ours_onnx']['max_abs_diff']:.2e} | {f['outputs_ours_onnx']['dice_min_over_regions']} |"
             )
-        e = v["full_volume_extrapolated"]
+        if "full_volume_extrapolated" in v:
+            e = v["full_volume_extrapolated"]
+            lines.append(
+                f"| {name} | **extrapolated** full volume, plan network | {e['windows']} | {e['ours_seconds']} | "
+                f"{e['monai_seconds']} | {e['speedup']} | {e['ours_peak_rss_mib']} | {e['monai_peak_rss_mib']} | | |"
+            )
+    lines += [
+        "",
+        "## The plan's time estimate vs the measurement (ours)",
+        "",
+        "| volume | measured how | est. network s/window | measured network s/window | measured/est. "
+        "| est. predict s | measured predict s | measured/est. |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, v in result["volumes"].items():
+        c = v["estimate_vs_measured"]
         lines.append(
-            f"| {name} | **extrapolated** full volume, plan network | {e['windows']} | {e['ours_seconds']} | "
-            f"{e['monai_seconds']} | {e['speedup']} | {e['ours_peak_rss_mib']} | {e['monai_peak_rss_mib']} | | |"
+            f"| {name} | {c['measured']} | {c['seconds_per_window_estimated']} | {c['network_seconds_per_window_measured']} "
+            f"| {c['ratio_per_window']} | {c['predict_seconds_estimated']} | {c['predict_seconds_measured']} | "
+            f"{c['ratio_predict']} |"
         )
     lines += ["", "## Reading", "", *[f"- {line}" for line in result["notes"]], ""]
     return "\n".join(lines)
@@ -369,6 +411,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--overlap", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument(
+        "--full-limit",
+        type=float,
+        default=FULL_LIMIT_S,
+        help="measure the full volume when the plan estimates at most this many seconds (else a block)",
+    )
+    ap.add_argument("--only", choices=sorted(VOLUMES), help="one volume only")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument(
         "--smoke",
@@ -379,8 +428,9 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
-    from visionpipes.core.hardware import cpu_model_name
+    from visionpipes.core.hardware import cpu_model_name, probe_hardware
     from visionpipes.core.io import write_json
+    from visionpipes.medical.plan_command import probe_cpu_gflops
 
     t_start = time.perf_counter()
     cores = os.cpu_count() or 1
@@ -388,6 +438,11 @@ def main() -> None:
     if args.smoke:
         results = Path(tempfile.mkdtemp(prefix="medical-geometry-smoke-"))
         VOLUMES["mri"]["shape"], VOLUMES["ct"]["shape"] = (64, 56, 40), (96, 96, 40)
+    volumes = {args.only: VOLUMES[args.only]} if args.only else VOLUMES
+    load = [round(x, 1) for x in os.getloadavg()]
+    table = probe_cpu_gflops(args.threads)
+    source = f"measured by the plan's conv probe, {args.threads} threads, load average {load}"
+    hardware = probe_hardware("cpu").to_dict()
     result: dict[str, Any] = {
         "command": " ".join(
             ["nice -n 5 .venv/bin/python benchmarks/medical_real_geometry.py", *sys.argv[1:]]
@@ -395,16 +450,25 @@ def main() -> None:
         "cpu": cpu_model_name(),
         "cores": cores,
         "threads": args.threads,
-        "load_average_at_start": [round(x, 1) for x in os.getloadavg()],
+        "load_average_at_start": load,
+        "cpu_gflops": table,
+        "cpu_gflops_source": source,
+        "hardware": hardware,
         "overlap": args.overlap,
         "blend": "gaussian",
         "volumes": {},
     }
     with tempfile.TemporaryDirectory(prefix="medical-geometry-") as tmp:
         work = Path(tmp)
-        for name, spec in VOLUMES.items():
-            plans = {"cpu": plan(spec, CPU_GB_PER_CORE * cores, "cpu"), "cuda": plan(spec, CUDA_GB, "cuda")}
+        for name, spec in volumes.items():
+            plans = {
+                "cpu": plan(spec, hardware, cpu_gflops=table, cpu_gflops_source=source, overlap=args.overlap),
+                "cuda": plan(
+                    spec, {"device": "cuda", "memory_gb": CUDA_GB, "cpu_cores": cores}, overlap=args.overlap
+                ),
+            }
             cpu_plan = plans["cpu"]
+            est = cpu_plan["time"]["planned"]
             roi = cpu_plan["patch_size"]
             base = {
                 "channels": len(spec["modality"]),
@@ -413,55 +477,88 @@ def main() -> None:
                 "overlap": args.overlap,
                 "threads": args.threads,
             }
-            # 2 x 2 x 1 windows of the plan's patch
-            step = [max(int(r * (1 - args.overlap)), 1) for r in roi]
-            block_shape = [
-                min(spec["shape"][0], roi[0] + step[0]),
-                min(spec["shape"][1], roi[1] + step[1]),
-                roi[2],
-            ]
-            print(f"{name}: cpu plan patch {roi}, block {block_shape}", file=sys.stderr, flush=True)
-            block = pair({**base, "net": "plan", "shape": block_shape}, work, f"{name}-block", block=True)
-            block["shape"] = block_shape
-            # The full-size buffers (input, output, weights): peak memory does not depend on the window grid.
-            memory_roi = [min(s, 128) for s in spec["shape"]]
-            full_job = {
-                **base,
-                "net": "standin",
-                "shape": list(spec["shape"]),
-                "roi": memory_roi,
-                "overlap": 0.0,
-            }
-            full = pair(full_job, work, f"{name}-full")
-            full["shape"], full["roi"], full["overlap"] = list(spec["shape"]), memory_roi, 0.0
+            entry: dict[str, Any] = {"geometry": spec, "plans": plans}
             n = windows(spec["shape"], roi, args.overlap)
-            extra: dict[str, Any] = {"windows": n}
-            for impl in ("ours", "monai"):
-                b = block[impl]
-                per_window = b["seconds"] / max(b["windows"], 1)
-                extra[f"{impl}_seconds_per_window"] = round(per_window, 3)
-                extra[f"{impl}_seconds"] = round(n * per_window, 1)
-                extra[f"{impl}_peak_rss_mib"] = round(
-                    full[impl]["peak_rss_mib"] + (b["peak_rss_mib"] - b["rss_before_call_mib"]), 1
-                )
-            extra["speedup"] = round(extra["monai_seconds"] / max(extra["ours_seconds"], 1e-9), 3)
-            extra["how"] = (
-                "seconds: full-grid windows x the block's seconds per window (network and blending); peak RSS: "
-                "the full-grid memory run's peak (full-size input, output and weight buffers) + the block's "
-                "network working set (its peak minus its RSS before the call)"
+            full_run = est["predict_seconds_per_volume"] <= args.full_limit
+            print(
+                f"{name}: cpu plan patch {roi} x {cpu_plan['batch_size']}, features {cpu_plan['features']}, "
+                f"{n} windows, estimated {est['predict_seconds_per_volume']} s -> "
+                f"{'full volume' if full_run else 'block, extrapolated'}",
+                file=sys.stderr,
+                flush=True,
             )
-            result["volumes"][name] = {
-                "geometry": spec,
-                "plans": plans,
-                "block": block,
-                "full_grid_memory": full,
-                "full_volume_extrapolated": extra,
+            if full_run:
+                full = pair(
+                    {**base, "net": "plan", "shape": list(spec["shape"])}, work, f"{name}-full", kind="full"
+                )
+                full["shape"] = list(spec["shape"])
+                entry["full_volume"] = full
+                ours = full["ours"]
+                measured_predict, how = ours["seconds"], "full volume"
+            else:
+                # 2 x 2 x 1 windows of the plan's patch
+                step = [max(int(r * (1 - args.overlap)), 1) for r in roi]
+                block_shape = [
+                    min(spec["shape"][0], roi[0] + step[0]),
+                    min(spec["shape"][1], roi[1] + step[1]),
+                    min(spec["shape"][2], roi[2]),
+                ]
+                block = pair(
+                    {**base, "net": "plan", "shape": block_shape}, work, f"{name}-block", kind="block"
+                )
+                block["shape"] = block_shape
+                # The full-size buffers (input, output, weights): peak memory does not depend on the window grid.
+                memory_roi = [min(s, 128) for s in spec["shape"]]
+                full_job = {
+                    **base,
+                    "net": "standin",
+                    "shape": list(spec["shape"]),
+                    "roi": memory_roi,
+                    "overlap": 0.0,
+                }
+                memory = pair(full_job, work, f"{name}-memory", kind="memory")
+                memory["shape"], memory["roi"], memory["overlap"] = list(spec["shape"]), memory_roi, 0.0
+                extra: dict[str, Any] = {"windows": n}
+                for impl in ("ours", "monai"):
+                    b = block[impl]
+                    per_window = b["seconds"] / max(b["windows"], 1)
+                    extra[f"{impl}_seconds_per_window"] = round(per_window, 3)
+                    extra[f"{impl}_seconds"] = round(n * per_window, 1)
+                    extra[f"{impl}_peak_rss_mib"] = round(
+                        memory[impl]["peak_rss_mib"] + (b["peak_rss_mib"] - b["rss_before_call_mib"]), 1
+                    )
+                extra["speedup"] = round(extra["monai_seconds"] / max(extra["ours_seconds"], 1e-9), 3)
+                extra["how"] = (
+                    "seconds: full-grid windows x the block's seconds per window (network and blending); peak RSS: "
+                    "the full-grid memory run's peak (full-size input, output and weight buffers) + the block's "
+                    "network working set (its peak minus its RSS before the call)"
+                )
+                entry.update(block=block, full_grid_memory=memory, full_volume_extrapolated=extra)
+                ours = block["ours"]
+                measured_predict, how = (
+                    extra["ours_seconds"],
+                    f"block of {ours['windows']} windows, extrapolated",
+                )
+            per_window = ours["network_seconds"] / max(ours["windows"], 1)
+            entry["estimate_vs_measured"] = {
+                "measured": how,
+                "windows_estimated": est["windows_per_volume"],
+                "windows_full_grid": n,
+                "seconds_per_window_estimated": est["seconds_per_patch"],
+                "network_seconds_per_window_measured": round(per_window, 3),
+                "ratio_per_window": round(per_window / est["seconds_per_patch"], 2),
+                "predict_seconds_estimated": est["predict_seconds_per_volume"],
+                "predict_seconds_measured": measured_predict,
+                "ratio_predict": round(measured_predict / est["predict_seconds_per_volume"], 2),
             }
+            result["volumes"][name] = entry
+    result["load_average_at_end"] = [round(x, 1) for x in os.getloadavg()]
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     result["notes"] = notes(result)
     results.mkdir(parents=True, exist_ok=True)
-    write_json(results / "medical_real_geometry.json", result)
-    md = results / "medical_real_geometry.md"
+    stem = "medical_real_geometry" + (f"_{args.only}" if args.only else "")
+    write_json(results / f"{stem}.json", result)
+    md = results / f"{stem}.md"
     tmp_md = md.with_suffix(".md.tmp")
     tmp_md.write_text(markdown(result))
     os.replace(tmp_md, md)
@@ -470,26 +567,28 @@ def main() -> None:
 
 def notes(result: dict[str, Any]) -> list[str]:
     out = [
-        "The headline pairs (ours vs MONAI plain) ran twice, alternating, the faster of each kept; the two "
-        "attribution runs (MONAI given our window batch, ours with the network as ONNX) ran once, after them, "
-        "when the shared machine's load may differ: compare those with each other and with the headline loosely.",
+        "CPU plans: patch from the RAM share (x 0.5 for fp32), batch 2, the network's base width the widest of "
+        "32/16/8 whose estimated prediction of the median image fits 300 s at the measured throughput "
+        "(`planning/plan.py`'s docstring); the estimate counts every conv of the plan's DynUNet (equal to "
+        "torch's FlopCounterMode) at the probe's GFLOP/s for its width. Windows at overlap "
+        f"{result['overlap']}, Gaussian blending.",
         "Our Predictor is MONAI's sliding_window_inference (same windows, same Gaussian weights) under "
         "torch.inference_mode with 4 windows per forward (InferenceConfig.sw_batch_size, its default) where "
-        "MONAI's default is 1: its speed-up over the plain call is that window batching; given the same batch "
-        "MONAI is as fast. Nothing in the Predictor was changed: the network's convolutions take 84-98 % of "
-        "the time.",
+        "MONAI's default is 1.",
     ]
     for name, v in result["volumes"].items():
-        b, f, e = v["block"], v["full_grid_memory"], v["full_volume_extrapolated"]
+        c = v["estimate_vs_measured"]
+        p = v["plans"]["cpu"]
+        main = v.get("full_volume") or v["block"]
+        where = "measured on the full volume" if "full_volume" in v else "measured on a block, extrapolated"
         out.append(
-            f"{name}: the plan network takes {b['ours']['network_share']:.0%} (ours) / {b['monai']['network_share']:.0%} "
-            f"(MONAI) of the block's time; {e['windows']} windows cover the full grid; MONAI/ours = "
-            f"{b['speedup_monai_over_ours']}x on the block, {f['speedup_monai_over_ours']}x for the full-grid memory run, "
-            f"{e['speedup']}x extrapolated; outputs equal to {max(b['outputs']['max_abs_diff'], f['outputs']['max_abs_diff']):.1e} "
-            f"(probabilities), Dice of the argmax {min(b['outputs']['dice_min_over_regions'], f['outputs']['dice_min_over_regions'])}; "
-            f"MONAI given our batch of 4 windows: MONAI/that = {b['speedup_monai_over_monai_sw4']}x (what batching is "
-            f"worth); ours with the network as ONNX (the deployed form): {b['speedup_monai_over_ours_onnx']}x "
-            f"(max abs diff {b['outputs_ours_onnx']['max_abs_diff']:.1e})."
+            f"{name}: cpu plan {p['patch_size']} x {p['batch_size']}, features {_features(p)} vs cuda "
+            f"{v['plans']['cuda']['patch_size']} x {v['plans']['cuda']['batch_size']}; prediction {where}: ours "
+            f"{c['predict_seconds_measured']} s vs the plan's estimate {c['predict_seconds_estimated']} s "
+            f"(measured/estimated {c['ratio_predict']}; per window, network only, {c['ratio_per_window']}); MONAI "
+            f"plain / ours = {main['speedup_monai_over_ours']}x, outputs equal to "
+            f"{main['outputs']['max_abs_diff']:.1e} (Dice of the argmax {main['outputs']['dice_min_over_regions']}); "
+            f"peak RSS ours {main['ours']['peak_rss_mib']} MiB, MONAI {main['monai']['peak_rss_mib']} MiB."
         )
     return out
 
