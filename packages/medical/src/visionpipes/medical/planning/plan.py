@@ -12,8 +12,8 @@ default_experiment_planner.py`).
   dataset's foreground 0.5/99.5 percentiles (clip) and mean/std from the fingerprint;
 - cascade: when the patch covers < 25 % of the median image, nnU-Net's low-resolution stage: the
   spacing grows by 3 % per step (the finer axes first while an axis is > 2x finer than the coarsest)
-  until the low-resolution patch covers >= 25 % of the low-resolution median image. It is recorded
-  only: training here runs the full-resolution configuration.
+  until the low-resolution patch covers >= 25 % of the low-resolution median image. `train.configuration:
+  auto` then trains 3d_lowres + 3d_cascade_fullres (`training.cascade`).
 
 Memory budget (`planning_budget_gb`) and width (`plan_width`), stated in terms of the hardware and of the
 user's time:
@@ -321,7 +321,7 @@ def _lowres(
                 "lowres_median_shape": [round(float(s), 1) for s in shape],
                 "lowres_patch_size": list(lp.patch_size),
                 "lowres_batch_size": lp.batch_size,
-                "note": "recorded only: training runs the full-resolution configuration",
+                "note": "train.configuration auto trains 3d_lowres, then 3d_cascade_fullres on its predictions",
             }
     return {"enabled": False, "reason": f"no low-resolution spacing within {_LOWRES_MAX_STEPS} steps"}
 
