@@ -17,7 +17,7 @@ from visionpipes.medical.runtime.cascade import one_hot_foreground
 from visionpipes.medical.training.config import resolve_configuration, resolve_training_config
 
 #: Volumes larger than the patch a 20 MB budget plans (20x20x16 of a ~30x35x28 median image: < 25 %).
-CASCADE_SYNTH = SynthConfig(cases=5, size=40, seed=3, test_cases=1)
+CASCADE_SYNTH = SynthConfig(cases=4, size=40, seed=3, test_cases=1)
 HARDWARE = {"device": "cuda", "memory_gb": 0.02, "cpu_cores": 2}  # cuda: the budget is exactly memory_gb
 TRAIN_PARAMS = {
     "configuration": "auto",
