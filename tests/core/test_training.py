@@ -99,3 +99,38 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(native: bool, mon
     assert resolve_precision("auto", "cpu") == ("bf16-mixed" if native else "32-true")
     assert resolve_precision("auto", "mps") == "32-true"
     assert resolve_precision("16-mixed", "cpu") == "16-mixed"  # an explicit choice is kept
+
+
+def test_warmup_cosine_factor_warms_up_then_anneals_by_steps_or_time() -> None:
+    import math
+    import time
+
+    from visionpipes.core.training import warmup_cosine_factor
+
+    assert [warmup_cosine_factor(s, warmup=4, total_steps=24) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert warmup_cosine_factor(4, warmup=4, total_steps=24) == pytest.approx(1.0)
+    assert warmup_cosine_factor(14, warmup=4, total_steps=24) == pytest.approx(0.02 + 0.98 * 0.5)
+    assert warmup_cosine_factor(24, warmup=4, total_steps=24) == pytest.approx(0.02)
+    assert warmup_cosine_factor(99, warmup=4, total_steps=24) == pytest.approx(0.02)  # stays at the floor
+    # a spent wall-clock budget ends the cosine whatever the step
+    spent = time.monotonic() - 10.0
+    assert warmup_cosine_factor(5, warmup=4, total_steps=1000, start=spent, budget_s=10.0) == pytest.approx(0.02)
+    half = time.monotonic() - 5.0
+    value = warmup_cosine_factor(5, warmup=4, total_steps=1000, start=half, budget_s=10.0)
+    assert value == pytest.approx(0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * 0.5)), abs=0.01)
+
+
+def test_adamw_warmup_cosine_steps_the_learning_rate_of_each_group() -> None:
+    from visionpipes.core.training import adamw_warmup_cosine, warmup_cosine_factor
+
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    groups = [{"params": a.parameters(), "lr": 0.01}, {"params": b.parameters()}]
+    out = adamw_warmup_cosine(groups, lr=0.1, weight_decay=0.05, warmup_steps=2, total_steps=10)
+    optimizer, scheduler = out["optimizer"], out["lr_scheduler"]["scheduler"]
+    assert isinstance(optimizer, torch.optim.AdamW) and out["lr_scheduler"]["interval"] == "step"
+    assert optimizer.param_groups[1]["weight_decay"] == 0.05
+    for step in range(12):
+        factor = warmup_cosine_factor(step, warmup=2, total_steps=10)
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01 * factor, 0.1 * factor])
+        optimizer.step()
+        scheduler.step()

@@ -159,6 +159,70 @@ def test_a_few_training_steps_reduce_the_loss(dataset_json: Path) -> None:
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in branch.parameters())
 
 
+def test_a_few_steps_on_a_tiny_batch_reduce_the_detection_loss(dataset_json: Path) -> None:
+    """The detection wiring learns (targets, strides, DFL bins, the head's bias init): 15 steps of
+    the detection loss on the 3 training images at 256x160 (boxes of a few pixels at 128x96 find no
+    positives) more than halve ultralytics' loss (measured 17.7 -> ~3)."""
+    size = (256, 160)
+    samples = multitask_samples(dataset_json, "train")
+    batch = collate([MultiTaskDataset(samples, size)[i] for i in range(len(samples))])
+    assert len(batch["cls"]) >= 10
+    cfg = MultiTaskConfig.from_params(
+        {
+            "model": {**TINY_MODEL, "width": size[0], "height": size[1]},
+            "loss": {"lanes": 0, "drivable": 0},
+            "train": {"warmup_steps": 0, "lr": 3e-3},
+        },
+        source="test",
+    )
+    torch.manual_seed(0)
+    module = MultiTaskModule(cfg.model.to_dict(), cfg.loss.to_dict(), cfg.train.to_dict(), 100, None)
+    module.train()
+    optimizer = module.configure_optimizers()["optimizer"]
+    losses = []
+    for _ in range(15):
+        total, parts = module.criterion(module.model(batch["image"]), batch)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        losses.append(float(parts["detection"]))
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < 0.5 * losses[0], losses
+
+
+def test_the_lane_and_multitask_trainers_share_one_warmup_cosine_schedule() -> None:
+    """Both trainers take `core.training.adamw_warmup_cosine`; the lane model's learning rates are
+    what its own schedule gave before the move (the reference formula below, copied from it)."""
+    import math
+
+    from visionpipes.driving.lanes.model import LaneModelConfig
+    from visionpipes.driving.lanes.train import LaneModule, LaneTrainConfig
+
+    def reference(step: int, warmup: int, total: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    lane_train = LaneTrainConfig(lr=0.004, warmup_steps=3, encoder_lr_scale=0.5, weight_decay=0.01)
+    lane = LaneModule(LaneModelConfig(width=64, height=64).to_dict(), lane_train.to_dict(), 12, None)
+    multi_cfg = MultiTaskConfig.from_params(
+        {"model": TINY_MODEL, "train": {"lr": 0.002, "warmup_steps": 3, "max_minutes": None}}, source="test"
+    )
+    multi = MultiTaskModule(
+        multi_cfg.model.to_dict(), multi_cfg.loss.to_dict(), multi_cfg.train.to_dict(), 12, None
+    )
+    for module, peaks in ((lane, [0.002, 0.004]), (multi, [0.002])):
+        out = module.configure_optimizers()
+        optimizer, scheduler = out["optimizer"], out["lr_scheduler"]["scheduler"]
+        assert isinstance(optimizer, torch.optim.AdamW) and out["lr_scheduler"]["interval"] == "step"
+        for step in range(14):
+            lrs = [g["lr"] for g in optimizer.param_groups]
+            assert lrs == pytest.approx([p * reference(step, 3, 12) for p in peaks]), (type(module), step)
+            optimizer.step()
+            scheduler.step()
+
+
 def test_the_staged_schedule_trains_one_part_per_phase(dataset_json: Path) -> None:
     module = _module("staged", stages=[0.5, 0.25])  # budget 100 s: detection < 50 s < segmentation < 75 s
     module.train()

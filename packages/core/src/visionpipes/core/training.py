@@ -11,8 +11,9 @@ gives every rank its share of each data loader through a `DistributedSampler` un
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -108,6 +109,72 @@ def seed_everything(seed: int) -> int:
     import lightning
 
     return lightning.seed_everything(seed, workers=True, verbose=False)
+
+
+def warmup_cosine_factor(
+    step: int,
+    *,
+    warmup: int,
+    total_steps: int,
+    start: float | None = None,
+    budget_s: float | None = None,
+    floor: float = 0.02,
+) -> float:
+    """Learning-rate factor: linear warm-up over `warmup` steps, then a cosine from 1 down to `floor`
+    over the rest of `total_steps` or, with `budget_s`, over the larger of step and wall-clock
+    progress (`time.monotonic() - start` of `budget_s` seconds).
+
+    Example:
+        >>> warmup_cosine_factor(0, warmup=10, total_steps=100)
+        0.1
+        >>> round(warmup_cosine_factor(100, warmup=10, total_steps=100), 3)
+        0.02
+    """
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    if budget_s and start is not None:
+        progress = max(progress, (time.monotonic() - start) / budget_s)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def adamw_warmup_cosine(
+    params: Iterable[Any],
+    *,
+    lr: float,
+    weight_decay: float,
+    warmup_steps: int,
+    total_steps: int,
+    budget_s: float | None = None,
+    started: Callable[[], float] | None = None,
+) -> dict[str, Any]:
+    """What a `LightningModule.configure_optimizers` returns for AdamW with `warmup_cosine_factor`
+    stepped every optimiser step: `{"optimizer", "lr_scheduler": {"scheduler", "interval": "step"}}`.
+
+    Args:
+        params: parameters or parameter groups (a group's own `lr` wins over `lr`).
+        lr: peak learning rate.
+        weight_decay: AdamW's decoupled weight decay.
+        warmup_steps: linear warm-up steps.
+        total_steps: the planned optimiser steps (the cosine ends there).
+        budget_s: a wall-clock budget in seconds: the cosine follows the larger of step and time
+            progress (None: steps only).
+        started: returns the run's `time.monotonic()` start, read at every step (a module sets it
+            in `on_train_start`).
+    """
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    def factor(step: int) -> float:
+        return warmup_cosine_factor(
+            step,
+            warmup=warmup_steps,
+            total_steps=total_steps,
+            start=started() if started is not None else None,
+            budget_s=budget_s,
+        )
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def _accelerator(config: TrainConfig) -> str:

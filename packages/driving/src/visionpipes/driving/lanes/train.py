@@ -5,7 +5,6 @@ style/direction CE on lane pixels, a time-aware cosine LR) and `train_lanes`, wh
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from torch import nn
 from visionpipes.core.checkpoint import load_checkpoint, state_dict_of
 from visionpipes.core.config import ConfigModel, Field, parse_config
 from visionpipes.core.errors import UserError
+from visionpipes.core.training import adamw_warmup_cosine
 from visionpipes.driving.lanes.data import IGNORE_INDEX, LaneDataset, LaneSample
 from visionpipes.driving.lanes.decode import BACKGROUND_CLASS, CATEGORY_CHANNELS
 from visionpipes.driving.lanes.model import (
@@ -76,16 +76,6 @@ class LanesSection(ConfigModel):
     model: LaneModelConfig = Field(default_factory=LaneModelConfig)
     train: LaneTrainConfig = Field(default_factory=LaneTrainConfig)
     trainer: dict[str, Any] = Field(default_factory=dict)
-
-
-def _time_cosine(step: int, *, warmup: int, total_steps: int, start: float, budget_s: float | None) -> float:
-    """LR factor: linear warm-up, then cosine decay over the larger of step and wall-clock progress."""
-    if step < warmup:
-        return (step + 1) / max(1, warmup)
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    if budget_s:
-        progress = max(progress, (time.monotonic() - start) / budget_s)
-    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _max_time_seconds(max_time: str | None) -> float | None:
@@ -191,19 +181,15 @@ class LaneModule(lightning.LightningModule):
              "lr": config.lr * config.encoder_lr_scale},
             {"params": [p for p in self.parameters() if id(p) not in encoder and p.requires_grad], "lr": config.lr},
         ]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=config.weight_decay)
-
-        def factor(step: int) -> float:
-            return _time_cosine(
-                step,
-                warmup=config.warmup_steps,
-                total_steps=self.total_steps,
-                start=self._start,
-                budget_s=self.budget_s,
-            )
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(
+            [g for g in groups if g["params"]],
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            warmup_steps=config.warmup_steps,
+            total_steps=self.total_steps,
+            budget_s=self.budget_s,
+            started=lambda: self._start,
+        )
 
 
 

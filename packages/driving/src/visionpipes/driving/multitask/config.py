@@ -43,6 +43,11 @@ class MultiTaskModelConfig(ConfigModel):
         neck_width: channels of the FPN and PAN levels (strides 8, 16, 32) the detection head reads.
         seg_width: channels of the segmentation decoder (ASPP output and the stride-8/4 fusions).
         lane_head_width: channels of the lane head's depthwise separable conv.
+        lane_stride: the stride the lane logits are predicted at before the bilinear resize to the
+            input: 2 (default; the decoder's stride-4 features fused with a stride-2 conv of the
+            image, `model.DetailLaneHead`: lanes are 2-3 px wide at 448 px) or 4 (the drivable head's
+            layout).
+        detail_width: channels of that stride-2 image conv.
         drivable_head_width: channels of the drivable head's depthwise separable conv.
         aspp_rates: dilation rates of the ASPP on the stride-16 level (in stride-16 cells).
         act: activation of the neck and segmentation heads (`core.layers` names).
@@ -58,12 +63,14 @@ class MultiTaskModelConfig(ConfigModel):
     """
 
     backbone: str | dict[str, Any] = "mobilenet_v2"
-    width: int = Field(640, ge=32, multiple_of=32)
-    height: int = Field(384, ge=32, multiple_of=32)
-    neck_width: int = Field(128, ge=8)
-    seg_width: int = Field(96, ge=8)
-    lane_head_width: int = Field(48, ge=4)
-    drivable_head_width: int = Field(32, ge=4)
+    width: int = Field(448, ge=32, multiple_of=32)
+    height: int = Field(256, ge=32, multiple_of=32)
+    neck_width: int = Field(64, ge=8)
+    seg_width: int = Field(64, ge=8)
+    lane_head_width: int = Field(32, ge=4)
+    lane_stride: Literal[2, 4] = 2
+    detail_width: int = Field(16, ge=4)
+    drivable_head_width: int = Field(16, ge=4)
     aspp_rates: list[int] = Field(default_factory=lambda: [2, 4, 6], min_length=1)
     act: str = "silu"
     reg_max: int = Field(16, ge=1)
@@ -158,8 +165,9 @@ class MultiTaskTrainConfig(ConfigModel):
             heads on the frozen encoder and detection head, then everything jointly).
         stages: with `staged`, the shares of the run (time budget or steps, whichever is further
             along) of the detection phase and of the segmentation phase; the rest is joint.
-        max_minutes: wall-clock training budget in minutes (None: `max_epochs` only).
-        max_epochs: epochs at most.
+        max_minutes: wall-clock training budget in minutes (None, the default: `max_epochs` only,
+            so the result does not depend on the machine's load).
+        max_epochs: the epochs to train (the cosine LR anneals over them).
         flip: probability of the horizontal flip (boxes, lane and drivable masks flipped alike).
         workers: data-loader workers.
         cache: keep the letterboxed images and targets in memory after the first read.
@@ -173,8 +181,8 @@ class MultiTaskTrainConfig(ConfigModel):
     warmup_steps: int = Field(20, ge=0)
     schedule: Literal["joint", "staged"] = "joint"
     stages: list[float] = Field(default_factory=lambda: [0.5, 0.25], min_length=2, max_length=2)
-    max_minutes: float | None = Field(5.0, gt=0)
-    max_epochs: int = Field(200, ge=1)
+    max_minutes: float | None = Field(None, gt=0)
+    max_epochs: int = Field(15, ge=1)
     flip: float = Field(0.5, ge=0, le=1)
     workers: int = Field(0, ge=0)
     cache: bool = True

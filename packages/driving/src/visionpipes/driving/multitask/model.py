@@ -127,6 +127,31 @@ class SegmentationHead(nn.Sequential):
         self.add_module("classifier", nn.Conv2d(width, classes, 1))
 
 
+class DetailLaneHead(nn.Module):
+    """The lane head at stride 2: the decoder's stride-4 features upsampled and fused with a cheap
+    stride-2 conv of the image (lane markings are 2-3 px wide at the network's input: at stride 4
+    a lane is under one cell, so its edges come from the image itself), then a 1x1 classifier.
+
+    Args:
+        in_channels: channels of the decoder output (stride 4).
+        detail_channels: channels of the stride-2 image conv.
+        width: channels of the fused depthwise separable conv.
+        classes: output channels.
+        act: activation.
+    """
+
+    def __init__(self, in_channels: int, detail_channels: int, width: int, classes: int, act: str) -> None:
+        super().__init__()
+        self.detail = ConvNormAct(2, 3, detail_channels, 3, 2, act=act)
+        self.conv = DepthwiseSeparableConv(2, in_channels + detail_channels, width, 3, act=act, pw_act=act)
+        self.classifier = nn.Conv2d(width, classes, 1)
+
+    def forward(self, seg: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        detail = self.detail(image)
+        x = F.interpolate(seg, size=detail.shape[2:], mode="bilinear", align_corners=False)
+        return self.classifier(self.conv(torch.cat([x, detail], dim=1)))
+
+
 class MultiTaskNet(nn.Module):
     """RGB in [0, 1] (N, 3, H, W) -> detection, lane logits and drivable logits from one backbone.
 
@@ -134,10 +159,11 @@ class MultiTaskNet(nn.Module):
     at strides 4/8/16/32); an `FPN` top-down over strides 8/16/32 and a PAN bottom-up path
     (`PANBottomUp`) feeding ultralytics' `Detect` head (DFL, anchor-free, strides 8/16/32, 10
     BDD100K classes); an `ASPP` decoder over the FPN's stride-16/8 levels and the backbone's
-    stride-4 feature (`SegmentationDecoder`) feeding two heads. The segmentation heads predict at
-    stride 4 and are resized bilinearly to the input size (as smp's FPN and HybridNets'
-    `SegmentationHead(upsampling=4)` do). The ImageNet normalisation is part of the network, so the
-    exported graph takes plain [0, 1] RGB like the exported detector and lane model.
+    stride-4 feature (`SegmentationDecoder`) feeding two heads: drivable at stride 4, lanes at stride
+    2 (`DetailLaneHead`: the decoder's features fused with a stride-2 conv of the image; lanes of
+    8 px at 1280 are under 3 px at 448), both resized bilinearly to the input size (as smp's FPN
+    and HybridNets' `SegmentationHead(upsampling=4)` do). The ImageNet normalisation is part of the
+    network, so the exported graph takes plain [0, 1] RGB like the exported detector and lane model.
 
     Outputs, a tuple `(detection, lanes, drivable)`:
         - detection: in training, `Detect`'s raw dict (`boxes` (N, 4*reg_max, A), `scores`
@@ -150,13 +176,15 @@ class MultiTaskNet(nn.Module):
         - drivable: (N, 3, H, W) logits, channel k = drivable-mask value k (direct,
           alternative, background).
 
-    Measured (default config: mobilenet_v2 backbone, neck 128, seg 96, lane head 48, drivable
-    head 32; one 3x384x640 image; `core.profile`, i.e. torch's flop counter, 2 FLOPs per
-    multiply-accumulate): 3.87 M parameters and 7.94 GFLOPs, against YOLOP's published 7.9 M /
-    18.6 GFLOPs at 640x384 (YOLOP's own `MCnet(YOLOP)` from hustvl/YOLOP measures 7.94 M / 18.49
-    GFLOPs with the same counter, so the conventions agree). Command:
-    `.venv/bin/python -c "from visionpipes.driving.multitask.model import MultiTaskNet;
-    print(MultiTaskNet().profile())"`.
+    Measured (default config: mobilenet_v2 backbone, neck 64 (so `Detect`'s box and class branches
+    are 64 wide), seg 64, lane head 32 at stride 2, drivable head 16; one image; `core.profile`,
+    i.e. torch's flop counter, 2 FLOPs per multiply-accumulate): 2.88 M parameters, 2.53 GFLOPs at
+    the default 448x256 (backbone 1.37, FPN 0.20, Detect 0.41, decoder 0.27, lane head ~0.24), 5.42
+    GFLOPs at 640x384, against YOLOP's published 7.9 M / 18.6 GFLOPs at 640x384 (YOLOP's own
+    `MCnet(YOLOP)` from hustvl/YOLOP measures 7.94 M / 18.49 GFLOPs with the same counter, so the
+    conventions agree). The first layout (neck 128, seg 96, lanes at stride 4) was 3.87 M / 3.71
+    GFLOPs at 448x256. Command: `.venv/bin/python -c "from visionpipes.driving.multitask.model
+    import MultiTaskNet; m = MultiTaskNet(); print(m.profile(), m.profile(640, 384))"`.
 
     Args:
         config: the network's size (default `MultiTaskModelConfig()`).
@@ -178,7 +206,13 @@ class MultiTaskNet(nn.Module):
         self.detect.stride = torch.tensor(DETECTION_STRIDES, dtype=torch.float32)
         self.detect.bias_init()
         self.decoder = SegmentationDecoder(width, c2, config.seg_width, list(config.aspp_rates), act)
-        self.lane_head = SegmentationHead(config.seg_width, config.lane_head_width, LANE_CHANNELS, act)
+        self.lane_head: nn.Module
+        if config.lane_stride == 2:
+            self.lane_head = DetailLaneHead(
+                config.seg_width, config.detail_width, config.lane_head_width, LANE_CHANNELS, act
+            )
+        else:
+            self.lane_head = SegmentationHead(config.seg_width, config.lane_head_width, LANE_CHANNELS, act)
         self.drivable_head = SegmentationHead(
             config.seg_width, config.drivable_head_width, DRIVABLE_CHANNELS, act
         )
@@ -201,28 +235,31 @@ class MultiTaskNet(nn.Module):
             "segmentation": [self.decoder, self.lane_head, self.drivable_head],
         }
 
-    def forward(self, images: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        c2, c3, c4, c5 = self.backbone((images - self.mean) / self.std)
+    def _features(
+        self, images: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """PAN levels for `Detect`, lane logits and drivable logits (both at the input size)."""
+        x = (images - self.mean) / self.std
+        c2, c3, c4, c5 = self.backbone(x)
         p3, p4, p5 = self.fpn([c3, c4, c5])
-        detection = self.detect(self.pan([p3, p4, p5]))
-        if isinstance(detection, tuple):  # eval, not export mode: (decoded, raw dict)
-            detection = detection[0]
         seg = self.decoder(c2, p3, p4)
         size = images.shape[2:]
-        lanes = F.interpolate(self.lane_head(seg), size=size, mode="bilinear", align_corners=False)
+        lanes = self.lane_head(seg, x) if isinstance(self.lane_head, DetailLaneHead) else self.lane_head(seg)
+        lanes = F.interpolate(lanes, size=size, mode="bilinear", align_corners=False)
         drivable = F.interpolate(self.drivable_head(seg), size=size, mode="bilinear", align_corners=False)
+        return self.pan([p3, p4, p5]), lanes, drivable
+
+    def forward(self, images: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        levels, lanes, drivable = self._features(images)
+        detection = self.detect(levels)
+        if isinstance(detection, tuple):  # eval, not export mode: (decoded, raw dict)
+            detection = detection[0]
         return detection, lanes, drivable
 
     def forward_raw(self, images: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
         """`forward` with `Detect`'s raw dict in any mode (a validation loss in eval mode)."""
-        c2, c3, c4, c5 = self.backbone((images - self.mean) / self.std)
-        p3, p4, p5 = self.fpn([c3, c4, c5])
-        raw = self.detect.forward_head(self.pan([p3, p4, p5]), **self.detect.one2many)
-        seg = self.decoder(c2, p3, p4)
-        size = images.shape[2:]
-        lanes = F.interpolate(self.lane_head(seg), size=size, mode="bilinear", align_corners=False)
-        drivable = F.interpolate(self.drivable_head(seg), size=size, mode="bilinear", align_corners=False)
-        return raw, lanes, drivable
+        levels, lanes, drivable = self._features(images)
+        return self.detect.forward_head(levels, **self.detect.one2many), lanes, drivable
 
     def profile(self, width: int | None = None, height: int | None = None) -> dict[str, float]:
         """Parameters (millions) and GFLOPs of one image at `width` x `height` (default the

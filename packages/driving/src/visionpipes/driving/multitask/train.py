@@ -54,7 +54,7 @@ import torch
 
 from visionpipes.core.checkpoint import load_checkpoint, state_dict_of
 from visionpipes.core.errors import UserError
-from visionpipes.driving.lanes.train import _time_cosine
+from visionpipes.core.training import adamw_warmup_cosine
 from visionpipes.driving.multitask.config import (
     MultiTaskConfig,
     MultiTaskLossConfig,
@@ -198,19 +198,15 @@ class MultiTaskModule(lightning.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         config = self.train_config
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
-        def factor(step: int) -> float:
-            return _time_cosine(
-                step,
-                warmup=config.warmup_steps,
-                total_steps=self.total_steps,
-                start=self._start,
-                budget_s=self.budget_s,
-            )
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(
+            self.model.parameters(),
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            warmup_steps=config.warmup_steps,
+            total_steps=self.total_steps,
+            budget_s=self.budget_s,
+            started=lambda: self._start,
+        )
 
 
 @dataclass
