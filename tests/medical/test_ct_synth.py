@@ -32,7 +32,8 @@ LIVER = CTSynthConfig(task="liver", cases=2, size=32, slices=10, seed=3, test_ca
 LUNG = CTSynthConfig(task="lung", cases=2, size=32, slices=10, seed=3, test_cases=1)
 PANCREAS = CTSynthConfig(task="pancreas", cases=2, size=48, slices=16, seed=3, test_cases=1)
 COLON = CTSynthConfig(task="colon", cases=2, size=48, slices=16, seed=3, test_cases=1)
-#: The keys every Decathlon dataset.json has (Simpson et al. 2019, the task archives).
+#: The keys every Decathlon dataset.json has (the task archives; they spell `release` as `relase`, which
+#: `load_task` accepts; the samples spell it right, as the Task01 sample does).
 OFFICIAL_KEYS = {
     "name", "description", "reference", "licence", "release", "tensorImageSize", "modality", "labels",
     "numTraining", "numTest", "training", "test",

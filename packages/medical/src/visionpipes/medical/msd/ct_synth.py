@@ -69,7 +69,7 @@ OFFICIAL: dict[str, dict] = {
     },
     "pancreas": {
         "name": "Pancreas",
-        "description": "Pancreas and pancreatic tumour segmentation",
+        "description": "Pancreas and cancer segmentation",
         "modality": {"0": "CT"},
         "labels": {"0": "background", "1": "pancreas", "2": "cancer"},
         "prefix": "pancreas",
