@@ -1,6 +1,10 @@
 """The training driver: read the MSD task, split it, build the data loaders and the LightningModule, and
 run them through the core Lightning + DVCLive glue; writes checkpoints, `split.json` and `train.json`.
 
+`train.configuration` (resolved from the plan): 3d_fullres trains one network as configured; 3d_lowres the
+same at the plan's low-resolution spacing, patch and batch; 3d_cascade_fullres both stages
+(`training.cascade.train_cascade`, which calls `train_stage` twice).
+
 It trains and checkpoints; it writes no predictions or reports (see `runtime.predictor`, `evaluate`). The
 checkpoint is self-describing (model, regions, modalities, preprocessing), so inference needs nothing else.
 Under DDP (`train.devices`/`strategy: ddp`/`num_nodes`), Lightning gives each rank a `DistributedSampler`
