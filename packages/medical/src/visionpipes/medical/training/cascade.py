@@ -265,13 +265,14 @@ def predict_previous_stage(
     crop_foreground: bool,
 ) -> dict[str, Path]:
     """Label maps of the low-resolution model for `cases` (`MSDCase`), on each case's own grid, written to
-    `out_dir/<case id>.nii.gz` with the runtime `Predictor` (validation's window settings)."""
+    `out_dir/<case id>.nii.gz` with the runtime `Predictor` (validation's window settings), on the device
+    training used (`train.accelerator`; `auto`: cuda, then mps, then cpu)."""
     from visionpipes.medical.runtime.predictor import InferenceConfig, Predictor
 
     inference = InferenceConfig(
         overlap=config.sw_overlap, sw_batch_size=config.sw_batch_size, crop_foreground=crop_foreground
     )
-    predictor = Predictor.from_checkpoint(checkpoint, inference)
+    predictor = Predictor.from_checkpoint(checkpoint, inference, device=config.trainer.accelerator)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
