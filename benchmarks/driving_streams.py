@@ -381,6 +381,42 @@ def tick_profile(
     return out
 
 
+def onnx_op_profile(path: Path, batch: int, runs: int = 5, top: int = 8) -> dict[str, Any]:
+    """Where the graph's own time goes: onnxruntime's profiler over `runs` calls on a `batch` of
+    random inputs (the stream's session options), summed by operator type and by node (share of all
+    kernel time, %): which layers to make cheaper, for whoever owns the network."""
+    import collections
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from visionpipes.core.settings import default_threads
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = default_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        shape = [d if isinstance(d, int) else batch for d in session.get_inputs()[0].shape]
+        x = np.random.default_rng(0).random(shape, dtype=np.float32)
+        for _ in range(runs):
+            session.run(None, {session.get_inputs()[0].name: x})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    by_op: collections.Counter[str] = collections.Counter()
+    by_node: collections.Counter[str] = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            by_op[event["args"]["op_name"]] += event["dur"]
+            by_node[event["name"][: -len("_kernel_time")]] += event["dur"]
+    total = sum(by_op.values()) or 1
+    return {
+        "by_op_percent": {k: round(100 * v / total, 1) for k, v in by_op.most_common(top)},
+        "by_node_percent": {k: round(100 * v / total, 1) for k, v in by_node.most_common(top)},
+    }
+
+
 def print_tick_profile(profile: dict[str, Any]) -> None:
     """The tick profile as a table (ms per tick of `frames_per_tick` frames)."""
     print(
@@ -391,6 +427,13 @@ def print_tick_profile(profile: dict[str, Any]) -> None:
         print(f"  {name:56s} {'wall ms':>9s} {'CPU ms':>9s}")
         for stage, v in profile[name].items():
             print(f"    {stage:54s} {v['wall_ms']:9.2f} {v['cpu_ms']:9.2f}")
+    if "onnx_ops" in profile:
+        ops = profile["onnx_ops"]
+        print(
+            "  the multi-task graph's kernel time by operator (%): "
+            + ", ".join(f"{k} {v}" for k, v in ops["by_op_percent"].items())
+        )
+        print("  ... by node (%): " + ", ".join(f"{k} {v}" for k, v in ops["by_node_percent"].items()))
     print(flush=True)
 
 
@@ -430,6 +473,7 @@ def multitask_comparison(
     }
     first = next(path for name, path in graphs.items() if "int8" not in name)
     profile = tick_profile(deployed.detector, deployed.lanes, first, videos, conf)
+    profile["onnx_ops"] = onnx_op_profile(first, len(videos))
     print_tick_profile(profile)
     for models in runs.values():  # warm-up: sessions, caches, the tracker's imports
         ours(
