@@ -121,6 +121,11 @@ def ours(
         # the process's CPU seconds (every thread: readers, onnxruntime's pool, post-processing) per
         # frame: less sensitive to other processes' load than the wall clock
         "cpu_ms_per_frame": round(1000 * cpu / max(frames_done, 1), 2),
+        # the same by thread (`StreamReport.extra["cpu_seconds"]`): inference loop, post-processing, rest
+        "cpu_ms_per_frame_by_thread": {
+            key: round(1000 * value / max(frames_done, 1), 2)
+            for key, value in report.extra.get("cpu_seconds", {}).items()
+        },
     }
 
 

@@ -50,13 +50,17 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     net = detector.model.eval()
     car = DET_CATEGORIES.index("car")
     with torch.no_grad():
-        scores = net(torch.from_numpy(detector_input([first], (64, 64))[0]))[0][0, 4 + car].clamp(1e-7, 1 - 1e-7)
+        scores = net(torch.from_numpy(detector_input([first], (64, 64))[0]))[0][0, 4 + car].clamp(
+            1e-7, 1 - 1e-7
+        )
         logits = torch.log(scores / (1 - scores))
         shift = -float(torch.quantile(logits, 1 - 8 / logits.numel()))
         for branch in net.model[-1].cv3:  # the class branch of each detection level
             branch[-1].bias[car] += shift
     det = export_detector_onnx(detector, folder / "detector.onnx", imgsz=64).path
-    lanes = export_lane_onnx(build_lane_model(LaneModelConfig(width=64, height=64)), folder / "lanes.onnx").path
+    lanes = export_lane_onnx(
+        build_lane_model(LaneModelConfig(width=64, height=64)), folder / "lanes.onnx"
+    ).path
     return {"det": det, "lanes": lanes, "video": video}
 
 
@@ -99,14 +103,27 @@ def test_a_failing_camera_never_stops_the_others(models: dict[str, Path], tmp_pa
     lines = Path(good.jsonl).read_text().splitlines()
     assert [json.loads(line) for line in lines] == json.loads(Path(good.labels).read_text())
     assert json.loads(Path(bad.labels).read_text()) == []
+    cpu = report.extra["cpu_seconds"]  # where the run's CPU went, by thread
+    assert set(cpu) == {"process", "inference_loop", "post_processing", "other_threads"}
+    assert cpu["inference_loop"] > 0 and cpu["post_processing"] > 0
+    assert cpu["process"] >= cpu["inference_loop"] + cpu["post_processing"] - 0.01
     status = json.loads((tmp_path / "out" / "status.json").read_text())
     assert status["cameras"]["cam0"]["status"] == "ended" and status["cameras"]["cam0"]["frames"] == 6
-    assert status["cameras"]["cam1"]["status"] == "failed" and "corrupt.mp4" in status["cameras"]["cam1"]["last_error"]
+    assert (
+        status["cameras"]["cam1"]["status"] == "failed"
+        and "corrupt.mp4" in status["cameras"]["cam1"]["last_error"]
+    )
 
 
-def test_a_missing_file_source_is_refused_before_anything_is_written(models: dict[str, Path], tmp_path: Path) -> None:
+def test_a_missing_file_source_is_refused_before_anything_is_written(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
     with pytest.raises(UserError, match=r"missing\.mp4"):
-        run_streams([str(models["video"]), str(tmp_path / "missing.mp4")], tmp_path / "out", detector_path=models["det"])
+        run_streams(
+            [str(models["video"]), str(tmp_path / "missing.mp4")],
+            tmp_path / "out",
+            detector_path=models["det"],
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -161,8 +178,16 @@ def test_a_reader_that_raises_marks_its_camera_failed() -> None:
 
 
 def test_live_sources_are_told_from_files() -> None:
-    assert all(is_live_source(s) for s in (0, "/dev/video2", "rtsp://cam/1", "http://127.0.0.1:8080/x.mjpg",
-                                             "videotestsrc ! videoconvert ! appsink"))
+    assert all(
+        is_live_source(s)
+        for s in (
+            0,
+            "/dev/video2",
+            "rtsp://cam/1",
+            "http://127.0.0.1:8080/x.mjpg",
+            "videotestsrc ! videoconvert ! appsink",
+        )
+    )
     assert not any(is_live_source(s) for s in ("videos/cam0.mp4", "/data/cam.mkv"))
 
 
@@ -200,11 +225,19 @@ def test_post_processing_runs_in_order_and_hands_errors_back() -> None:
     from visionpipes.driving.streams.run import _PostProcessor
 
     seen: list[int] = []
-    post = _PostProcessor(seen.append, maxsize=2)
+
+    def busy(i: int) -> None:  # CPU work in the worker thread, counted on its own clock
+        seen.append(i)
+        deadline = time.thread_time() + 0.002
+        while time.thread_time() < deadline:
+            pass
+
+    post = _PostProcessor(busy, maxsize=2)
     for i in range(20):
         post.put((i,))
     post.close()
     assert seen == list(range(20))
+    assert post.cpu_seconds >= 0.04  # 20 items of >= 2 ms of the worker's CPU each
 
     def fail(i: int) -> None:
         raise ValueError(f"frame {i} is bad")
@@ -230,10 +263,25 @@ def test_stream_deploy_folder_is_read_through_model_json(
     folder.mkdir()
     shutil.copy(models["det"], folder / "detector.onnx")
     shutil.copy(models["lanes"], folder / "lanes.onnx")
-    files = {role: file_entry(folder, name) for role, name in (("detector", "detector.onnx"), ("lanes", "lanes.onnx"))}
+    files = {
+        role: file_entry(folder, name)
+        for role, name in (("detector", "detector.onnx"), ("lanes", "lanes.onnx"))
+    }
     write_record(folder, domain="driving", files=files)
-    argv = ["stream", str(models["video"]), "--deploy", str(folder), "--out", str(tmp_path / "out"),
-            "--no-realtime", "--max-frames", "2", "--threads", "1", "--no-video"]
+    argv = [
+        "stream",
+        str(models["video"]),
+        "--deploy",
+        str(folder),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-realtime",
+        "--max-frames",
+        "2",
+        "--threads",
+        "1",
+        "--no-video",
+    ]
     assert cli.run(argv) == 0
     assert '"frames": 2' in capsys.readouterr().out
     assert len(json.loads((tmp_path / "out" / "cam0.json").read_text())) == 2
@@ -262,8 +310,21 @@ def test_a_signal_ends_a_live_run_cleanly(models: dict[str, Path], tmp_path: Pat
     import cv2
 
     out = tmp_path / "out"
-    argv = [*_vp_driving(), "stream", str(models["video"]), "--det", str(models["det"]), "--no-lanes",
-            "--loop", "--conf", "0.5", "--threads", "1", "--out", str(out)]
+    argv = [
+        *_vp_driving(),
+        "stream",
+        str(models["video"]),
+        "--det",
+        str(models["det"]),
+        "--no-lanes",
+        "--loop",
+        "--conf",
+        "0.5",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -279,7 +340,7 @@ def test_a_signal_ends_a_live_run_cleanly(models: dict[str, Path], tmp_path: Pat
         process.kill()
     assert process.returncode == 0, stderr
     assert f"stopped by {signum}" in stdout
-    report = json.loads(stdout[stdout.index("{"):])
+    report = json.loads(stdout[stdout.index("{") :])
     assert report["stopped_by"] == signum
     frames = json.loads((out / "cam0.json").read_text())
     lines = (out / "cam0.jsonl").read_text().splitlines()

@@ -112,7 +112,9 @@ def check_sources(sources: Sequence[str], *, live: bool | None = None) -> list[i
         UserError: naming the first source that is neither an existing file nor a live source.
     """
     if not sources:
-        raise UserError("stream needs at least one source (video file, camera index, URL or GStreamer pipeline).")
+        raise UserError(
+            "stream needs at least one source (video file, camera index, URL or GStreamer pipeline)."
+        )
     parsed = [parse_source(src) for src in sources]
     for src in parsed:
         if not live and not is_live_source(src) and not Path(str(src)).is_file():
@@ -238,10 +240,15 @@ def run_streams(
         tracks = track(trackers[i], boxes, scores, classes, frame)
         labelled = tracks_to_frame(names[i], index, timestamp, tracks, class_names)
         if drivable is not None:
-            labelled.labels = [*(labelled.labels or []), *drivable_labels(drivable, first_id=len(labelled.labels or []))]
+            labelled.labels = [
+                *(labelled.labels or []),
+                *drivable_labels(drivable, first_id=len(labelled.labels or [])),
+            ]
         logs[i].write(labelled)
         if config.write_video:
-            lane_now = last_lane[i] if last_lane[i] is not None and last_lane[i].shape == frame.shape[:2] else None
+            lane_now = (
+                last_lane[i] if last_lane[i] is not None and last_lane[i].shape == frame.shape[:2] else None
+            )
             shown = drivable_overlay(frame, drivable) if drivable is not None else frame
             videos[i].write(annotate(shown, tracks, lane_now, class_names), readers[i].fps or 10.0)
 
@@ -258,6 +265,7 @@ def run_streams(
     for reader in readers:
         reader.start()
     start = time.monotonic()
+    cpu_start, main_cpu_start = time.process_time(), time.thread_time()
     next_status = start + config.status_every_s
     ticks = 0
     shown = ["starting"] * len(readers)
@@ -293,7 +301,9 @@ def run_streams(
                 masks: list[Any] = [None] * len(batch)
                 drivables: list[Any] = [None] * len(batch)
                 if perception is not None:
-                    results = perception.predict_deferred(images, conf=config.conf, iou=config.iou, lanes=lanes_now)
+                    results = perception.predict_deferred(
+                        images, conf=config.conf, iou=config.iou, lanes=lanes_now
+                    )
                     detections = [r[0] for r in results]
                     masks = [r[1] for r in results]
                     drivables = [r[2] for r in results]
@@ -302,11 +312,16 @@ def run_streams(
                     if lanes is not None and lanes_now:
                         masks = [
                             functools.partial(
-                                lane_mask_from_logits, logits, (frame.shape[1], frame.shape[0]), **lanes.decoding
+                                lane_mask_from_logits,
+                                logits,
+                                (frame.shape[1], frame.shape[0]),
+                                **lanes.decoding,
                             )
                             for logits, frame in zip(lanes.logits(images), images)
                         ]
-                for (i, frame, timestamp, index), dets, mask, drivable in zip(batch, detections, masks, drivables):
+                for (i, frame, timestamp, index), dets, mask, drivable in zip(
+                    batch, detections, masks, drivables
+                ):
                     last_index[i] = index
                     processed[i] += 1
                     post.put((i, frame, timestamp, index, dets, mask, drivable))
@@ -331,6 +346,15 @@ def run_streams(
         if stop.name:
             printer(f"stopped by {stop.name}; finishing the outputs")
         seconds = time.monotonic() - start
+        # where the CPU went: the inference loop (this thread: letterbox, the session call's own
+        # share, NMS), the post-processing thread (mask decoding, polygons, tracking, JSON), and the
+        # rest (the inference library's worker threads and the camera readers' decoding)
+        cpu = {
+            "process": time.process_time() - cpu_start,
+            "inference_loop": time.thread_time() - main_cpu_start,
+            "post_processing": post.cpu_seconds,
+        }
+        cpu["other_threads"] = cpu["process"] - cpu["inference_loop"] - cpu["post_processing"]
         _report_changes(readers, shown, printer)
         cameras = []
         for i, reader in enumerate(readers):
@@ -361,6 +385,7 @@ def run_streams(
         extra = {"model_family": "two_model", "models": {"detector": str(detector_path)}}
         if lanes is not None:
             extra["models"]["lanes"] = str(lanes_path)
+    extra["cpu_seconds"] = {key: round(value, 3) for key, value in cpu.items()}
     return StreamReport(
         cameras,
         round(seconds, 2),
@@ -392,17 +417,27 @@ class _PostProcessor:
     """A worker thread that applies `fn` to queued items in order and calls `on_batch` at each
     `end_batch()`; the first error is kept and re-raised in the caller by `raise_if_failed` or `close`."""
 
-    def __init__(self, fn: Callable[..., None], maxsize: int, on_batch: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, fn: Callable[..., None], maxsize: int, on_batch: Callable[[], None] | None = None
+    ) -> None:
         import queue
 
         self._fn = fn
         self._on_batch = on_batch
         self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=maxsize)
         self._error: BaseException | None = None
+        #: CPU seconds this worker thread has used (its own thread clock, read when it stops).
+        self.cpu_seconds = 0.0
         self._thread = threading.Thread(target=self._run, name="stream-post", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._work()
+        finally:
+            self.cpu_seconds = time.thread_time()
+
+    def _work(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
@@ -437,7 +472,9 @@ class _PostProcessor:
             self.raise_if_failed()
 
 
-def _report_changes(readers: Sequence[CameraReader], shown: list[str], printer: Callable[[str], None]) -> bool:
+def _report_changes(
+    readers: Sequence[CameraReader], shown: list[str], printer: Callable[[str], None]
+) -> bool:
     """Print each camera whose status changed since last shown; whether any did."""
     changed = False
     for k, reader in enumerate(readers):
@@ -446,14 +483,20 @@ def _report_changes(readers: Sequence[CameraReader], shown: list[str], printer: 
             continue
         changed = True
         detail = f": {state.error}" if state.error and state.status in ("reconnecting", "failed") else ""
-        again = f" again after {state.reconnects} reconnects" if state.status == "live" and state.reconnects else ""
+        again = (
+            f" again after {state.reconnects} reconnects"
+            if state.status == "live" and state.reconnects
+            else ""
+        )
         if state.status != "live" or again:
             printer(f"{reader.camera} ({reader.source}) {state.status}{again}{detail}")
         shown[k] = state.status
     return changed
 
 
-def _status(names: Sequence[str], readers: Sequence[CameraReader], processed: Sequence[int], seconds: float) -> dict[str, Any]:
+def _status(
+    names: Sequence[str], readers: Sequence[CameraReader], processed: Sequence[int], seconds: float
+) -> dict[str, Any]:
     cameras = {}
     for name, reader, n in zip(names, readers, processed):
         state = reader.state
@@ -470,11 +513,17 @@ def _status(names: Sequence[str], readers: Sequence[CameraReader], processed: Se
     return {"time": round(time.time(), 3), "seconds": round(seconds, 2), "cameras": cameras}
 
 
-def _status_line(names: Sequence[str], processed: Sequence[int], seconds: float, readers: Sequence[CameraReader]) -> str:
+def _status_line(
+    names: Sequence[str], processed: Sequence[int], seconds: float, readers: Sequence[CameraReader]
+) -> str:
     seconds = max(seconds, 1e-6)
     parts = []
     for name, n, r in zip(names, processed, readers):
         s = r.state
         counts = f" drops {s.drops} reconnects {s.reconnects}" if s.drops or s.reconnects else ""
-        parts.append(f"{name} {n / seconds:5.1f} fps {n} frames" + ("" if s.status == "live" else f" ({s.status})") + counts)
+        parts.append(
+            f"{name} {n / seconds:5.1f} fps {n} frames"
+            + ("" if s.status == "live" else f" ({s.status})")
+            + counts
+        )
     return " | ".join(parts) + f" | total {sum(processed) / seconds:5.1f} fps"
