@@ -3,7 +3,7 @@
 
 params.yaml's `plan:` section: `device`, `memory_gb`, `cpu_cores` (core's hardware keys) and, for CPU
 plans, `cpu_gflops` (`auto`: a ~2 s conv probe on this machine, scaled from its cores to the plan's;
-a number: GFLOP/s of a 32-channel 3x3x3 conv) and `predict_seconds` (the target for predicting the
+a number: GFLOP/s of a 32-channel 3x3x3 conv block — conv, instance norm, leaky ReLU — counting the conv's FLOPs) and `predict_seconds` (the target for predicting the
 median image, which chooses the network's width). The prediction estimate assumes `inference.overlap`
 when params gives a number, else nnU-Net's 0.5.
 
@@ -34,7 +34,8 @@ def _number(section: dict, key: str, source: str) -> float | None:
 
 
 def probe_cpu_gflops(threads: int) -> dict[int, float]:
-    """Measure GFLOP/s of a 3x3x3 conv per width in `throughput.PROBE_WIDTHS` on this CPU with `threads` threads."""
+    """Measure GFLOP/s of a 3x3x3 conv block (conv, instance norm, leaky ReLU; the conv's FLOPs) per width in
+    `throughput.PROBE_WIDTHS` on this CPU with `threads` threads."""
     import time
 
     import torch
@@ -49,13 +50,19 @@ def probe_cpu_gflops(threads: int) -> dict[int, float]:
         with torch.inference_mode():
             for width in throughput.PROBE_WIDTHS:
                 edge = throughput.PROBE_EDGE[width]
-                conv = torch.nn.Conv3d(width, width, 3, padding=1)
+                # one conv block as the U-Net runs it (DynUNet: conv, instance norm, leaky ReLU); only the
+                # conv's FLOPs are counted, so the rate carries the elementwise layers' time
+                block = torch.nn.Sequential(
+                    torch.nn.Conv3d(width, width, 3, padding=1),
+                    torch.nn.InstanceNorm3d(width, affine=True),
+                    torch.nn.LeakyReLU(0.01, inplace=True),
+                )
                 x = torch.randn(1, width, edge, edge, edge, generator=gen)
-                conv(x)  # warm-up: oneDNN picks its kernel
+                block(x)  # warm-up: oneDNN picks its kernel
                 best = float("inf")
                 for _ in range(throughput.PROBE_REPEATS):
                     t0 = time.perf_counter()
-                    conv(x)
+                    block(x)
                     best = min(best, time.perf_counter() - t0)
                 flops = 2 * 27 * width * width * edge**3
                 table[width] = round(flops / max(best, 1e-9) / 1e9, 3)

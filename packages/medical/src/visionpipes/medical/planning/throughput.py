@@ -6,11 +6,14 @@ a fraction of the speed (measured on this project's 2-core Xeon, oneDNN via PyTo
 GFLOP/s for 8, 16, 32 and 64 channels). The plan's time estimates therefore use a *table*: GFLOP/s by
 channel width, each layer at the width of its narrower side (`layer_seconds`).
 
-- the probe (`plan_command.probe_cpu_gflops(threads)`; torch lives outside `planning`): times a
-  `Conv3d(c, c, 3, padding=1)` forward per width in `PROBE_WIDTHS` on an input of edge `PROBE_EDGE[c]`
-  (best of `PROBE_REPEATS`, after one warm-up; about 1-2 s in all): the table as measured. Under a
-  shared machine's load it measures what is left (the plan records the load average).
-- `table_from_gflops(g)`: a user's `plan.cpu_gflops: g` (GFLOP/s of the 32-channel conv), narrower widths
+- the probe (`plan_command.probe_cpu_gflops(threads)`; torch lives outside `planning`): times one conv
+  block as the U-Net runs it (`Conv3d(c, c, 3, padding=1)`, instance norm, leaky ReLU; only the conv's
+  FLOPs counted, so the rate carries the elementwise layers' time: a bare conv probe underestimated a
+  full-volume prediction 1.5-1.7x in `benchmarks/medical_real_geometry.py`) forward per width in
+  `PROBE_WIDTHS` on an input of edge `PROBE_EDGE[c]` (best of `PROBE_REPEATS`, after one warm-up; about
+  1-2 s in all): the table as measured. Under a shared machine's load it measures what is left (the
+  plan records the load average).
+- `table_from_gflops(g)`: a user's `plan.cpu_gflops: g` (GFLOP/s of the 32-channel block), narrower widths
   scaled by `(c / 32) ** NARROW_EXPONENT` (the measured curve above: 0.28 and 0.63 of the 32-channel
   rate at 8 and 16 channels; the exponent 0.8 sits between them).
 No torch here (import-linter: planning never imports torch).
@@ -33,7 +36,7 @@ __all__ = [
 
 #: Channel widths the probe measures (a layer between two is interpolated in log2, outside clamped).
 PROBE_WIDTHS: tuple[int, ...] = (8, 16, 32, 64)
-#: `plan.cpu_gflops` is the throughput of a conv this wide (nnU-Net's first stage).
+#: `plan.cpu_gflops` is the throughput of a conv block this wide (nnU-Net's first stage).
 REFERENCE_WIDTH = 32
 NARROW_EXPONENT = 0.8
 PROBE_REPEATS = 3
