@@ -63,8 +63,8 @@ class MultiTaskModelConfig(ConfigModel):
     """
 
     backbone: str | dict[str, Any] = "mobilenet_v2"
-    width: int = Field(448, ge=32, multiple_of=32)
-    height: int = Field(256, ge=32, multiple_of=32)
+    width: int = Field(384, ge=32, multiple_of=32)
+    height: int = Field(224, ge=32, multiple_of=32)
     neck_width: int = Field(64, ge=8)
     seg_width: int = Field(64, ge=8)
     lane_head_width: int = Field(32, ge=4)

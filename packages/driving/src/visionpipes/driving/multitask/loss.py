@@ -154,7 +154,11 @@ class MultiTaskLoss(nn.Module):
         device = raw["boxes"].device
         criterion = self._ultralytics_loss(device)
         targets = {k: batch[k].to(device) for k in DETECTION_KEYS}
-        loss, _ = criterion(dict(raw), targets)
+        # In float32 whatever the autocast (bf16-mixed training): the anchor points follow the
+        # dtype of `feats`, and bf16 keeps 8 significant bits (a 2-px step at x = 256..512).
+        preds = {k: [f.float() for f in v] if k == "feats" else v.float() for k, v in raw.items()}
+        with torch.autocast(device.type, enabled=False):
+            loss, _ = criterion(preds, targets)
         return loss / raw["boxes"].shape[0]
 
     def lane_loss(self, logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

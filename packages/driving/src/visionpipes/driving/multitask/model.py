@@ -161,7 +161,7 @@ class MultiTaskNet(nn.Module):
     BDD100K classes); an `ASPP` decoder over the FPN's stride-16/8 levels and the backbone's
     stride-4 feature (`SegmentationDecoder`) feeding two heads: drivable at stride 4, lanes at stride
     2 (`DetailLaneHead`: the decoder's features fused with a stride-2 conv of the image; lanes of
-    8 px at 1280 are under 3 px at 448), both resized bilinearly to the input size (as smp's FPN
+    8 px at 1280 are under 3 px at 384), both resized bilinearly to the input size (as smp's FPN
     and HybridNets' `SegmentationHead(upsampling=4)` do). The ImageNet normalisation is part of the
     network, so the exported graph takes plain [0, 1] RGB like the exported detector and lane model.
 
@@ -178,12 +178,12 @@ class MultiTaskNet(nn.Module):
 
     Measured (default config: mobilenet_v2 backbone, neck 64 (so `Detect`'s box and class branches
     are 64 wide), seg 64, lane head 32 at stride 2, drivable head 16; one image; `core.profile`,
-    i.e. torch's flop counter, 2 FLOPs per multiply-accumulate): 2.88 M parameters, 2.53 GFLOPs at
-    the default 448x256 (backbone 1.37, FPN 0.20, Detect 0.41, decoder 0.27, lane head ~0.24), 5.42
-    GFLOPs at 640x384, against YOLOP's published 7.9 M / 18.6 GFLOPs at 640x384 (YOLOP's own
-    `MCnet(YOLOP)` from hustvl/YOLOP measures 7.94 M / 18.49 GFLOPs with the same counter, so the
-    conventions agree). The first layout (neck 128, seg 96, lanes at stride 4) was 3.87 M / 3.71
-    GFLOPs at 448x256. Command: `.venv/bin/python -c "from visionpipes.driving.multitask.model
+    i.e. torch's flop counter, 2 FLOPs per multiply-accumulate): 2.88 M parameters, 1.90 GFLOPs at
+    the default 384x224, 2.53 at 448x256 (there: backbone 1.37, FPN 0.20, Detect 0.41, decoder 0.27,
+    lane head ~0.24), 5.42 GFLOPs at 640x384, against YOLOP's published 7.9 M / 18.6 GFLOPs at
+    640x384 (YOLOP's own `MCnet(YOLOP)` from hustvl/YOLOP measures 7.94 M / 18.49 GFLOPs with the
+    same counter, so the conventions agree). The first layout (neck 128, seg 96, lanes at stride
+    4) was 3.87 M / 3.71 GFLOPs at 448x256. Command: `.venv/bin/python -c "from visionpipes.driving.multitask.model
     import MultiTaskNet; m = MultiTaskNet(); print(m.profile(), m.profile(640, 384))"`.
 
     Args:
