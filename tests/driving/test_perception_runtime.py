@@ -162,6 +162,26 @@ def test_runtime_equals_the_torch_model_decoded_the_same_way(deploy: dict[str, P
     assert all(r.lanes is None for r in runtime.predict(frames[:2], lanes=False))
 
 
+def test_network_input_is_the_detectors_input_written_into_one_buffer() -> None:
+    from visionpipes.driving.detection.runtime import detector_input
+    from visionpipes.driving.multitask.decode import network_input
+
+    rng = np.random.default_rng(1)
+    frames = [
+        rng.integers(0, 256, size=shape, dtype=np.uint8)
+        for shape in ((72, 128, 3), (50, 41, 3), (64, 128, 3))
+    ]
+    ours, infos = network_input(frames, (128, 64))
+    theirs, their_infos = detector_input(frames, (128, 64))
+    assert ours.dtype == np.float32 and infos == their_infos
+    np.testing.assert_array_equal(ours, theirs)  # the same values, bit for bit
+    again, _ = network_input(frames[::-1], (128, 64), out=ours)  # the buffer is reused and refilled
+    assert again is ours
+    np.testing.assert_array_equal(again, detector_input(frames[::-1], (128, 64))[0])
+    fresh, _ = network_input(frames[:2], (128, 64), out=ours)  # another batch size: a new array
+    assert fresh is not ours and fresh.shape == (2, 3, 64, 128)
+
+
 def test_channel_argmax_is_numpys_argmax_ties_included() -> None:
     from visionpipes.driving.multitask.decode import channel_argmax
 

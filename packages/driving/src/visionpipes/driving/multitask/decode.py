@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from visionpipes.driving.bdd100k.categories import LANE_BACKGROUND, LANE_DIRECTION_BIT, LANE_STYLE_BIT
-from visionpipes.driving.detection.runtime import Letterbox, decode_predictions, detector_input
+from visionpipes.driving.detection.runtime import Letterbox, decode_predictions, letterbox
 from visionpipes.driving.lanes.decode import (
     BACKGROUND_CLASS,
     CATEGORY_CHANNELS,
@@ -29,11 +29,28 @@ from visionpipes.driving.lanes.decode import (
 
 
 def network_input(
-    frames_bgr: Sequence[np.ndarray], size: tuple[int, int]
+    frames_bgr: Sequence[np.ndarray], size: tuple[int, int], out: np.ndarray | None = None
 ) -> tuple[np.ndarray, list[Letterbox]]:
     """BGR frames -> (N, 3, height, width) RGB float32 in [0, 1], letterboxed to `size` = (width,
-    height) as the exported detector's input, and each frame's letterbox."""
-    return detector_input(frames_bgr, size)
+    height) as the exported detector's input (`detection.runtime.detector_input`: the same values),
+    and each frame's letterbox.
+
+    Each letterboxed frame is converted straight into its slot of the batch (one pass, no stacked
+    uint8 copy and no float copy before the division); `out`, a float32 array of that shape, is
+    filled and returned instead of a new one (a stream reuses one buffer per batch size).
+    """
+    frames = list(frames_bgr)
+    width, height = size
+    shape = (len(frames), 3, height, width)
+    if out is None or out.shape != shape or out.dtype != np.float32:
+        out = np.empty(shape, dtype=np.float32)
+    infos = []
+    scale = np.float32(255.0)
+    for k, frame in enumerate(frames):
+        canvas, info = letterbox(frame, size)
+        np.divide(canvas[:, :, ::-1].transpose(2, 0, 1), scale, out=out[k])
+        infos.append(info)
+    return out, infos
 
 
 def letterbox_window(info: Letterbox, frame_size: tuple[int, int]) -> tuple[int, int, int, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +164,7 @@ class PerceptionRuntime:
                 )
             self.lane_decoding.update(lane_decoding)
         self.class_names = list(_json_field(self.metadata, "detection_classes", self.path))
+        self._buffers = threading.local()
 
     def _check_metadata(self) -> None:
         path, meta = self.path, self.metadata
@@ -200,7 +202,9 @@ class PerceptionRuntime:
     def raw(self, frames_bgr: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[Letterbox]]:
         """The graph's three outputs (predictions, lane logits, drivable logits) for the frames in
         one session call, and each frame's letterbox."""
-        x, infos = network_input(frames_bgr, (self.width, self.height))
+        # one input buffer per calling thread, reused while the batch size stays (a stream's ticks)
+        x, infos = network_input(frames_bgr, (self.width, self.height), getattr(self._buffers, "x", None))
+        self._buffers.x = x
         return self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: x}), infos
 
     def predict(
