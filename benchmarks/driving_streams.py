@@ -28,6 +28,7 @@ and on what else runs on it: compare the columns of one run, not runs with each 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -36,6 +37,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,26 @@ def baseline_threads(weights: str, videos: list[str], imgsz: int, frames: int, c
     return {"frames": sum(counts), "seconds": round(seconds, 2), "total_fps": round(sum(counts) / seconds, 2)}
 
 
+@contextlib.contextmanager
+def _sessions_without_spinning() -> Iterator[None]:
+    """onnxruntime sessions created inside do not spin-wait between calls (a measurement aid: the
+    like-for-like two-model stream beside the multi-task runtime, which sets this itself)."""
+    import onnxruntime as ort
+
+    original = ort.SessionOptions
+
+    class NoSpinning(original):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+    ort.SessionOptions = NoSpinning
+    try:
+        yield
+    finally:
+        ort.SessionOptions = original
+
+
 def ours(
     detector: Path | None,
     lanes: Path | None,
@@ -91,9 +113,15 @@ def ours(
     conf: float,
     out: Path,
     perception: Path | None = None,
+    no_spinning: bool = False,
 ) -> dict[str, Any]:
     """One `run_streams` run (no video writing): the detector (with the lane model on every tick when
-    given), or the multi-task graph (all three tasks on every tick) when `perception` is given."""
+    given), or the multi-task graph (all three tasks on every tick) when `perception` is given.
+    `no_spinning`: every onnxruntime session of the run without intra-op spin-waiting, as the
+    multi-task runtime's own (the detector's and lane model's `core.export.OnnxRunner` spin by default)."""
+    if no_spinning:
+        with _sessions_without_spinning():
+            return ours(detector, lanes, videos, frames, conf, out, perception)
     from visionpipes.driving.streams.run import StreamConfig, run_streams
 
     cpu = time.process_time()
@@ -474,6 +502,11 @@ def multitask_comparison(
     runs: dict[str, dict[str, Any]] = {
         "detector_only": {"detector": deployed.detector},
         "two_model": {"detector": deployed.detector, "lanes": deployed.lanes},
+        "two_model_no_spinning": {
+            "detector": deployed.detector,
+            "lanes": deployed.lanes,
+            "no_spinning": True,
+        },
         **{f"multitask {name}": {"perception": path} for name, path in graphs.items()},
     }
     first = next(path for name, path in graphs.items() if "int8" not in name)
@@ -489,6 +522,7 @@ def multitask_comparison(
             conf,
             work / "warm",
             models.get("perception"),
+            models.get("no_spinning", False),
         )
     results: dict[str, list[dict[str, Any]]] = {key: [] for key in runs}
     for k in range(rounds):
@@ -503,6 +537,7 @@ def multitask_comparison(
                     conf,
                     out,
                     models.get("perception"),
+                    models.get("no_spinning", False),
                 )
             )
             print(f"round {k + 1}/{rounds} {key}: {results[key][-1]['total_fps']} fps", flush=True)
@@ -527,6 +562,9 @@ def multitask_comparison(
             # the same ratios from CPU time per frame (process CPU seconds / frames; load-robust)
             "vs_two_model_cpu": ratio("two_model", key, "cpu_ms_per_frame"),
             "detector_only_over_multitask_cpu": ratio(key, "detector_only", "cpu_ms_per_frame"),
+            # against the two-model stream with the same session setting (no spin-waiting)
+            "vs_two_model_no_spinning": ratio(key, "two_model_no_spinning"),
+            "vs_two_model_no_spinning_cpu": ratio("two_model_no_spinning", key, "cpu_ms_per_frame"),
             "target_3x_two_model_met": ratio(key, "two_model") >= 3.0,
             "goal_within_1.5x_of_detector_only_met": ratio("detector_only", key) <= 1.5,
         }
