@@ -1,6 +1,6 @@
 """The P×K training sampler under DDP: two real processes (`torchrun`, gloo over loopback) each get
 whole P products × K views batches, different ones, from one shared draw per epoch; in one process
-the sampler is exactly `MPerClassSampler`.
+the batches are `MPerClassSampler`'s passes over every product, cut P products at a time.
 
 This file is also the worker script: `torchrun ... tests/retail/test_ddp.py OUT` runs `_worker`.
 """
@@ -35,7 +35,9 @@ def _batches(out: Path) -> None:
     rank = dist.get_rank()
     np.random.seed(rank)  # noqa: NPY002 - the ranks' global generators differ; the draw must not
     sampler = pk_sampler(LABELS, P, K, seed=0)
-    loader = torch.utils.data.DataLoader(range(len(LABELS)), batch_size=sampler.batch_size, sampler=sampler, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        range(len(LABELS)), batch_size=sampler.batch_size, sampler=sampler, drop_last=True
+    )
     epochs = []
     for epoch in range(EPOCHS):
         sampler.set_epoch(epoch)
@@ -78,15 +80,40 @@ def test_pk_batches_are_shared_out_whole_between_two_ranks(tmp_path: Path) -> No
     assert ranks[0]["epochs"][0] != ranks[0]["epochs"][1]
 
 
-def test_one_process_is_mperclasssampler_unchanged() -> None:
+def test_one_process_cuts_mperclasssampler_passes_into_batches() -> None:
+    """In one process the batches are consecutive passes of `MPerClassSampler(batch_size=None)` (every
+    product once, K views each) cut P products at a time, carried over from epoch to epoch: 3 epochs
+    of 5 batches x 2 products are exactly 5 passes over the 6 products."""
     from visionpipes.retail.training.losses import metric_learning
 
     MPerClassSampler = metric_learning().samplers.MPerClassSampler
     np.random.seed(3)  # noqa: NPY002 - MPerClassSampler draws from numpy's global generator
-    ours = list(pk_sampler(LABELS, P, K))
+    sampler = pk_sampler(LABELS, P, K)
+    ours = [i for _ in range(3) for i in sampler]
     np.random.seed(3)  # noqa: NPY002
-    theirs = list(MPerClassSampler(LABELS, m=K, batch_size=P * K, length_before_new_iter=5 * P * K))
-    assert ours == theirs and len(ours) == 20
+    one_pass = MPerClassSampler(LABELS, m=K, batch_size=None, length_before_new_iter=K * 6)
+    theirs = [int(i) for _ in range(5) for i in one_pass]
+    assert ours == theirs and len(ours) == 3 * 5 * P * K
+
+
+def test_every_product_comes_once_per_pass_also_at_the_seams() -> None:
+    """7 products, P = 3: passes do not end on a batch boundary; a product already in the batch waits.
+    Every batch holds P distinct products x K views, and after every batch the products' visit counts
+    differ by at most 2 (independent random batches drift apart: by 8 to 16 over these 60 batches,
+    20 seeds of the per-batch `MPerClassSampler`)."""
+    labels = [p for p in range(7) for _ in range(3 + p % 3)]
+    np.random.seed(0)  # noqa: NPY002
+    sampler = pk_sampler(labels, 3, 2)
+    counts = dict.fromkeys(range(7), 0)
+    for _ in range(15):  # 15 epochs x 4 batches (27 views // 6)
+        flat = list(sampler)
+        assert len(flat) == sampler.batches * sampler.batch_size == 4 * 6
+        for b in range(0, len(flat), 6):
+            batch = [labels[i] for i in flat[b : b + 6]]
+            assert len(set(batch)) == 3 and all(batch.count(v) == 2 for v in set(batch)), batch
+            for v in set(batch):
+                counts[v] += 1
+            assert max(counts.values()) - min(counts.values()) <= 2, counts
 
 
 if __name__ == "__main__":
