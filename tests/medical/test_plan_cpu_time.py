@@ -214,3 +214,28 @@ def test_the_samples_plan_resolves_to_the_demos_training_settings(tmp_path: Path
         assert all(e["use_nonzero_mask"] for e in config.data.normalization)
         assert set(plan.overridden) <= set(PLAN_KEYS) and "train.data.roi_size" in plan.overridden
         assert record["sources"]["train.model.strides"] == "plan"
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("plan: {cpu_gflops: fast}", "cpu_gflops"), ("plan: {predict_seconds: -5}", "predict_seconds"),
+     ("plan: {}\ninference: {overlap: 1.5}", "overlap")],
+)  # fmt: skip
+def test_bad_plan_time_settings_are_one_line(tmp_path: Path, capsys, section: str, key: str) -> None:
+    from visionpipes.medical import cli
+
+    (tmp_path / "params.yaml").write_text(section + "\n")
+    argv = [
+        "plan",
+        str(tmp_path / "Task01"),
+        "--out",
+        str(tmp_path / "plan.json"),
+        "--params",
+        str(tmp_path / "params.yaml"),
+    ]
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    out, err = capsys.readouterr()
+    lines = (out + err).strip().splitlines()
+    assert info.value.code != 0 and len(lines) == 1 and lines[0].startswith("error:") and key in lines[0]
+    assert not (tmp_path / "plan.json").exists()
