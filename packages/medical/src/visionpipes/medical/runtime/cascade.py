@@ -158,11 +158,16 @@ def load_lowres_network(path: str | os.PathLike) -> torch.nn.Module:
         UserError: if the low-resolution network is missing or unreadable.
     """
     from visionpipes.medical.runtime.checkpoint import lowres_network_from_checkpoint
-    from visionpipes.medical.runtime.deployed import deployed_model_file, load_deployed
+    from visionpipes.medical.runtime.deployed import NotDeployedError, deployed_model_file, load_deployed
 
     path = Path(path)
     if path.suffix == ".ckpt":
         return lowres_network_from_checkpoint(path)[0]
+    if path.is_file() and path.suffix != ".onnx":
+        try:
+            load_deployed(path)
+        except NotDeployedError:  # a training checkpoint under another name (as `Predictor.load` accepts)
+            return lowres_network_from_checkpoint(path)[0]
     main = deployed_model_file(path) if path.is_dir() else path
     low = lowres_file(main)
     if not low.is_file():
