@@ -4,7 +4,16 @@ BGR frames in, per frame the detections, the official lane mask and the official
 All the frames of one call (the cameras of one stream tick) go through one session call. Decoding
 is `multitask.decode`'s (shared with the evaluation), i.e. the two-model runtime's own: boxes through
 `detection.runtime.decode_predictions` (class-wise NMS, letterbox undone), lanes through
-`lanes.decode.lane_mask_from_logits`, the drivable arg-max after a bilinear resize.
+`multitask.decode.lane_mask_fast` (the masks of `lanes.decode.lane_mask_from_logits`, byte for
+byte, with cheaper arg-maxes), the drivable arg-max after a bilinear resize.
+
+Speed (issue #15; `benchmarks/driving_streams.py` prints where a stream tick's time goes): the
+session runs every intra-op thread without spin-waiting between calls (a stream's decoding thread
+works between two calls, and spinning workers took its cores), with all graph optimisations (the
+NCHWc layouts; `extended` measured 1.6x slower) and sequential execution; frames are letterboxed
+straight into one reused input buffer. Measured together with the faster decoders, same graph
+(the 448x256 seeded model of b0c50c3), 4 cameras of 640x360, one process, alternating: 122-126 ->
+79-80 CPU ms per frame, 3.3-3.9 -> 5.3-6.0 fps at load ~8-10.
 
 Runtime: onnxruntime, NumPy and OpenCV only; never imports torch, ultralytics or training code.
 """
