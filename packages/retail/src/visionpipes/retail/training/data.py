@@ -62,7 +62,7 @@ class PKBatchSampler(torch.utils.data.Sampler[int]):
     distinct products and every product comes once per pass. The undelivered rest of a pass carries
     over to the next epoch. (`MPerClassSampler` with a `batch_size` draws each batch's products
     independently: in an epoch some products come three times or more and others not at all; on the
-    retail sample that cost ~0.02 Recall@1 and ~0.035 mAP over two seeds, see the package README.)
+    retail sample that cost 0.02 Recall@1 and 0.034 mAP, mean of three seeds, see the package README.)
 
     An epoch has `len(labels) // (P x K)` batches (at least one) in one process. Lightning's own
     sharding (`DistributedSamplerWrapper`, rank r takes every W-th index) would cut each batch's K
