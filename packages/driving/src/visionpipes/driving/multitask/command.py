@@ -89,6 +89,10 @@ def _cmd_train_multitask(args: argparse.Namespace) -> None:
         return
     if args.max_minutes is not None:
         cfg.train.max_minutes = args.max_minutes
+    if args.max_epochs is not None:
+        if args.max_epochs < 1:
+            raise UserError(f"--max-epochs must be at least 1, got {args.max_epochs}.")
+        cfg.train.max_epochs = args.max_epochs
     if args.schedule is not None:
         cfg.train.schedule = args.schedule
     if args.device is not None:
@@ -98,7 +102,8 @@ def _cmd_train_multitask(args: argparse.Namespace) -> None:
     model = cfg.model
     print(
         f"train-multitask: {model.backbone if isinstance(model.backbone, str) else model.backbone.get('name', 'spec')} "
-        f"at {model.width}x{model.height}, schedule {cfg.train.schedule}, {cfg.train.max_minutes} min",
+        f"at {model.width}x{model.height}, schedule {cfg.train.schedule}, {cfg.train.max_epochs} epochs"
+        + (f" within {cfg.train.max_minutes} min" if cfg.train.max_minutes else ""),
         flush=True,
     )
     run = train_multitask(args.dataset, out, cfg)
@@ -131,6 +136,7 @@ def add_train_multitask_parser(verbs: Any) -> None:
         help="overrides model.family (two_model: write the skipped.json marker, train nothing)",
     )
     p.add_argument("--max-minutes", type=float, help="time budget (overrides multitask.train.max_minutes)")
+    p.add_argument("--max-epochs", type=int, help="epochs (overrides multitask.train.max_epochs)")
     p.add_argument("--schedule", choices=("joint", "staged"), help="overrides multitask.train.schedule")
     p.add_argument("--device", help="auto, cpu or gpu (overrides multitask.trainer.accelerator)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep Lightning's checkpoints/")
