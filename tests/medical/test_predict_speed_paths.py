@@ -49,7 +49,7 @@ def _predictor(engine: str) -> Predictor:
         regions=[Region("a", frozenset({1})), Region("b", frozenset({2}))],
         modality=["c0", "c1"],
         roi_size=ROI,
-        config=InferenceConfig(engine=engine, sw_batch_size=2),
+        config=InferenceConfig(window_runtime=engine, sw_batch_size=2),
     )
 
 

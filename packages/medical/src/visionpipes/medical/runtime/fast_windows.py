@@ -1,6 +1,7 @@
 """The window network run by onnxruntime on CPU: the same weights, equal outputs, about 1.6x faster per
 window than PyTorch's eager CPU path at the CPU plan's large patches (128x128x96 x 4 channels, DynUNet 8..80:
-2.6 s against 4.2 s per window on 2 cores; `benchmarks/medical_real_geometry.py`).
+one window 2.6 s against 4.2 s on 2 shared cores, measured in one process; whole volumes in
+`benchmarks/medical_real_geometry.py`).
 
 Why a rewrite of instance normalisation comes first: onnxruntime's `InstanceNormalization` (and a plain
 `ReduceMean` over the whole window) sums a 128x128x96 channel in one float32 run, and on windows that are

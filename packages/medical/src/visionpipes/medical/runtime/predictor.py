@@ -38,7 +38,7 @@ from visionpipes.medical.runtime.deployed import NotDeployedError, load_deployed
 #: Orientation every volume is brought to before the network sees it (training and inference alike).
 AXCODES = "RAS"
 AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
-#: `engine: auto` runs windows of at least this many voxels (64^3) through onnxruntime on CPU: there a
+#: `window_runtime: auto` runs windows of at least this many voxels (64^3) through onnxruntime on CPU: there a
 #: window costs seconds and the one-off export (about two window passes) pays for itself; small windows
 #: (the built-in samples' 32^3) stay in PyTorch.
 ONNX_MIN_WINDOW_VOXELS = 64**3
@@ -57,7 +57,7 @@ class InferenceConfig(ConfigModel):
             `crop_margin`), as training crops its samples; outside it every region is absent. Skull-stripped
             MRI (BraTS) is zero outside the brain; a CT (no zero background) keeps its whole grid.
         crop_margin: voxels kept around the foreground box.
-        engine: what runs the network on each window batch: `torch` (eager PyTorch), `onnxruntime`
+        window_runtime: what runs the network on each window batch: `torch` (eager PyTorch), `onnxruntime`
             (the same network exported to ONNX with accurate instance norms, `fast_windows`; equal
             outputs within 1e-4, about 1.6x faster per window on CPU at large patches) or `auto`
             (onnxruntime on CPU for windows of at least `ONNX_MIN_WINDOW_VOXELS`, torch otherwise, and
@@ -71,7 +71,7 @@ class InferenceConfig(ConfigModel):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     crop_foreground: bool = False
     crop_margin: int = Field(4, ge=0)
-    engine: Literal["auto", "torch", "onnxruntime"] = "auto"
+    window_runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
 
 
 @dataclass
@@ -268,10 +268,10 @@ class Predictor:
         return self._probabilities(x)[0].cpu()
 
     def uses_onnxruntime(self) -> bool:
-        """Whether the windows should run through onnxruntime (`InferenceConfig.engine`)."""
+        """Whether the windows should run through onnxruntime (`InferenceConfig.window_runtime`)."""
         from visionpipes.medical.runtime.deployed import OnnxNetwork
 
-        engine = self.config.engine
+        engine = self.config.window_runtime
         if engine == "torch" or isinstance(self.net, (OnnxNetwork, torch.jit.ScriptModule)):
             return False
         if engine == "onnxruntime":
@@ -280,8 +280,8 @@ class Predictor:
 
     def window_network(self) -> torch.nn.Module:
         """The module run on each window batch: the network itself, or (`uses_onnxruntime`) its
-        onnxruntime form, built once. With `engine: auto` an export that fails or differs falls back to
-        the network with a warning; with `engine: onnxruntime` it raises `UserError`."""
+        onnxruntime form, built once. With `window_runtime: auto` an export that fails or differs falls back to
+        the network with a warning; with `window_runtime: onnxruntime` it raises `UserError`."""
         if self._window_net is None:
             self._window_net = self.net
             if self.uses_onnxruntime():
@@ -291,10 +291,10 @@ class Predictor:
                     with torch.inference_mode(False):
                         self._window_net = onnx_window_network(self.net, self.num_channels, self.roi_size)
                 except Exception as err:  # any exporter failure: the eager network still predicts
-                    if self.config.engine == "onnxruntime":
+                    if self.config.window_runtime == "onnxruntime":
                         raise UserError(
-                            f"inference.engine onnxruntime: the network could not be run by onnxruntime "
-                            f"with equal outputs ({type(err).__name__}: {err}); use engine: torch."
+                            f"inference.window_runtime onnxruntime: the network could not be run by onnxruntime "
+                            f"with equal outputs ({type(err).__name__}: {err}); use window_runtime: torch."
                         ) from err
                     warnings.warn(
                         f"onnxruntime windows unavailable ({type(err).__name__}: {err}); predicting with "
