@@ -210,12 +210,12 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     rss_before = _vm_rss_mib()
     t0 = time.perf_counter()
     engine, prepare_seconds = None, 0.0
-    if job["impl"] in ("ours", "ours_torch", "ours_onnx"):
+    if job["impl"] in ("ours", "ours_onnxruntime", "ours_onnx"):
         from visionpipes.medical.msd.regions import Region
         from visionpipes.medical.runtime.predictor import InferenceConfig, Predictor
 
         regions = [Region(f"r{i}", frozenset({i + 1})) for i in range(job["classes"])]
-        engine = {"ours": "auto", "ours_torch": "torch", "ours_onnx": "torch"}[job["impl"]]
+        engine = {"ours": "torch", "ours_onnxruntime": "onnxruntime", "ours_onnx": "torch"}[job["impl"]]
         config = InferenceConfig(
             overlap=overlap, sw_batch_size=job["sw_batch_size"], blend="gaussian", window_runtime=engine
         )
@@ -305,8 +305,10 @@ def pair(base: dict[str, Any], work: Path, name: str, *, kind: str) -> dict[str,
     headline = [("ours", "ours", ours_batch), ("monai", "monai", 1)]
     runs = headline * (2 if block else 1)
     if block:
-        # MONAI with our window batch, and ours with the network in eager PyTorch (`window_runtime: torch`)
-        runs += [("monai_sw4", "monai", 4), ("ours_torch", "ours_torch", 4)]
+        # MONAI with our window batch, and ours with the windows in onnxruntime (`window_runtime: onnxruntime`)
+        runs += [("monai_sw4", "monai", 4), ("ours_onnxruntime", "ours_onnxruntime", 4)]
+    elif kind == "full":
+        runs += [("ours_onnxruntime", "ours_onnxruntime", 4)]
     for key, impl, batch in runs:
         job = {**base, "impl": impl, "sw_batch_size": batch, "out": str(work / f"{name}-{key}.npy")}
         got = {"impl": impl, "sw_batch_size": batch, **run_child(job)}
@@ -319,7 +321,7 @@ def pair(base: dict[str, Any], work: Path, name: str, *, kind: str) -> dict[str,
     monai = out["monai"]["seconds"]
     out["speedup_monai_over_ours"] = round(monai / max(out["ours"]["seconds"], 1e-9), 3)
     out["outputs"] = compare(work / f"{name}-ours.npy", work / f"{name}-monai.npy")
-    for key in ("monai_sw4", "ours_torch", "ours_onnx"):
+    for key in ("monai_sw4", "ours_onnxruntime", "ours_onnx"):
         if key in out:
             out[f"speedup_monai_over_{key}"] = round(monai / max(out[key]["seconds"], 1e-9), 3)
             out[f"outputs_{key}"] = compare(work / f"{name}-{key}.npy", work / f"{name}-monai.npy")
@@ -379,7 +381,7 @@ def markdown(result: dict[str, Any]) -> str:
             b = v["block"]
             for key, what in (
                 ("monai_sw4", "MONAI given our window batch (4)"),
-                ("ours_torch", "ours, windows in eager PyTorch (window_runtime: torch)"),
+                ("ours_onnxruntime", "ours, windows in onnxruntime (window_runtime: onnxruntime)"),
             ):
                 lines.append(
                     f"| {name} | block: {what} vs MONAI plain | {b[key]['windows']} | {b[key]['seconds']} | "
@@ -387,13 +389,15 @@ def markdown(result: dict[str, Any]) -> str:
                     f"{b['monai']['peak_rss_mib']} | {b[f'outputs_{key}']['max_abs_diff']:.2e} | "
                     f"{b[f'outputs_{key}']['dice_min_over_regions']} |"
                 )
-        if "full_volume" in v and "ours_onnx" in v["full_volume"]:
+        for key in ("ours_onnx", "ours_onnxruntime"):
+            if "full_volume" not in v or key not in v["full_volume"]:
+                continue
             f = v["full_volume"]
             lines.append(
-                f"| {name} | full volume: ours, network as ONNX vs MONAI plain | {f['ours_onnx']['windows']} | "
-                f"{f['ours_onnx']['seconds']} | {f['monai']['seconds']} | {f['speedup_monai_over_ours_onnx']} | "
-                f"{f['ours_onnx']['peak_rss_mib']} | {f['monai']['peak_rss_mib']} | "
-                f"{f['outputs_ours_onnx']['max_abs_diff']:.2e} | {f['outputs_ours_onnx']['dice_min_over_regions']} |"
+                f"| {name} | full volume: {key} vs MONAI plain | {f[key]['windows']} | "
+                f"{f[key]['seconds']} | {f['monai']['seconds']} | {f[f'speedup_monai_over_{key}']} | "
+                f"{f[key]['peak_rss_mib']} | {f['monai']['peak_rss_mib']} | "
+                f"{f[f'outputs_{key}']['max_abs_diff']:.2e} | {f[f'outputs_{key}']['dice_min_over_regions']} |"
             )
         if "full_volume_extrapolated" in v:
             e = v["full_volume_extrapolated"]
@@ -589,8 +593,8 @@ def notes(result: dict[str, Any]) -> list[str]:
         f"{result['overlap']}, Gaussian blending.",
         "Our Predictor is MONAI's sliding_window_inference (same windows, same Gaussian weights) under "
         "torch.inference_mode with 4 windows per forward (InferenceConfig.sw_batch_size, its default) where "
-        "MONAI's default is 1; with InferenceConfig.window_runtime `auto` (the default) windows of >= 64^3 voxels on "
-        "CPU run through onnxruntime, the network exported once per predictor (inside the timed call) with "
+        "MONAI's default is 1; with InferenceConfig.window_runtime `onnxruntime` (rows `ours_onnxruntime`; "
+        "not the default) the windows run through onnxruntime, the network exported once per predictor (inside the timed call) with "
         "its instance norms rewritten as axis-by-axis reductions (`runtime/fast_windows.py`: onnxruntime's "
         "own InstanceNormalization moved logits by 4.4e-3 on mostly-background windows).",
     ]
