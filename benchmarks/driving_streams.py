@@ -320,7 +320,6 @@ def tick_profile(
     from visionpipes.driving.lanes.runtime import OnnxLaneModel
     from visionpipes.driving.multitask.decode import (
         drivable_mask_from_logits,
-        lane_mask_fast,
         network_input,
         unletterbox,
     )
@@ -368,8 +367,8 @@ def tick_profile(
         "letterbox + input tensor": lambda: network_input(frames, (rt.width, rt.height)),
         "onnx forward (one call)": lambda: rt.session.run(None, {INPUT_NAME: x}),
         "detection decode (class-wise NMS)": lambda: decode_predictions(predictions, infos, sizes, conf=conf),
-        "lane decoding (lane_mask_fast)": lambda: [
-            lane_mask_fast(g, s, **rt.lane_decoding) for g, s in zip(lane_logits, sizes)
+        "lane decoding (lane_mask_from_logits)": lambda: [
+            lane_mask_from_logits(g, s, **rt.lane_decoding) for g, s in zip(lane_logits, sizes)
         ],
         "drivable mask (channel_argmax)": lambda: [
             drivable_mask_from_logits(a, s) for a, s in zip(area_logits, sizes)
@@ -379,9 +378,6 @@ def tick_profile(
         "JSON frames": lambda: frames_json(True),
     }
     before = {
-        "lane decoding (reference lane_mask_from_logits)": lambda: [
-            lane_mask_from_logits(g, s, **rt.lane_decoding) for g, s in zip(lane_logits, sizes)
-        ],
         "drivable mask (reference resize + NumPy argmax)": lambda: [
             reference_drivable(a, s) for a, s in zip(area_logits, sizes)
         ],

@@ -183,7 +183,7 @@ def test_network_input_is_the_detectors_input_written_into_one_buffer() -> None:
 
 
 def test_channel_argmax_is_numpys_argmax_ties_included() -> None:
-    from visionpipes.driving.multitask.decode import channel_argmax
+    from visionpipes.driving.lanes.decode import channel_argmax
 
     rng = np.random.default_rng(0)
     for channels in (1, 2, 3, 8):
@@ -195,15 +195,57 @@ def test_channel_argmax_is_numpys_argmax_ties_included() -> None:
         channel_argmax(np.zeros((4, 4), np.float32))
 
 
+def _reference_lane_mask(
+    logits: np.ndarray,
+    size: tuple[int, int] | None = None,
+    roi_top: float = 0.0,
+    *,
+    join_gaps: float = 0.0,
+    min_area: float = 0.0,
+    vote: bool = False,
+) -> np.ndarray:
+    """`lane_mask_from_logits` with NumPy's arg-max over each channel group (the code before
+    `channel_argmax`), the lane-level steps being the same functions."""
+    import cv2
+
+    from visionpipes.driving.bdd100k.categories import LANE_BACKGROUND, LANE_DIRECTION_BIT, LANE_STYLE_BIT
+    from visionpipes.driving.lanes import decode as d
+
+    margin = d.lane_margin(logits[: d.CATEGORY_CHANNELS])
+    value = (
+        logits[: d.BACKGROUND_CLASS].argmax(0)
+        | (logits[d.CATEGORY_CHANNELS : d.CATEGORY_CHANNELS + 2].argmax(0) << LANE_STYLE_BIT)
+        | (logits[d.CATEGORY_CHANNELS + 2 :].argmax(0) << LANE_DIRECTION_BIT)
+    ).astype(np.uint8)
+    top = 0
+    if size is not None:
+        top = d.roi_top_rows(size[1], roi_top)
+        roi_size = (size[0], size[1] - top)
+        if (margin.shape[1], margin.shape[0]) != roi_size:
+            margin = cv2.resize(margin, roi_size, interpolation=cv2.INTER_LINEAR)
+            value = cv2.resize(value, roi_size, interpolation=cv2.INTER_NEAREST_EXACT)
+    mask = np.where(margin > 0, value, np.uint8(LANE_BACKGROUND))
+    if join_gaps > 0:
+        mask = d.join_lane_gaps(mask, max_gap_ratio=join_gaps)
+    if min_area > 0:
+        mask = d.drop_small_pieces(mask, round(min_area * mask.shape[1] * (mask.shape[0] + top)))
+    if vote:
+        mask = d.vote_lane_style(mask)
+    if top:
+        mask = np.concatenate([np.full((top, mask.shape[1]), LANE_BACKGROUND, np.uint8), mask])
+    return mask
+
+
 def test_fast_mask_decoding_equals_the_reference_on_the_models_outputs(deploy: dict[str, Path]) -> None:
-    """The stream's mask decoding (`lane_mask_fast`, `drivable_mask_from_logits` with
-    `channel_argmax`) gives the same masks, byte for byte, as the lane model's
-    `lane_mask_from_logits` and a bilinear resize + NumPy arg-max, on the seeded graph's outputs for
-    the video's frames, at the frame size, at 1280x720 and at the network's own resolution."""
+    """The mask decoding (`lane_mask_from_logits`, `drivable_mask_from_logits`, both arg-maxes by
+    `channel_argmax`) gives the same masks, byte for byte, as the same decoding with NumPy's
+    arg-max (`_reference_lane_mask`: the lane decoding as it was before `channel_argmax`) and a
+    bilinear resize + NumPy arg-max, on the seeded graph's outputs for the video's frames, at the
+    frame size, at 1280x720 and at the network's own resolution."""
     import cv2
 
     from visionpipes.driving.lanes.decode import lane_mask_from_logits
-    from visionpipes.driving.multitask.decode import drivable_mask_from_logits, lane_mask_fast, unletterbox
+    from visionpipes.driving.multitask.decode import drivable_mask_from_logits, unletterbox
     from visionpipes.driving.multitask.runtime import PerceptionRuntime
 
     runtime = PerceptionRuntime(deploy["folder"], threads=1)
@@ -215,8 +257,8 @@ def test_fast_mask_decoding_equals_the_reference_on_the_models_outputs(deploy: d
         lane_logits, area_logits = unletterbox(lanes[k], info, size), unletterbox(drivable[k], info, size)
         for target in (size, (1280, 720), None):
             for decoding in (runtime.lane_decoding, {}, {**runtime.lane_decoding, "roi_top": 0.25}):
-                ours = lane_mask_fast(lane_logits, target, **decoding)
-                np.testing.assert_array_equal(ours, lane_mask_from_logits(lane_logits, target, **decoding))
+                ours = lane_mask_from_logits(lane_logits, target, **decoding)
+                np.testing.assert_array_equal(ours, _reference_lane_mask(lane_logits, target, **decoding))
                 lane_pixels += int((ours != 255).sum())
             out = target or (area_logits.shape[2], area_logits.shape[1])
             reference = np.stack([cv2.resize(c, out, interpolation=cv2.INTER_LINEAR) for c in area_logits])

@@ -33,6 +33,23 @@ def roi_top_rows(height: int, roi_top: float) -> int:
     return round(height * roi_top)
 
 
+def channel_argmax(values: np.ndarray) -> np.ndarray:
+    """`values.argmax(0)` of (C, h, w) values as an (h, w) uint8 (C <= 256), by C - 1 running
+    comparisons over contiguous planes instead of NumPy's strided arg-max over the first axis
+    (several times faster: that arg-max was ~40 % of a stream frame's lane decoding). Ties go to the
+    first channel, as `argmax`'s; identical to it for finite values."""
+    values = np.asarray(values)
+    if values.ndim != 3 or not 1 <= values.shape[0] <= 256:
+        raise ValueError(f"channel_argmax needs (C, h, w) values with 1 <= C <= 256, got {values.shape}.")
+    index = np.zeros(values.shape[1:], dtype=np.uint8)
+    best = np.array(values[0], dtype=values.dtype, copy=True)
+    for c in range(1, values.shape[0]):
+        better = values[c] > best
+        index[better] = c
+        np.maximum(best, values[c], out=best)
+    return index
+
+
 def lane_mask_from_logits(
     logits: np.ndarray,
     size: tuple[int, int] | None = None,
@@ -67,11 +84,14 @@ def lane_mask_from_logits(
     if logits.ndim != 3 or logits.shape[0] != LANE_CHANNELS:
         raise ValueError(f"lane logits must be ({LANE_CHANNELS}, h, w), got {logits.shape}.")
     margin = lane_margin(logits[:CATEGORY_CHANNELS])
-    value = (
-        logits[:BACKGROUND_CLASS].argmax(0)
-        | (logits[CATEGORY_CHANNELS : CATEGORY_CHANNELS + 2].argmax(0) << LANE_STYLE_BIT)
-        | (logits[CATEGORY_CHANNELS + 2 :].argmax(0) << LANE_DIRECTION_BIT)
-    ).astype(np.uint8)
+    # arg-max of each channel group; a two-channel arg-max is `second > first` (ties: the first)
+    value = channel_argmax(logits[:BACKGROUND_CLASS])
+    value |= (logits[CATEGORY_CHANNELS + 1] > logits[CATEGORY_CHANNELS]).view(np.uint8) << np.uint8(
+        LANE_STYLE_BIT
+    )
+    value |= (logits[CATEGORY_CHANNELS + 3] > logits[CATEGORY_CHANNELS + 2]).view(np.uint8) << np.uint8(
+        LANE_DIRECTION_BIT
+    )
     top = 0
     if size is not None:
         top = roi_top_rows(size[1], roi_top)
@@ -224,7 +244,9 @@ def _pieces_by_type(category: np.ndarray, pixels: np.ndarray) -> Iterator[tuple[
     import cv2
 
     for lane_type in np.unique(category[pixels]):
-        n, labels = cv2.connectedComponents((pixels & (category == lane_type)).astype(np.uint8), connectivity=8)
+        n, labels = cv2.connectedComponents(
+            (pixels & (category == lane_type)).astype(np.uint8), connectivity=8
+        )
         yield int(lane_type), n, labels
 
 
@@ -258,6 +280,8 @@ def vote_lane_style(mask: np.ndarray) -> np.ndarray:
     for _, n, labels in _pieces_by_type(bits.category, (bits.background == 0) & (bits.direction == 0)):
         ys, xs = np.nonzero(labels)
         piece = labels[ys, xs]
-        majority = np.bincount(piece, bits.style[ys, xs].astype(np.float64), n) * 2 > np.bincount(piece, minlength=n)
+        majority = np.bincount(piece, bits.style[ys, xs].astype(np.float64), n) * 2 > np.bincount(
+            piece, minlength=n
+        )
         out[ys, xs] = np.where(majority[piece], out[ys, xs] | style_bit, out[ys, xs] & ~style_bit)
     return out
