@@ -59,12 +59,12 @@ class InferenceConfig(ConfigModel):
         crop_margin: voxels kept around the foreground box.
         window_runtime: what runs the network on each window batch: `torch` (eager PyTorch), `onnxruntime`
             (the same network exported to ONNX with accurate instance norms, `fast_windows`; equal
-            outputs within 1e-4, about 1.6x faster per window on CPU at large patches) or `auto`
+            outputs within 1e-4, 1.2-1.6x faster per window on CPU at large patches) or `auto`
             (onnxruntime on CPU for windows of at least `ONNX_MIN_WINDOW_VOXELS`, torch otherwise, and
-            torch whenever the export fails or differs). Default `torch`: measured in one run
-            (`benchmarks/medical_real_geometry.py`, load ~1-3), the CT plan's 160x160x56 x 8..80 windows ran
-            1.1 s each in PyTorch with 4 per forward against 1.8 s in onnxruntime, while the MRI plan's
-            128x128x96 x 16..160 full volume ran 1.32x MONAI's plain call through onnxruntime.
+            torch whenever the export fails or differs). Measured (`benchmarks/medical_real_geometry.py`,
+            4 windows per forward, 2 shared cores): the CT plan's 160x160x56 x 8..80 windows 1.75 s each in
+            onnxruntime against 2.09 s in PyTorch (MONAI plain 2.7 s), plus a one-off export of ~10 s; the
+            MRI plan's 128x128x96 x 16..160 full volume 1.32x MONAI's plain call through onnxruntime.
     """
 
     overlap: float = Field(0.5, ge=0.0, lt=1.0)
@@ -74,7 +74,7 @@ class InferenceConfig(ConfigModel):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     crop_foreground: bool = False
     crop_margin: int = Field(4, ge=0)
-    window_runtime: Literal["auto", "torch", "onnxruntime"] = "torch"
+    window_runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
 
 
 @dataclass
