@@ -594,7 +594,7 @@ def notes(result: dict[str, Any]) -> list[str]:
         "Our Predictor is MONAI's sliding_window_inference (same windows, same Gaussian weights) under "
         "torch.inference_mode with 4 windows per forward (InferenceConfig.sw_batch_size, its default) where "
         "MONAI's default is 1; rows `ours` pin InferenceConfig.window_runtime `torch` (eager), rows `ours_onnxruntime` "
-        "`onnxruntime`, which the default `auto` picks on CPU for windows of >= 64^3 voxels: the windows run through onnxruntime, the network exported once per predictor (inside the timed call) with "
+        "`onnxruntime` (opt-in; `auto` picks it on CPU for windows of >= 64^3 voxels): the windows run through onnxruntime, the network exported once per predictor (inside the timed call) with "
         "its instance norms rewritten as axis-by-axis reductions (`runtime/fast_windows.py`: onnxruntime's "
         "own InstanceNormalization moved logits by 4.4e-3 on mostly-background windows).",
     ]
