@@ -128,7 +128,6 @@ def cascade_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_cascade_trains_both_stages_and_predicts_end_to_end(cascade_run: dict, tmp_path: Path) -> None:
     import nibabel as nib
 
-    from visionpipes.medical.runtime.cascade import CascadePredictor
     from visionpipes.medical.runtime.predictor import Predictor
 
     plan, config, out, task = (
@@ -153,7 +152,7 @@ def test_cascade_trains_both_stages_and_predicts_end_to_end(cascade_run: dict, t
 
     ckpt = out / "checkpoints" / "last.ckpt"
     predictor = Predictor.load(ckpt)
-    assert isinstance(predictor, CascadePredictor)
+    assert predictor.previous_stage is not None and predictor.foreground_labels == [1, 2, 3]
     seen: list[tuple[int, ...]] = []
     predictor.net.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))
     scan = sorted((task / "imagesTs").glob("*.nii.gz"))[0]

@@ -66,11 +66,16 @@ def network_from_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, d
     return _network(ckpt, description, "net.", path), description
 
 
+def cascade_input_channels(description: Mapping[str, Any]) -> int:
+    """Input channels of a model description's network: its modalities, plus one per foreground label of
+    the previous stage for a cascade's full-resolution network."""
+    prev = description.get("previous_stage")
+    return len(description["modality"]) + (len(prev["foreground_labels"]) if prev else 0)
+
+
 def _network(
     ckpt: Mapping[str, Any], description: Mapping[str, Any], prefix: str, path: str | os.PathLike
 ) -> torch.nn.Module:
-    from visionpipes.medical.runtime.cascade import cascade_input_channels
-
     config = parse_config(ModelConfig, description["model"], source=f"model checkpoint {path}")
     net = build_model(config, cascade_input_channels(description), len(description["regions"]))
     weights = state_dict_of(ckpt, path=path, what="model checkpoint")

@@ -143,6 +143,11 @@ class Predictor:
         labels: the task's `{label value: name}` (dataset.json `labels`), for outputs that name labels.
         normalization: per-channel entries (`planning.normalization`, e.g. CT's `{"scheme": "ct", "clip",
             "mean", "std"}`); None z-scores the non-zero voxels of each channel (the Task01 default).
+        previous_stage: nnU-Net's 3d_cascade_fullres (`runtime.cascade`): the 3d_lowres stage's predictor,
+            whose label map of the scan, brought back to the scan's grid and one-hot encoded over
+            `foreground_labels`, follows the image through the preprocessing (nearest neighbour) and is
+            appended to its normalised channels before the sliding windows; None for one network.
+        foreground_labels: the task's labels other than background, in the one-hot channel order.
 
     Example:
         >>> predictor = Predictor.from_checkpoint("runs/medical/checkpoints/best.ckpt")  # doctest: +SKIP
@@ -161,8 +166,12 @@ class Predictor:
         device: str | torch.device = "cpu",
         labels: Mapping[int | str, str] | None = None,
         normalization: Sequence[Mapping[str, Any]] | None = None,
+        previous_stage: Predictor | None = None,
+        foreground_labels: Sequence[int] = (),
     ) -> None:
         self.config = config or InferenceConfig()
+        self.previous_stage = previous_stage
+        self.foreground_labels = [int(v) for v in foreground_labels]
         self.normalization = None if normalization is None else [dict(e) for e in normalization]
         self.labels = {int(k): str(v) for k, v in (labels or {}).items()}
         self.device = torch.device(device)
@@ -235,12 +244,15 @@ class Predictor:
                 recorded = {}
         settings = {**recorded, **{k: v for k, v in overrides.items() if v is not None}}
         config = parse_config(InferenceConfig, settings, source=f"inference settings for {path}")
-        if description.get("previous_stage"):  # nnU-Net's 3d_cascade_fullres: both networks
-            from visionpipes.medical.runtime.cascade import CascadePredictor, load_lowres_network
+        predictor = cls.from_description(net, description, config, device)
+        prev = description.get("previous_stage")
+        if prev:  # nnU-Net's 3d_cascade_fullres: both networks
+            from visionpipes.medical.runtime.cascade import load_lowres_network
 
-            lowres_net = load_lowres_network(path)
-            return CascadePredictor.from_parts(net, description, lowres_net, config, device)
-        return cls.from_description(net, description, config, device)
+            lowres = cls.from_description(load_lowres_network(path), prev["description"], config, device)
+            predictor.previous_stage = lowres
+            predictor.foreground_labels = [int(v) for v in prev["foreground_labels"]]
+        return predictor
 
     @property
     def num_channels(self) -> int:
@@ -362,10 +374,30 @@ class Predictor:
             MetaTensor(torch.from_numpy(np.ascontiguousarray(image)), affine=torch.as_tensor(affine))
         )
         normalised = self.normalise(volume)
+        if self.previous_stage is not None:
+            normalised = torch.cat(
+                [torch.as_tensor(normalised).float(), self._previous_stage_channels(image, affine)]
+            )
         probs = self.region_probabilities(normalised)
         probs = MetaTensor(probs, meta=volume.meta, applied_operations=volume.applied_operations)
         probs = spatial.inverse(probs)
         return regions_to_labels(probs.as_tensor().numpy(), self.regions, threshold=self.config.threshold)
+
+    def _previous_stage_channels(self, image: np.ndarray, affine: np.ndarray) -> torch.Tensor:
+        """The cascade's extra input: the previous stage's label map of `image` (on the input grid), one-hot
+        over `foreground_labels` and brought onto the network's grid by nearest-neighbour resampling."""
+        from monai.data import MetaTensor
+        from monai.transforms import Compose, Orientation, Spacing
+
+        from visionpipes.medical.runtime.cascade import one_hot_foreground
+
+        assert self.previous_stage is not None
+        onehot = one_hot_foreground(self.previous_stage.predict_array(image, affine), self.foreground_labels)
+        steps = [Orientation(axcodes=AXCODES, labels=AXIS_LABELS)]
+        if self.pixdim is not None:
+            steps.append(Spacing(pixdim=self.pixdim, mode="nearest"))
+        prev = Compose(steps)(MetaTensor(torch.from_numpy(onehot), affine=torch.as_tensor(affine)))
+        return prev.as_tensor().float()
 
     def predict_file(
         self,

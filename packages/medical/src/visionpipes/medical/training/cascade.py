@@ -35,7 +35,7 @@ low-resolution network (`prev_net.` weights, frozen) and its description, so `ev
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -288,8 +288,10 @@ def train_cascade(
     *,
     resume: bool = True,
     plan: dict | None = None,
+    train_stage: Callable[..., Any],
 ):
-    """nnU-Net's 3d_lowres then 3d_cascade_fullres: the low-resolution network in `<out>/lowres` (its
+    """nnU-Net's 3d_lowres then 3d_cascade_fullres (each stage trained by `train_stage`, i.e.
+    `training.fit.train_stage`, passed in by `fit.train` so that the two modules do not import each other): the low-resolution network in `<out>/lowres` (its
     checkpoints and `train.json`), its label maps of every training case in `<out>/lowres/predictions`,
     then the full-resolution network with them as one-hot input channels in `<out>` (checkpoints,
     `train.json`, `split.json` as for 3d_fullres).
@@ -299,7 +301,6 @@ def train_cascade(
     """
     from visionpipes.medical.msd.dataset_json import load_task
     from visionpipes.medical.runtime.checkpoint import load_training_checkpoint, model_description
-    from visionpipes.medical.training.fit import train_stage
 
     out = Path(out_dir)
     low_cfg = lowres_config(config, plan)

@@ -328,7 +328,7 @@ def deploy(
         t = json.loads(summary.read_text())
         training = {k: t.get(k) for k in ("epochs", "seconds_per_epoch", "split", "metrics")}
 
-    from visionpipes.medical.runtime.cascade import cascade_input_channels
+    from visionpipes.medical.runtime.checkpoint import cascade_input_channels
 
     axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
     out = Path(out_dir)

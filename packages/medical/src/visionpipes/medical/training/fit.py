@@ -87,7 +87,7 @@ def train(
     if configuration == "3d_cascade_fullres":
         from visionpipes.medical.training.cascade import train_cascade
 
-        return train_cascade(task_dir, out_dir, config, resume=resume, plan=plan)
+        return train_cascade(task_dir, out_dir, config, resume=resume, plan=plan, train_stage=train_stage)
     if configuration == "3d_lowres":
         from visionpipes.medical.training.cascade import lowres_config
 
