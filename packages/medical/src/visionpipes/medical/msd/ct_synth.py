@@ -26,6 +26,18 @@ from typing import Literal
 import numpy as np
 
 from visionpipes.core.config import ConfigModel, Field
+from visionpipes.medical.msd.phantom import (
+    bezier_points,
+    distance_mm,
+    ellipsoid_chain,
+    ellipsoid_distance,
+    lesion_in,
+    lumpy_blob,
+    smooth_noise,
+    tube_mask,
+    vessels_in,
+    voxel_grid,
+)
 from visionpipes.medical.msd.synth import write_sample_task
 
 CTTask = Literal["liver", "lung", "pancreas", "colon"]
@@ -146,118 +158,20 @@ class CTSynthConfig(ConfigModel):
         return (spacing, spacing, thickness if self.slice_spacing is None else self.slice_spacing)
 
 
-def _grid(shape: tuple[int, int, int], zooms: tuple[float, float, float]) -> np.ndarray:
-    """Voxel positions in mm, centred on the volume, along the stored axes: `(*shape, 3)`.
-
-    The files are stored LPS (`ct_affine`): +x is the patient's left, +y posterior, +z superior.
-    """
-    axes = [(np.arange(n, dtype=np.float32) - (n - 1) / 2) * z for n, z in zip(shape, zooms)]
-    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
-
-
-def _ellipsoid(grid: np.ndarray, centre, radii) -> np.ndarray:
-    """Normalised distance to an axis-aligned ellipsoid (< 1 inside)."""
-    return np.linalg.norm((grid - np.asarray(centre, np.float32)) / np.asarray(radii, np.float32), axis=-1)
-
-
-def _blob(rng: np.random.Generator, grid: np.ndarray, centre, radius: float) -> np.ndarray:
-    """A lumpy sphere of about `radius` mm (three random lobes), as a boolean mask."""
-    mask = _ellipsoid(grid, centre, radius * rng.uniform(0.8, 1.2, 3)) < 1.0
-    for _ in range(2):
-        offset = rng.normal(0, radius * 0.45, 3)
-        mask |= _ellipsoid(grid, np.asarray(centre) + offset, radius * rng.uniform(0.5, 0.8, 3)) < 1.0
-    return mask
-
-
-def _tube(grid: np.ndarray, start, direction, radius: float) -> np.ndarray:
-    """A straight cylinder through `start` along `direction` (mm), as a boolean mask."""
-    d = np.asarray(direction, np.float32)
-    d = d / np.linalg.norm(d)
-    rel = grid - np.asarray(start, np.float32)
-    along = rel @ d
-    return np.linalg.norm(rel - along[..., None] * d, axis=-1) < radius
-
-
-def _vessels(
-    rng: np.random.Generator,
-    grid: np.ndarray,
-    organ: np.ndarray,
-    count: int,
-    radius_mm: tuple[float, float],
-    *,
-    z_scale: float = 1.0,
-) -> np.ndarray:
-    """`count` straight vessels through random points of `organ`, clipped to it: a boolean mask.
-
-    Args:
-        radius_mm: each vessel's radius is drawn uniformly from this range.
-        z_scale: shrinks the random direction's z component (< 1: mostly in-plane vessels).
-    """
-    inside = np.argwhere(organ)
-    mask = np.zeros(organ.shape, bool)
-    for _ in range(count):
-        start = grid[tuple(inside[rng.integers(len(inside))])]
-        mask |= _tube(grid, start, rng.normal(0, 1, 3) * [1, 1, z_scale], rng.uniform(*radius_mm)) & organ
-    return mask
-
-
-def _lesion_in(
-    rng: np.random.Generator,
-    grid: np.ndarray,
-    organ: np.ndarray,
-    distance_inside: np.ndarray,
-    radius_mm: tuple[float, float],
-    *,
-    depth: float,
-) -> np.ndarray:
-    """A lumpy lesion (`_blob`) of a radius drawn from `radius_mm`, centred where the organ is at least
-    `depth` radii deep (the deepest fifth of the organ if nowhere is), clipped to the organ.
-
-    Args:
-        distance_inside: `_distance_mm(organ, zooms)`, passed in so that several lesions share it.
-    """
-    radius = rng.uniform(*radius_mm)
-    deep = np.argwhere(distance_inside > radius * depth)
-    if not len(deep):
-        deep = np.argwhere(distance_inside >= distance_inside.max() * 0.8)
-    centre = grid[tuple(deep[rng.integers(len(deep))])]
-    return _blob(rng, grid, centre, radius) & organ
-
-
 def _spleen_and_kidneys(
     rng: np.random.Generator, grid: np.ndarray, hu: np.ndarray, fov: float, depth: float, where: np.ndarray
 ) -> None:
     """Paint the spleen (nearly the liver's HU) on the patient's left and the two kidneys posterior, within
     `where`, into `hu`."""
-    spleen = _ellipsoid(
+    spleen = ellipsoid_distance(
         grid, (0.30 * fov, 0.05 * fov, rng.uniform(-0.1, 0.1) * depth), (0.08 * fov, 0.11 * fov, 0.3 * depth)
     )
     hu[(spleen < 1.0) & where] = HU["spleen"] + rng.normal(0, 3)
     for side in (-1, 1):
-        kidney = _ellipsoid(
+        kidney = ellipsoid_distance(
             grid, (side * 0.2 * fov, 0.17 * fov, -0.15 * depth), (0.06 * fov, 0.08 * fov, 0.25 * depth)
         )
         hu[(kidney < 1.0) & where] = HU["kidney"]
-
-
-def _chain(grid: np.ndarray, points: np.ndarray, radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised distance to a chain of axis-aligned ellipsoids centred on `points` `(n, 3)` with semi-axes
-    `radii` `(n, 3)` (mm): the smallest over the chain (< 1 inside; equal radii give a tube along the points),
-    and the index of the point that gives it."""
-    best = np.full(grid.shape[:3], np.inf, np.float32)
-    nearest = np.zeros(grid.shape[:3], np.int32)
-    for i, (point, radius) in enumerate(zip(points, radii)):
-        d = _ellipsoid(grid, point, radius)
-        closer = d < best
-        best[closer] = d[closer]
-        nearest[closer] = i
-    return best, nearest
-
-
-def _bezier(points: np.ndarray, n: int) -> np.ndarray:
-    """`n` points along the quadratic Bezier curve of the three control `points` `(3, 3)`."""
-    t = np.linspace(0.0, 1.0, n)[:, None]
-    return (1 - t) ** 2 * points[0] + 2 * (1 - t) * t * points[1] + t**2 * points[2]
 
 
 def _body(
@@ -269,7 +183,7 @@ def _body(
     shape = grid.shape[:3]
     hu = np.full(shape, HU["air"], np.float32)
     radii = (0.46 * fov * rng.uniform(0.95, 1.02), 0.36 * fov * rng.uniform(0.95, 1.02), 1e6)
-    d = _ellipsoid(grid, (0, 0, 0), radii)
+    d = ellipsoid_distance(grid, (0, 0, 0), radii)
     body = d < 1.0
     hu[body] = HU["fat"]
     wall = 1.0 - 0.10 * rng.uniform(0.8, 1.2)
@@ -277,19 +191,19 @@ def _body(
     if abdomen:
         inside = d < wall - 0.07
         hu[inside] = HU["fat"] + 10
-        field = _smooth(rng, shape, sigma=1.5)
+        field = smooth_noise(rng, shape, sigma=1.5)
         bowel = inside & (field > 0.1)
         hu[bowel] = HU["bowel"] + 10 * rng.standard_normal()
         hu[inside & (field > 1.6)] = HU["gas"]
     spine_centre = np.array([rng.normal(0, 0.01 * fov), 0.24 * fov, 0])
     for side in (-1, 1):  # psoas muscles beside the spine
-        psoas = _ellipsoid(
+        psoas = ellipsoid_distance(
             grid, spine_centre + np.array([side * 0.11 * fov, -0.02 * fov, 0]), (0.05 * fov, 0.06 * fov, 1e6)
         )
         hu[psoas < 1.0] = HU["muscle"]
-    hu[_ellipsoid(grid, spine_centre, (0.07 * fov, 0.07 * fov, 1e6)) < 1.0] = HU["bone"]
+    hu[ellipsoid_distance(grid, spine_centre, (0.07 * fov, 0.07 * fov, 1e6)) < 1.0] = HU["bone"]
     aorta_centre = (0.04 * fov, 0.12 * fov, 0)
-    hu[_ellipsoid(grid, aorta_centre, (0.035 * fov, 0.035 * fov, 1e6)) < 1.0] = HU["vessel"]
+    hu[ellipsoid_distance(grid, aorta_centre, (0.035 * fov, 0.035 * fov, 1e6)) < 1.0] = HU["vessel"]
     return hu, body
 
 
@@ -301,7 +215,7 @@ def synth_liver_case(
     Returns:
         `(hu, label)`: float32 HU before noise and rounding, uint8 labels, both `shape`.
     """
-    grid = _grid(shape, zooms)
+    grid = voxel_grid(shape, zooms)
     fov = shape[0] * zooms[0]
     depth = shape[2] * zooms[2]
     hu, body = _body(rng, grid, fov, abdomen=True)
@@ -309,10 +223,12 @@ def synth_liver_case(
     centre = np.array([-0.16 * fov, -0.02 * fov, rng.uniform(-0.08, 0.08) * depth], np.float32)
     radii = np.array([0.24 * fov, 0.26 * fov, 0.46 * depth]) * rng.uniform(0.9, 1.1, 3)
     wobble = 0.06 * np.sin(grid[..., 0] / fov * rng.uniform(8, 14) + rng.uniform(0, 6))
-    liver = (_ellipsoid(grid, centre, radii) + wobble < 1.0) & body
+    liver = (ellipsoid_distance(grid, centre, radii) + wobble < 1.0) & body
     # the left lobe, reaching across the midline
     left = (
-        _ellipsoid(grid, centre + np.array([0.22 * fov, -0.06 * fov, 0.1 * depth]), radii * [0.55, 0.45, 0.6])
+        ellipsoid_distance(
+            grid, centre + np.array([0.22 * fov, -0.06 * fov, 0.1 * depth]), radii * [0.55, 0.45, 0.6]
+        )
         < 1.0
     )
     liver |= left & body
@@ -320,13 +236,13 @@ def synth_liver_case(
     liver_hu = HU["liver"] + rng.normal(0, 8)  # enhancement varies with the contrast timing
     hu[liver] = liver_hu
     # Hepatic/portal veins: bright tubes through the liver, mostly in-plane.
-    hu[_vessels(rng, grid, liver, 2, (1.0, 1.8), z_scale=0.3)] = HU["vessel"]
+    hu[vessels_in(rng, grid, liver, 2, (1.0, 1.8), z_scale=0.3)] = HU["vessel"]
     # Tumours: hypodense lumps fully inside the liver (1-3, 5-10 mm radius).
     label = np.zeros(shape, np.uint8)
     label[liver] = 1
-    distance_inside = _distance_mm(liver, zooms)
+    distance_inside = distance_mm(liver, zooms)
     for _ in range(int(rng.integers(1, 4))):
-        tumour = _lesion_in(rng, grid, liver, distance_inside, (5.0, 10.0), depth=0.8)
+        tumour = lesion_in(rng, grid, liver, distance_inside, (5.0, 10.0), depth=0.8)
         hu[tumour] = HU["tumour"] + rng.uniform(-15, 15)
         label[tumour] = 2
     return hu, label
@@ -340,23 +256,23 @@ def synth_lung_case(
     Returns:
         `(hu, label)`: float32 HU before noise and rounding, uint8 labels, both `shape`.
     """
-    grid = _grid(shape, zooms)
+    grid = voxel_grid(shape, zooms)
     fov = shape[0] * zooms[0]
     depth = shape[2] * zooms[2]
     hu, body = _body(rng, grid, fov, abdomen=False)
     lungs = np.zeros(shape, bool)
     for side in (-1, 1):
-        d = _ellipsoid(
+        d = ellipsoid_distance(
             grid,
             (side * 0.19 * fov, 0.02 * fov, 0),
             np.array([0.15 * fov, 0.24 * fov, 0.7 * depth]) * rng.uniform(0.92, 1.05, 3),
         )
         lungs |= (d < 1.0) & body
-    hu[lungs] = HU["lung"] + 25 * _smooth(rng, shape)[lungs]
+    hu[lungs] = HU["lung"] + 25 * smooth_noise(rng, shape)[lungs]
     # Pulmonary vessels: thin soft-tissue tubes in the lungs (they look like nodules on one slice).
-    hu[_vessels(rng, grid, lungs, 6, (0.7, 1.3))] = HU["muscle"]
-    distance_inside = _distance_mm(lungs, zooms)
-    nodule = _lesion_in(rng, grid, lungs, distance_inside, (5.0, 10.0), depth=1.0)
+    hu[vessels_in(rng, grid, lungs, 6, (0.7, 1.3))] = HU["muscle"]
+    distance_inside = distance_mm(lungs, zooms)
+    nodule = lesion_in(rng, grid, lungs, distance_inside, (5.0, 10.0), depth=1.0)
     hu[nodule] = HU["nodule"] + rng.uniform(-10, 10)
     label = nodule.astype(np.uint8)
     return hu, label
@@ -375,12 +291,12 @@ def synth_pancreas_case(
     Returns:
         `(hu, label)`: float32 HU before noise and rounding, uint8 labels, both `shape`.
     """
-    grid = _grid(shape, zooms)
+    grid = voxel_grid(shape, zooms)
     fov = shape[0] * zooms[0]
     depth = shape[2] * zooms[2]
     hu, body = _body(rng, grid, fov, abdomen=True)
     # The liver's lower right lobe (lateral, clear of the pancreas), spleen and kidneys.
-    liver = _ellipsoid(
+    liver = ellipsoid_distance(
         grid, (-0.32 * fov, -0.04 * fov, 0.1 * depth), np.array([0.11 * fov, 0.2 * fov, 0.5 * depth])
     )
     hu[(liver < 1.0) & body] = HU["liver"] + rng.normal(0, 8)
@@ -394,29 +310,31 @@ def synth_pancreas_case(
             [0.23 * fov, 0.06 * fov, z0 + 0.12 * depth],
         ]
     ) + rng.normal(0, 0.015 * fov, (3, 3)) * [1, 1, 0]
-    line = _bezier(control, 32)
+    line = bezier_points(control, 32)
     t = np.linspace(0.0, 1.0, len(line))
     thickness = (0.10 - 0.045 * t) * fov * rng.uniform(0.9, 1.1)  # head to tail
     radii = np.stack([thickness, thickness, np.full_like(t, 0.15 * depth)], axis=1)
-    gland, _ = _chain(grid, line, radii)
+    gland, _ = ellipsoid_chain(grid, line, radii)
     # Splenic vein along the back of the body and tail, the superior mesenteric vein behind the neck, the
     # duodenum (fluid-filled, ~bowel HU) curving round the head: drawn first, the gland over them.
     posterior = np.array([0.0, 1.0, 0.0], np.float32)  # +y: towards the back
     body_tail = t > 0.35
     vein = line[body_tail] + (thickness[body_tail, None] + 1.5) * posterior
-    hu[(_chain(grid, vein, np.full((len(vein), 3), 1.3))[0] < 1.0) & body] = HU["vessel"]
+    hu[(ellipsoid_chain(grid, vein, np.full((len(vein), 3), 1.3))[0] < 1.0) & body] = HU["vessel"]
     neck = int(0.35 * len(line))
-    hu[_tube(grid, line[neck] + (thickness[neck] + 2.0) * posterior, (0, 0, 1), 1.8) & body] = HU["vessel"]
+    hu[tube_mask(grid, line[neck] + (thickness[neck] + 2.0) * posterior, (0, 0, 1), 1.8) & body] = HU[
+        "vessel"
+    ]
     angles = np.linspace(0.6 * np.pi, 1.6 * np.pi, 16)
     loop = line[0] + (thickness[0] + 2.5) * np.stack([np.cos(angles), np.sin(angles), 0 * angles], 1)
-    hu[(_chain(grid, loop, np.full((len(loop), 3), [2.5, 2.5, 7.5]))[0] < 1.0) & body] = HU["bowel"]
+    hu[(ellipsoid_chain(grid, loop, np.full((len(loop), 3), [2.5, 2.5, 7.5]))[0] < 1.0) & body] = HU["bowel"]
     pancreas = (gland < 1.0) & body
     hu[pancreas] = HU["pancreas"] + rng.normal(0, 6)
     label = np.zeros(shape, np.uint8)
     label[pancreas] = 1
     # The tumour: a lump centred on the centre line in the head or neck, clipped to the gland.
     centre = line[int(rng.integers(0, int(0.5 * len(line))))]
-    tumour = _blob(rng, grid, centre, rng.uniform(3.5, 5.5)) & pancreas
+    tumour = lumpy_blob(rng, grid, centre, rng.uniform(3.5, 5.5)) & pancreas
     hu[tumour] = HU["pancreas_tumour"] + rng.uniform(-10, 10)
     label[tumour] = 2
     return hu, label
@@ -435,7 +353,7 @@ def synth_colon_case(
     Returns:
         `(hu, label)`: float32 HU before noise and rounding, uint8 labels, both `shape`.
     """
-    grid = _grid(shape, zooms)
+    grid = voxel_grid(shape, zooms)
     fov = shape[0] * zooms[0]
     depth = shape[2] * zooms[2]
     hu, body = _body(rng, grid, fov, abdomen=True)
@@ -456,7 +374,9 @@ def synth_colon_case(
             for a, b in segments
         ]
     )
-    tube, nearest = _chain(grid, line, np.full((len(line), 3), radius))  # distance from the line / radius
+    tube, nearest = ellipsoid_chain(
+        grid, line, np.full((len(line), 3), radius)
+    )  # distance from the line / radius
     wall_inner = 1.0 - 1.6 / radius
     lumen = (tube < wall_inner) & body
     hu[(tube < 1.0) & body] = HU["colon_wall"] + rng.normal(0, 4)
@@ -470,7 +390,7 @@ def synth_colon_case(
     centre_arc = rng.uniform(0.15, 0.85) * arc[-1]
     length = rng.uniform(12.0, 24.0)
     near = np.abs(arc - centre_arc) < length / 2
-    local, _ = _chain(grid, line[near], np.full((int(near.sum()), 3), radius))
+    local, _ = ellipsoid_chain(grid, line[near], np.full((int(near.sum()), 3), radius))
     tumour = (local < 1.1) & (local > rng.uniform(0.2, 0.5)) & body
     if rng.random() < 0.5:  # semi-annular: the half facing a random side
         centre = line[np.argmin(np.abs(arc - centre_arc))]
@@ -478,20 +398,6 @@ def synth_colon_case(
         tumour &= (grid - centre) @ (side / np.linalg.norm(side)).astype(np.float32) > -0.3 * radius
     hu[tumour] = HU["colon_tumour"] + rng.uniform(-10, 10)
     return hu, tumour.astype(np.uint8)
-
-
-def _smooth(rng: np.random.Generator, shape: tuple[int, ...], sigma: float = 2.0) -> np.ndarray:
-    """Gaussian-smoothed noise of unit standard deviation (blobs of about `sigma` voxels)."""
-    from scipy.ndimage import gaussian_filter
-
-    noise = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=sigma)
-    return noise / (noise.std() + 1e-6)
-
-
-def _distance_mm(mask: np.ndarray, zooms: tuple[float, float, float]) -> np.ndarray:
-    from scipy.ndimage import distance_transform_edt
-
-    return distance_transform_edt(mask, sampling=zooms)
 
 
 def synth_ct_case(rng: np.random.Generator, config: CTSynthConfig) -> tuple[np.ndarray, np.ndarray]:
