@@ -15,11 +15,9 @@ import yaml
 
 from visionpipes.core.errors import UserError
 from visionpipes.medical.planning import rules, throughput
+from visionpipes.medical.planning.cost import CPU_MAX_BATCH, WIDTH_CANDIDATES, estimate_cost
 from visionpipes.medical.planning.plan import (
-    CPU_MAX_BATCH,
     PLAN_KEYS,
-    WIDTH_CANDIDATES,
-    estimate_cost,
     make_plan,
     overrides_from_params,
     write_plan,

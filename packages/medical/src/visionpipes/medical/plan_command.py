@@ -73,7 +73,7 @@ def probe_cpu_gflops(threads: int) -> dict[int, float]:
 
 def _overlap(params: object) -> tuple[float, str]:
     from visionpipes.core.errors import UserError
-    from visionpipes.medical.planning.plan import NNUNET_OVERLAP
+    from visionpipes.medical.planning.cost import NNUNET_OVERLAP
 
     value = params_section(params, "inference").get("overlap")
     if value is None or isinstance(value, str):
@@ -89,13 +89,13 @@ def cmd_plan(args: argparse.Namespace, *, progress: Callable[[int, int], None] |
     from visionpipes.core.errors import UserError
     from visionpipes.core.plan import plan_hardware
     from visionpipes.medical.data_stage import resolve_task_dir
+    from visionpipes.medical.planning.cost import DEFAULT_PREDICT_SECONDS
     from visionpipes.medical.planning.fingerprint import (
         FOREGROUND_SAMPLES_TOTAL,
         compute_fingerprint,
         write_fingerprint,
     )
     from visionpipes.medical.planning.plan import (
-        DEFAULT_PREDICT_SECONDS,
         make_plan,
         overrides_from_params,
         write_plan,

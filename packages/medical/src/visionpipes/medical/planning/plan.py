@@ -24,15 +24,15 @@ user's time:
   for fp16 activations under AMP on a GPU; a CPU trains in fp32, twice the bytes per activation). A
   large patch is what nnU-Net's results rest on (context), and it is also the cheaper way to predict a
   volume: fewer windows overlap (MONAI's window grid over 240x240x155 at overlap 0.5 computes each voxel
-  ~8x with 40x32x24 windows, ~3x with 128^3 ones). The batch stays at `CPU_MAX_BATCH` = 2 (nnU-Net's
+  ~8x with 40x32x24 windows, ~3x with 128^3 ones). The batch stays at `cost.CPU_MAX_BATCH` = 2 (nnU-Net's
   minimum): a CPU's cores are already busy with one patch, a bigger batch only lengthens the step.
   What a CPU lacks is compute, so the *width* is chosen by time: the network's FLOPs are counted
   (`rules.conv_layers`: every conv of the plain-conv U-Net at the planned patch), the CPU's throughput
   is a table of GFLOP/s by channel width (`planning.throughput`: measured by a ~2 s conv probe at plan
   time, or `plan.cpu_gflops` in params.yaml), and the plan takes the widest base width of
-  `WIDTH_CANDIDATES` (32 = nnU-Net's, then 16, 8) whose full-volume prediction of the median image
+  `cost.WIDTH_CANDIDATES` (32 = nnU-Net's, then 16, 8) whose full-volume prediction of the median image
   (windows at `plan.predict_overlap`, nnU-Net's 0.5 unless the params' `inference.overlap` is given)
-  fits `plan.predict_seconds` (default `DEFAULT_PREDICT_SECONDS` = 300 s: a case in minutes on a
+  fits `plan.predict_seconds` (default `cost.DEFAULT_PREDICT_SECONDS` = 300 s: a case in minutes on a
   laptop); if none fits, the narrowest, flagged `meets_target: false`. The plan records (`time`) the
   estimates a user sees before training: `seconds_per_step` (forward + backward ~ 3 forwards, x batch)
   and `predict_seconds_per_volume`, for the planned values and for the ones params.yaml makes training
@@ -65,22 +65,17 @@ from typing import Any
 import numpy as np
 
 from visionpipes.core.errors import UserError
-from visionpipes.medical.planning import rules, throughput
+from visionpipes.medical.planning import cost, rules
 from visionpipes.medical.planning.normalization import ct_entry, expand_normalization
 
 __all__ = [
     "AUTO",
     "CPU_FP32_SHARE",
-    "CPU_MAX_BATCH",
-    "DEFAULT_PREDICT_SECONDS",
-    "NNUNET_OVERLAP",
     "PLAN_FORMAT_VERSION",
     "PLAN_KEYS",
-    "WIDTH_CANDIDATES",
     "Plan",
     "make_plan",
     "plan_summary",
-    "plan_width",
     "planning_budget_gb",
     "read_plan",
     "write_plan",
@@ -90,14 +85,6 @@ PLAN_FORMAT_VERSION = 1
 AUTO = "auto"
 #: A CPU's RAM share counts this much in nnU-Net's GB-equivalent (fp32 activations vs nnU-Net's fp16).
 CPU_FP32_SHARE = 0.5
-#: Crops per step on a CPU (nnU-Net's minimum batch; see the module docstring).
-CPU_MAX_BATCH = 2
-#: Base widths (features of the first stage) a CPU plan chooses from, widest first (32: nnU-Net's).
-WIDTH_CANDIDATES: tuple[int, ...] = (32, 16, 8)
-#: Default target of a CPU plan: seconds to predict the median image (`plan.predict_seconds`).
-DEFAULT_PREDICT_SECONDS = 300.0
-#: nnU-Net's sliding-window overlap (tile_step_size 0.5), used for estimates unless one is given.
-NNUNET_OVERLAP = 0.5
 #: The `params.yaml` keys (below `train`) that may be `auto`, in the plan's `values`.
 PLAN_KEYS: tuple[str, ...] = (
     "train.data.pixdim",
@@ -210,83 +197,6 @@ def planning_budget_gb(hardware: Any) -> tuple[float, str]:
     )
 
 
-def _throughput_table(cpu_gflops: float | Mapping[Any, float] | None) -> dict[int, float] | None:
-    if cpu_gflops is None:
-        return None
-    if isinstance(cpu_gflops, Mapping):
-        table = {int(k): float(v) for k, v in cpu_gflops.items()}
-        if not table or min(table.values()) <= 0:
-            raise UserError(f"plan cpu_gflops table must hold positive GFLOP/s per width, got {cpu_gflops}.")
-        return table
-    try:
-        return throughput.table_from_gflops(float(cpu_gflops))
-    except (TypeError, ValueError):
-        raise UserError(
-            f"plan cpu_gflops must be a number > 0 (GFLOP/s) or auto, got {cpu_gflops!r}."
-        ) from None
-
-
-def estimate_cost(
-    patch: Any,
-    batch: int,
-    topology: rules.Topology,
-    features: Any,
-    *,
-    in_channels: int,
-    num_classes: int,
-    median_shape: Any,
-    overlap: float,
-    table: Mapping[int, float] | None,
-) -> dict[str, Any]:
-    """FLOPs and (given a throughput table) seconds of one training step and of predicting the median image."""
-    layers = rules.conv_layers(
-        patch, topology.strides, topology.kernel_sizes, features, in_channels, num_classes
-    )
-    forward = float(sum(layer.flops for layer in layers))
-    n_windows = rules.sliding_windows(median_shape, patch, overlap)
-    out: dict[str, Any] = {
-        "patch_size": [int(p) for p in patch],
-        "batch_size": int(batch),
-        "features": [int(f) for f in features],
-        "forward_gflop_per_patch": round(forward / 1e9, 3),
-        "step_gflop": round(3 * batch * forward / 1e9, 2),
-        "windows_per_volume": n_windows,
-        "predict_gflop_per_volume": round(n_windows * forward / 1e9, 1),
-    }
-    if table is not None:
-        seconds = throughput.layer_seconds(layers, table)
-        out["seconds_per_patch"] = round(seconds, 3)
-        out["seconds_per_step"] = round(3 * batch * seconds, 2)
-        out["predict_seconds_per_volume"] = round(n_windows * seconds, 1)
-    return out
-
-
-def plan_width(
-    patch: Any,
-    topology: rules.Topology,
-    *,
-    in_channels: int,
-    num_classes: int,
-    median_shape: Any,
-    overlap: float,
-    table: Mapping[int, float],
-    predict_seconds: float,
-) -> tuple[int, bool, list[dict[str, Any]]]:
-    """The widest base width of `WIDTH_CANDIDATES` whose predicted median volume fits `predict_seconds`
-    (else the narrowest), whether it fits, and each candidate's estimate."""
-    tried = []
-    for base in WIDTH_CANDIDATES:
-        features = rules.features_per_stage(len(topology.strides), 3, base)
-        cost = estimate_cost(
-            patch, CPU_MAX_BATCH, topology, features, in_channels=in_channels, num_classes=num_classes,
-            median_shape=median_shape, overlap=overlap, table=table,
-        )  # fmt: skip
-        tried.append({"base_width": base, "predict_seconds_per_volume": cost["predict_seconds_per_volume"]})
-        if cost["predict_seconds_per_volume"] <= predict_seconds:
-            return base, True, tried
-    return WIDTH_CANDIDATES[-1], False, tried
-
-
 def _median_shape(fingerprint: Mapping[str, Any], spacing: np.ndarray) -> np.ndarray:
     shapes = np.asarray(fingerprint["shapes_after_crop"], dtype=np.float64)
     spacings = np.asarray(fingerprint["spacings"], dtype=np.float64)
@@ -333,8 +243,8 @@ def make_plan(
     *,
     cpu_gflops: float | Mapping[Any, float] | None = None,
     cpu_gflops_source: str = "given",
-    predict_seconds: float = DEFAULT_PREDICT_SECONDS,
-    overlap: float = NNUNET_OVERLAP,
+    predict_seconds: float = cost.DEFAULT_PREDICT_SECONDS,
+    overlap: float = cost.NNUNET_OVERLAP,
 ) -> Plan:
     """A plan for the dataset `fingerprint` on `hardware`, with explicit `overrides`.
 
@@ -381,7 +291,7 @@ def make_plan(
     in_channels = len(fingerprint["modality"])
     budget, budget_reason = planning_budget_gb(hw)
     on_cpu = hw["device"] != "cuda"
-    table = _throughput_table(cpu_gflops) if on_cpu else None
+    table = cost.throughput_table(cpu_gflops) if on_cpu else None
     if not predict_seconds > 0:
         raise UserError(f"plan predict_seconds must be > 0, got {predict_seconds}.")
     if not 0 <= overlap < 1:
@@ -394,11 +304,11 @@ def make_plan(
         dataset_voxels=float(np.prod(median)) * n_cases,
     )  # fmt: skip
     needs_resampling = not np.allclose(spacings, spacing[None], rtol=SPACING_RTOL, atol=0)
-    planned_batch = min(full.batch_size, CPU_MAX_BATCH) if on_cpu else full.batch_size
+    planned_batch = min(full.batch_size, cost.CPU_MAX_BATCH) if on_cpu else full.batch_size
     median_int = [int(m) for m in np.round(median)]
     width, meets, tried = rules.BASE_FEATURES, None, []
     if table is not None:
-        width, meets, tried = plan_width(
+        width, meets, tried = cost.plan_width(
             full.patch_size, full.topology, in_channels=in_channels, num_classes=num_classes,
             median_shape=median_int, overlap=overlap, table=table, predict_seconds=predict_seconds,
         )  # fmt: skip
@@ -432,14 +342,14 @@ def make_plan(
         + ("" if needs_resampling else "; null: every case already has it, so nothing is resampled"),
         "train.data.roi_size": f"nnU-Net's patch search under {budget:g} GB ({budget_reason}), clipped to the median image",
         "train.data.batch_size": (
-            f"cpu: {CPU_MAX_BATCH} (a bigger batch only lengthens a CPU's step)"
+            f"cpu: {cost.CPU_MAX_BATCH} (a bigger batch only lengthens a CPU's step)"
             if on_cpu
             else "fills the budget, at most 5 % of the dataset's voxels, at least 2"
         ),
         "train.data.normalization": "by modality: CT clip + dataset z-score, others per-image z-score "
         f"(non-zero mask when cropping leaves < 75 %: here {relative:.2f})",
         "train.model.strides": "pool an axis while its feature map stays >= 8 and its spacing < 2x the finest",
-        "train.model.channels": _width_reason(on_cpu, table, width, meets, predict_seconds, overlap),
+        "train.model.channels": cost.width_reason(on_cpu, table, width, meets, predict_seconds, overlap),
     }
     overridden = {
         k: {"planned": values[k], "params": v, "differs": v != values[k]} for k, v in overrides.items()
@@ -462,7 +372,7 @@ def make_plan(
     features = list(rules.features_per_stage(len(topology.strides), 3, width))
     estimate = rules.feature_map_voxels(topology.patch_size, topology.strides, features, num_classes)
     ref_batch = rules.REFERENCE_BATCH[3]
-    cost = {
+    cost_args = {
         "in_channels": in_channels, "num_classes": num_classes, "median_shape": median_int,
         "overlap": overlap, "table": table,
     }  # fmt: skip
@@ -476,14 +386,18 @@ def make_plan(
         "width_candidates": tried,
         "model": "nnU-Net's plain-conv U-Net (2 convs per stage, transposed-conv upsampling); "
         "a training step ~ 3 forward passes x batch; prediction: MONAI's window grid over the median image",
-        "planned": estimate_cost(full.patch_size, planned_batch, full.topology, planned_features, **cost),
+        "planned": cost.estimate_cost(
+            full.patch_size, planned_batch, full.topology, planned_features, **cost_args
+        ),
     }
     if overrides:
         eff_features = features
         channels = overrides.get("train.model.channels")
         if isinstance(channels, list) and len(channels) == len(topology.strides):
             eff_features = [int(c) for c in channels]
-        time_record["effective"] = estimate_cost(topology.patch_size, batch, topology, eff_features, **cost)
+        time_record["effective"] = cost.estimate_cost(
+            topology.patch_size, batch, topology, eff_features, **cost_args
+        )
     cascade = (
         _lowres(spacing, median, num_classes=num_classes, budget=budget, n_cases=n_cases)
         if rules.needs_lowres_stage(full.patch_size, median)
@@ -521,20 +435,6 @@ def make_plan(
         overridden=overridden,
         reasons=reasons,
         fingerprint_sha256=fingerprint_sha256(fingerprint),
-    )
-
-
-def _width_reason(
-    on_cpu: bool, table: Any, width: int, meets: bool | None, target: float, overlap: float
-) -> str:
-    if not on_cpu:
-        return "nnU-Net's 32 per stage, doubling, capped at 320"
-    if table is None:
-        return "nnU-Net's 32 per stage (no CPU throughput given: no time estimate)"
-    fits = "fits" if meets else "is the narrowest; even it misses"
-    return (
-        f"cpu: base width {width} (doubling, capped at 10x): the widest of {list(WIDTH_CANDIDATES)} whose "
-        f"prediction of the median image at overlap {overlap:g} {fits} the {target:g} s target"
     )
 
 
