@@ -222,7 +222,7 @@ def test_tracker_gives_ids_and_rejects_unknown_names() -> None:
 
 
 def test_post_processing_runs_in_order_and_hands_errors_back() -> None:
-    from visionpipes.driving.streams.run import _PostProcessor
+    from visionpipes.driving.streams.postprocess import PostProcessor
 
     seen: list[int] = []
 
@@ -232,7 +232,7 @@ def test_post_processing_runs_in_order_and_hands_errors_back() -> None:
         while time.thread_time() < deadline:
             pass
 
-    post = _PostProcessor(busy, maxsize=2)
+    post = PostProcessor(busy, maxsize=2)
     for i in range(20):
         post.put((i,))
     post.close()
@@ -242,7 +242,7 @@ def test_post_processing_runs_in_order_and_hands_errors_back() -> None:
     def fail(i: int) -> None:
         raise ValueError(f"frame {i} is bad")
 
-    post = _PostProcessor(fail, maxsize=2)
+    post = PostProcessor(fail, maxsize=2)
     for i in range(5):  # never blocks: after the first error the items are drained unprocessed
         post.put((i,))
     with pytest.raises(ValueError, match="frame 0 is bad"):

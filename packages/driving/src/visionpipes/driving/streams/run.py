@@ -27,6 +27,7 @@ from visionpipes.driving.drawing import annotate
 from visionpipes.driving.lanes.decode import lane_mask_from_logits
 from visionpipes.driving.streams.cameras import CameraReader, is_live_source, parse_source
 from visionpipes.driving.streams.outputs import LabelLog, VideoSegments, drivable_labels, write_status
+from visionpipes.driving.streams.postprocess import PostProcessor
 from visionpipes.driving.streams.tracking import make_tracker, track, tracks_to_frame
 
 
@@ -261,7 +262,7 @@ def run_streams(
 
     # Tracking, drawing, encoding and label writing run in one worker thread (in frame order),
     # overlapping the next tick's inference: OpenCV and onnxruntime release the GIL.
-    post = _PostProcessor(finish_frame, maxsize=2 * len(readers), on_batch=flush_batch)
+    post = PostProcessor(finish_frame, maxsize=2 * len(readers), on_batch=flush_batch)
     for reader in readers:
         reader.start()
     start = time.monotonic()
@@ -396,7 +397,6 @@ def run_streams(
     )
 
 
-_BATCH_END = ("batch-end",)
 #: BGR tint of the drivable area in the annotated videos: direct, alternative.
 DRIVABLE_COLORS: tuple[tuple[int, int, int], tuple[int, int, int]] = ((255, 0, 255), (255, 191, 0))
 
@@ -411,65 +411,6 @@ def drivable_overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.35) -
         if area.any():
             out[area] = ((1 - alpha) * out[area] + alpha * np.asarray(color, np.float32)).astype(np.uint8)
     return out
-
-
-class _PostProcessor:
-    """A worker thread that applies `fn` to queued items in order and calls `on_batch` at each
-    `end_batch()`; the first error is kept and re-raised in the caller by `raise_if_failed` or `close`."""
-
-    def __init__(
-        self, fn: Callable[..., None], maxsize: int, on_batch: Callable[[], None] | None = None
-    ) -> None:
-        import queue
-
-        self._fn = fn
-        self._on_batch = on_batch
-        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=maxsize)
-        self._error: BaseException | None = None
-        #: CPU seconds this worker thread has used (its own thread clock, read when it stops).
-        self.cpu_seconds = 0.0
-        self._thread = threading.Thread(target=self._run, name="stream-post", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._work()
-        finally:
-            self.cpu_seconds = time.thread_time()
-
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if self._error is None:
-                try:
-                    if item is _BATCH_END:
-                        if self._on_batch is not None:
-                            self._on_batch()
-                    else:
-                        self._fn(*item)
-                except BaseException as err:  # handed to the caller
-                    self._error = err
-
-    def put(self, item: tuple[Any, ...]) -> None:
-        self._queue.put(item)
-
-    def end_batch(self) -> None:
-        """Mark the end of one tick's frames (`on_batch` runs after them, in order)."""
-        self._queue.put(_BATCH_END)
-
-    def raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def close(self, wait: bool = True) -> None:
-        """Finish the queued items and stop (`wait=False`: stop after them without raising)."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-        if wait:
-            self.raise_if_failed()
 
 
 def _report_changes(
