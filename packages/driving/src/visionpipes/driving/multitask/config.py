@@ -169,6 +169,10 @@ class MultiTaskTrainConfig(ConfigModel):
             so the result does not depend on the machine's load).
         max_epochs: the epochs to train (the cosine LR anneals over them).
         flip: probability of the horizontal flip (boxes, lane and drivable masks flipped alike).
+        scale: the random affine warp's scale range, 1 +- scale (`multitask.augment`; YOLOP: 0.25).
+        translate: its translation range, +- this share of each side (YOLOP: 0.1).
+        degrees: its rotation range in degrees (YOLOP: 10).
+        hsv: the colour jitter's hue, saturation and value gains (YOLOP: 0.015, 0.7, 0.4).
         workers: data-loader workers.
         cache: keep the letterboxed images and targets in memory after the first read.
         limit: use at most this many training images (0: all).
@@ -184,6 +188,10 @@ class MultiTaskTrainConfig(ConfigModel):
     max_minutes: float | None = Field(None, gt=0)
     max_epochs: int = Field(15, ge=1)
     flip: float = Field(0.5, ge=0, le=1)
+    scale: float = Field(0.0, ge=0, lt=1)
+    translate: float = Field(0.0, ge=0, le=0.5)
+    degrees: float = Field(0.0, ge=0, le=45)
+    hsv: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0], min_length=3, max_length=3)
     workers: int = Field(0, ge=0)
     cache: bool = True
     limit: int = Field(0, ge=0)

@@ -122,6 +122,8 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         size: (width, height) of the network input.
         train: apply the augmentation.
         flip: probability of the horizontal flip (training only).
+        augment: the affine warp and colour jitter (`multitask.augment`; training only): `scale`,
+            `translate`, `degrees`, `hsv` (hue, saturation, value gains); None or zeros: none.
         seed: the augmentation seed; with `set_epoch`, item i of epoch e is flipped or not the same
             way in every run (and in every data-loader worker).
         cache: keep the letterboxed arrays in memory after the first read.
@@ -134,6 +136,7 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         *,
         train: bool = False,
         flip: float = 0.5,
+        augment: dict[str, Any] | None = None,
         seed: int = 0,
         cache: bool = True,
     ) -> None:
@@ -141,6 +144,7 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         self.size = (int(size[0]), int(size[1]))
         self.train = train
         self.flip = flip
+        self.augment = dict(augment or {})
         self.seed = seed
         self.epoch = 0
         self._cache: dict[int, dict[str, np.ndarray]] | None = {} if cache else None
@@ -191,10 +195,11 @@ class MultiTaskDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         item = dict(self.load(index))
-        if self.train and self.flip > 0:
+        if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            if rng.random() < self.flip:
+            if self.flip > 0 and rng.random() < self.flip:
                 item = flip_item(item, self.size[0])
+            item = self._augment(item, rng)
         out = {
             key: torch.from_numpy(np.ascontiguousarray(value))
             for key, value in item.items()
@@ -202,6 +207,19 @@ class MultiTaskDataset(torch.utils.data.Dataset):
         }
         out["image"] = torch.from_numpy(np.ascontiguousarray(item["image"])).float() / 255.0
         return out
+
+    def _augment(self, item: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """The item through the configured affine warp and colour jitter (unchanged when all are 0)."""
+        from visionpipes.driving.multitask.augment import affine_matrix, jitter_hsv, warp_item
+
+        scale, translate = self.augment.get("scale", 0.0), self.augment.get("translate", 0.0)
+        degrees, hsv = self.augment.get("degrees", 0.0), tuple(self.augment.get("hsv", (0.0, 0.0, 0.0)))
+        if scale or translate or degrees:
+            matrix = affine_matrix(self.size, rng, scale=scale, translate=translate, degrees=degrees)
+            item = warp_item(item, matrix, self.size)
+        if any(hsv):
+            item = {**item, "image": jitter_hsv(item["image"], rng, hsv)}
+        return item
 
 
 def flip_item(item: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:

@@ -275,7 +275,13 @@ def train_multitask(
     except UserError:
         val_samples = []
     train_ds = MultiTaskDataset(
-        train_samples, size, train=True, flip=train_cfg.flip, seed=train_cfg.seed, cache=train_cfg.cache
+        train_samples,
+        size,
+        train=True,
+        flip=train_cfg.flip,
+        augment={k: getattr(train_cfg, k) for k in ("scale", "translate", "degrees", "hsv")},
+        seed=train_cfg.seed,
+        cache=train_cfg.cache,
     )
     loader = {"num_workers": train_cfg.workers, "collate_fn": collate}
     train_dl = torch.utils.data.DataLoader(
