@@ -18,7 +18,7 @@ setup: $(STAMP)
 $(STAMP): $(SETUP_INPUTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e . -e 'packages/core[nas,ray]' -e packages/medical -e packages/driving -e 'packages/retail[$(FAISS),milvus]'
+	$(BIN)/python -m pip install -q -e . -e 'packages/core[nas,ray]' -e 'packages/medical[bench]' -e packages/driving -e 'packages/retail[$(FAISS),milvus]'
 	@# ultralytics pulls opencv-python beside opencv-python-headless; both write cv2/.
 	@# Keep the headless build only, installed last so that its cv2/ is the one on disk.
 	$(BIN)/python -m pip uninstall -q -y opencv-python || true

@@ -33,6 +33,7 @@ from visionpipes.medical.msd.volumes import (
     write_label_map,
 )
 from visionpipes.medical.runtime.checkpoint import network_from_checkpoint
+from visionpipes.medical.runtime.crop import body_box, ct_channels, foreground_box
 from visionpipes.medical.runtime.deployed import NotDeployedError, load_deployed
 
 #: Orientation every volume is brought to before the network sees it (training and inference alike).
@@ -53,10 +54,18 @@ class InferenceConfig(ConfigModel):
         blend: `gaussian` (weights fall off toward window edges) or `constant`.
         tta_flips: also predict the volume flipped along each axis and average the probabilities.
         threshold: probability above which a voxel belongs to a region.
-        crop_foreground: run the windows over the bounding box of the non-zero voxels only (plus
-            `crop_margin`), as training crops its samples; outside it every region is absent. Skull-stripped
-            MRI (BraTS) is zero outside the brain; a CT (no zero background) keeps its whole grid.
-        crop_margin: voxels kept around the foreground box.
+        crop_foreground: run the windows over a box only (plus `crop_margin`), as nnU-Net crops every case
+            to its non-zero region; outside it every region is absent (`runtime.crop`). MRI (non-zero
+            z-score): the box of the non-zero voxels (skull-stripped BraTS is zero outside the brain). CT (a
+            channel with the `ct` normalisation): the body's box, the voxels above `body_threshold_hu` in the
+            raw Hounsfield units before normalisation (a CT has no zero background). Measured
+            (`benchmarks/medical_real_geometry.py`, random-weight plan networks, 2 shared cores): the MNI152
+            brain in BraTS's 240x240x155 grid runs 12 of the 27 windows, an adult abdomen (33 x 25 cm) in a
+            512x512 field of view 105 of 252; see `benchmarks/results/medical_real_geometry*.md` for the
+            seconds against MONAI's plain full-grid call.
+        crop_margin: voxels kept around the box.
+        body_threshold_hu: CT only (with `crop_foreground`): Hounsfield units above which a voxel is body
+            (air ~-1000, lung ~-850 and inside the chest wall's box, fat ~-100).
         window_runtime: what runs the network on each window batch: `torch` (eager PyTorch), `onnxruntime`
             (the same network exported to ONNX with accurate instance norms, `fast_windows`; equal
             outputs within 1e-4, 1.2-1.6x faster per window on CPU at large patches) or `auto`
@@ -76,6 +85,7 @@ class InferenceConfig(ConfigModel):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     crop_foreground: bool = False
     crop_margin: int = Field(4, ge=0)
+    body_threshold_hu: float = -500.0
     window_runtime: Literal["auto", "torch", "onnxruntime"] = "torch"
 
 
@@ -113,20 +123,6 @@ def is_nonzero_zscore(normalization: Sequence[Mapping[str, Any]]) -> bool:
     """Whether per-channel entries are all the non-zero z-score (MONAI's `NormalizeIntensity(nonzero=True,
     channel_wise=True)`, which runs for them, so that Task01 models predict exactly as before)."""
     return all(e.get("scheme") == "zscore" and e.get("use_nonzero_mask") for e in normalization)
-
-
-def foreground_box(image: torch.Tensor, margin: int) -> tuple[slice, ...]:
-    """Bounding box (one slice per spatial axis) of the voxels non-zero in any channel of `(C, *spatial)`,
-    grown by `margin`; the whole grid if every voxel is zero."""
-    nonzero = (image != 0).any(dim=0)
-    if not bool(nonzero.any()):
-        return tuple(slice(0, n) for n in nonzero.shape)
-    box = []
-    for axis, n in enumerate(nonzero.shape):
-        others = tuple(a for a in range(nonzero.ndim) if a != axis)
-        hit = torch.nonzero(nonzero.any(dim=others)).flatten()
-        box.append(slice(max(0, int(hit[0]) - margin), min(n, int(hit[-1]) + 1 + margin)))
-    return tuple(box)
 
 
 class Predictor:
@@ -271,12 +267,28 @@ class Predictor:
             steps.append(Spacing(pixdim=self.pixdim, mode="bilinear"))
         return Compose(steps)
 
+    def crop_box(self, volume: torch.Tensor | np.ndarray) -> tuple[slice, ...] | None:
+        """The body box of a CT `volume` `(C, X, Y, Z)` on the model grid BEFORE normalisation (`runtime.crop
+        .body_box` over the `ct` channels, `body_threshold_hu`, `crop_margin`), when `crop_foreground` is on;
+        None otherwise, and for a model without a `ct` channel (MRI: `region_probabilities` takes the box of
+        the non-zero normalised voxels, as it always has)."""
+        channels = ct_channels(self.normalization)
+        if not self.config.crop_foreground or not channels:
+            return None
+        raw = torch.as_tensor(volume).as_subclass(torch.Tensor)[channels]
+        return body_box(raw, self.config.body_threshold_hu, self.config.crop_margin)
+
     @torch.inference_mode()
-    def region_probabilities(self, image: torch.Tensor) -> torch.Tensor:
-        """Region probabilities `(R, X, Y, Z)` of a preprocessed image `(C, X, Y, Z)` (model grid)."""
+    def region_probabilities(self, image: torch.Tensor, box: tuple[slice, ...] | None = None) -> torch.Tensor:
+        """Region probabilities `(R, X, Y, Z)` of a preprocessed image `(C, X, Y, Z)` (model grid).
+
+        The windows run over `box` (one slice per spatial axis, e.g. `crop_box` of the raw CT) when given,
+        else, with `crop_foreground`, over the box of the non-zero voxels; every region is absent outside.
+        """
         x = torch.as_tensor(image, dtype=torch.float32).as_subclass(torch.Tensor)[None].to(self.device)
-        if self.config.crop_foreground:
+        if box is None and self.config.crop_foreground:
             box = foreground_box(x[0], self.config.crop_margin)
+        if box is not None:
             crop = x[(slice(None), slice(None), *box)]
             if crop.shape != x.shape:
                 out = torch.zeros((len(self.regions), *x.shape[2:]), dtype=torch.float32)
@@ -357,8 +369,9 @@ class Predictor:
     def predict_array(self, image: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """Label map (input grid) of an image `(C, X, Y, Z)` with its voxel-to-world `affine`.
 
-        Reorients (and resamples) and normalises as in training (`normalise`), predicts, and
-        maps the probabilities back onto the input grid before thresholding.
+        Reorients (and resamples) and normalises as in training (`normalise`), predicts (with
+        `crop_foreground`, over the brain's non-zero box or the CT body's box, `crop_box`), and maps the
+        probabilities back onto the input grid before thresholding.
 
         Raises:
             UserError: if the channel count differs from the model's.
@@ -373,12 +386,13 @@ class Predictor:
         volume = spatial(
             MetaTensor(torch.from_numpy(np.ascontiguousarray(image)), affine=torch.as_tensor(affine))
         )
+        box = self.crop_box(volume)  # CT: the body, from the raw Hounsfield units
         normalised = self.normalise(volume)
         if self.previous_stage is not None:
             normalised = torch.cat(
                 [torch.as_tensor(normalised).float(), self._previous_stage_channels(image, affine)]
             )
-        probs = self.region_probabilities(normalised)
+        probs = self.region_probabilities(normalised, box=box)
         probs = MetaTensor(probs, meta=volume.meta, applied_operations=volume.applied_operations)
         probs = spatial.inverse(probs)
         return regions_to_labels(probs.as_tensor().numpy(), self.regions, threshold=self.config.threshold)

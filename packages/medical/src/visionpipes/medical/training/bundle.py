@@ -66,7 +66,9 @@ def inference_config(description: Mapping[str, Any], inference: InferenceConfig)
             }
         )
     pre.append({"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True, "channel_wise": True})
-    if inference.crop_foreground:  # as Predictor.region_probabilities: the box of non-zero normalised voxels
+    # as Predictor.region_probabilities: the box of non-zero normalised voxels (MRI; CT models, whose crop
+    # is the body's box in raw HU, are refused by `export_bundle`)
+    if inference.crop_foreground:
         pre.append(
             {
                 "_target_": "CropForegroundd",
@@ -273,8 +275,9 @@ def export_bundle(
     if normalization and not is_nonzero_zscore(normalization):
         raise UserError(
             f"model checkpoint {checkpoint} normalises its input as {[e.get('scheme') for e in normalization]} "
-            "(e.g. CT's clip + dataset z-score), which the bundle's stock NormalizeIntensityd cannot express; "
-            "deploy it with `vp-medical export` (ONNX/TorchScript) instead."
+            "(e.g. CT's clip + dataset z-score), which the bundle's stock NormalizeIntensityd cannot express, "
+            "nor its crop to the body's box in raw Hounsfield units (inference.crop_foreground, "
+            "body_threshold_hu); deploy it with `vp-medical export` (ONNX/TorchScript) instead."
         )
     config = inference_config(description, inference)
     metrics_data = read_metrics(metrics, producer="`vp-medical evaluate`") if metrics is not None else None
