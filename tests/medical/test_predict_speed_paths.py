@@ -54,6 +54,7 @@ def _predictor(engine: str) -> Predictor:
 
 
 def test_accurate_instance_norm_equals_torch() -> None:
+    torch.manual_seed(0)  # unseeded, the draw depended on the tests run before it (failed once after others)
     norm = torch.nn.InstanceNorm3d(3, affine=True)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 2.0)
