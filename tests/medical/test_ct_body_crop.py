@@ -129,3 +129,44 @@ def test_no_body_box_without_the_crop_or_a_ct_channel(crop: bool, normalization)
 def test_body_threshold_is_an_inference_setting() -> None:
     assert InferenceConfig().body_threshold_hu == -500.0
     assert InferenceConfig(body_threshold_hu=-300).to_dict()["body_threshold_hu"] == -300.0
+
+
+def test_a_deployed_ct_model_records_and_applies_its_body_crop(
+    trained, tmp_path, capsys: pytest.CaptureFixture
+) -> None:
+    """`vp-medical export` records `body_threshold_hu`; `Predictor.load` and `vp-medical predict` crop
+    with the recorded threshold (a -450 HU rim outside the body is body at -500, not at the recorded -400)."""
+    import json
+
+    import nibabel as nib
+
+    from visionpipes.medical import cli
+    from visionpipes.medical.training.deploy import deploy
+
+    ckpt = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt["hyper_parameters"]["normalization"] = CT * 4  # the tiny 4-channel model, as if trained on CT
+    torch.save(ckpt, tmp_path / "ct.ckpt")
+    model = tmp_path / "model"
+    deploy(
+        tmp_path / "ct.ckpt",
+        model,
+        inference=InferenceConfig(overlap=0.25, crop_foreground=True, body_threshold_hu=-400.0),
+    )
+    assert json.loads((model / "model.json").read_text())["inference"]["body_threshold_hu"] == -400.0
+    raw = np.repeat(_ct(), 4, axis=0)
+    raw[:, 0:2, :, :] = -450.0  # a rim: body at -500, air at -400
+    predictor = Predictor.load(model)
+    expected = tuple(
+        slice(max(0, s.start - 4), min(n, s.stop + 4)) for s, n in zip(_extent(), SHAPE, strict=True)
+    )
+    assert predictor.crop_box(torch.from_numpy(raw)) == expected
+    assert Predictor.load(model, body_threshold_hu=-500.0).crop_box(torch.from_numpy(raw))[0].start == 0
+    scan, seg = tmp_path / "ct_scan.nii.gz", tmp_path / "ct_seg.nii.gz"
+    nib.save(nib.Nifti1Image(np.moveaxis(raw, 0, -1), np.eye(4)), scan)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["predict", "--model", str(model), "--input", str(scan), "--output", str(seg)])
+    assert info.value.code == 0 and "wrote" in capsys.readouterr().out
+    labels = np.asarray(nib.load(seg).dataobj)
+    outside = np.ones(SHAPE, bool)
+    outside[expected] = False
+    assert labels.shape == SHAPE and not labels[outside].any()
