@@ -61,9 +61,9 @@ class InferenceConfig(ConfigModel):
             raw Hounsfield units before normalisation (a CT has no zero background). Measured
             (`benchmarks/medical_real_geometry.py`, random-weight plan networks, 2 shared cores): the MNI152
             brain in BraTS's 240x240x155 grid runs 12 of the 27 windows (full volume 52 s against 133 s for
-            MONAI's plain full-grid call, 2.55x; 1.17x with the crop off), an adult abdomen (33 x 25 cm) in
-            a 512x512x200 CT 105 of 252 (2.79x extrapolated from a full-plane slab; 1.14x crop off);
-            `benchmarks/results/medical_real_geometry_{mri,ct}.md`.
+            MONAI's plain full-grid call, 2.55x, and 2.54x in a second run; 1.13-1.17x with the crop off), an
+            adult abdomen (33 x 25 cm) in a 512x512x200 CT 105 of 252 (2.79x and 3.08x extrapolated from a
+            full-plane slab; 1.14-1.26x crop off); `benchmarks/results/medical_real_geometry*.md`.
         crop_margin: voxels kept around the box.
         body_threshold_hu: CT only (with `crop_foreground`): Hounsfield units above which a voxel is body
             (air ~-1000, lung ~-850 and inside the chest wall's box, fat ~-100).
