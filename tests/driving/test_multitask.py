@@ -103,6 +103,7 @@ def _images(n: int = 2) -> torch.Tensor:
 
 def test_output_layout_matches_the_lane_model_and_the_drivable_masks() -> None:
     from visionpipes.driving.lanes import decode
+
     assert LANE_CHANNELS == decode.LANE_CHANNELS == 13
     assert LANE_CATEGORY_CHANNELS == decode.CATEGORY_CHANNELS == 9
     assert LANE_BACKGROUND_CLASS == decode.BACKGROUND_CLASS == 8
@@ -175,18 +176,20 @@ def test_output_shapes(backbone: str | dict) -> None:
     assert bool(((scores >= 0) & (scores <= 1)).all())  # probabilities, as the exported detector's
 
 
-@pytest.mark.parametrize("lane_stride", [2, 4])
+@pytest.mark.parametrize("lane_stride", [1, 2, 4])
 def test_the_lane_head_predicts_at_its_stride_and_returns_input_size_logits(lane_stride: int) -> None:
-    from visionpipes.driving.multitask.model import DetailLaneHead
+    from visionpipes.driving.multitask.model import DetailLaneHead, FullResolutionLaneHead
 
     model = build_multitask_model({**TINY, "lane_stride": lane_stride}).eval()
     seen: list[tuple[int, ...]] = []
-    model.lane_head.classifier.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[2:])))
+    last = model.lane_head.refine if lane_stride == 1 else model.lane_head.classifier
+    last.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[2:])))
     with torch.no_grad():
         _, lanes, _ = model(_images(1))
     assert seen == [(H // lane_stride, W // lane_stride)]
     assert lanes.shape == (1, LANE_CHANNELS, H, W)
-    assert isinstance(model.lane_head, DetailLaneHead) == (lane_stride == 2)
+    assert isinstance(model.lane_head, DetailLaneHead) == (lane_stride in (1, 2))
+    assert isinstance(model.lane_head, FullResolutionLaneHead) == (lane_stride == 1)
 
 
 def test_task_modules_partition_the_parameters() -> None:
@@ -246,6 +249,7 @@ def test_detections_are_xywh_in_input_pixels_at_strides_8_16_32() -> None:
 
 def test_detections_decode_with_the_detector_runtime() -> None:
     from visionpipes.driving.detection import runtime
+
     model = _model_predicting_bin(1, 3.0)
     with torch.no_grad():
         predictions = model(_images(1))[0].numpy()

@@ -45,8 +45,9 @@ class MultiTaskModelConfig(ConfigModel):
         lane_head_width: channels of the lane head's depthwise separable conv.
         lane_stride: the stride the lane logits are predicted at before the bilinear resize to the
             input: 2 (default; the decoder's stride-4 features fused with a stride-2 conv of the
-            image, `model.DetailLaneHead`: lanes are 2-3 px wide at 448 px) or 4 (the drivable head's
-            layout).
+            image, `model.DetailLaneHead`: lanes are 2-3 px wide at 448 px), 1 (those logits refined at
+            the input's resolution with a stride-1 conv of the image, `model.FullResolutionLaneHead`)
+            or 4 (the drivable head's layout).
         detail_width: channels of that stride-2 image conv.
         drivable_head_width: channels of the drivable head's depthwise separable conv.
         aspp_rates: dilation rates of the ASPP on the stride-16 level (in stride-16 cells).
@@ -68,7 +69,7 @@ class MultiTaskModelConfig(ConfigModel):
     neck_width: int = Field(64, ge=8)
     seg_width: int = Field(64, ge=8)
     lane_head_width: int = Field(32, ge=4)
-    lane_stride: Literal[2, 4] = 2
+    lane_stride: Literal[1, 2, 4] = 2
     detail_width: int = Field(16, ge=4)
     drivable_head_width: int = Field(16, ge=4)
     aspp_rates: list[int] = Field(default_factory=lambda: [2, 4, 6], min_length=1)

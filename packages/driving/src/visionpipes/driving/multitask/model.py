@@ -152,6 +152,39 @@ class DetailLaneHead(nn.Module):
         return self.classifier(self.conv(torch.cat([x, detail], dim=1)))
 
 
+class FullResolutionLaneHead(DetailLaneHead):
+    """`DetailLaneHead`'s stride-2 logits, upsampled bilinearly to the input and refined there by a
+    residual depthwise separable conv over them and a stride-1 conv of the image (`lane_stride: 1`).
+
+    Why: the official lane F-scores have a 2-pixel tolerance at 1280x720, where a stride-2 cell of a
+    384-wide input is 6.7 px; ground-truth masks resampled through a 192x108 grid and back score
+    F1_pix2 87.8, through 384x216 97.6 (the lane model's 448x160 ROI: 97.8). The refinement adds about
+    0.12 GFLOPs at 384x224 (6 % of the network).
+
+    Args:
+        in_channels, detail_channels, width, classes, act: as `DetailLaneHead`.
+        fine_channels: channels of the stride-1 image conv.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        detail_channels: int,
+        width: int,
+        classes: int,
+        act: str,
+        fine_channels: int = 8,
+    ) -> None:
+        super().__init__(in_channels, detail_channels, width, classes, act)
+        self.fine = ConvNormAct(2, 3, fine_channels, 3, 1, act=act)
+        self.refine = DepthwiseSeparableConv(2, classes + fine_channels, classes, 3, act=act, pw_act=None)
+
+    def forward(self, seg: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        coarse = super().forward(seg, image)
+        up = F.interpolate(coarse, size=image.shape[2:], mode="bilinear", align_corners=False)
+        return up + self.refine(torch.cat([up, self.fine(image)], dim=1))
+
+
 class MultiTaskNet(nn.Module):
     """RGB in [0, 1] (N, 3, H, W) -> detection, lane logits and drivable logits from one backbone.
 
@@ -207,7 +240,11 @@ class MultiTaskNet(nn.Module):
         self.detect.bias_init()
         self.decoder = SegmentationDecoder(width, c2, config.seg_width, list(config.aspp_rates), act)
         self.lane_head: nn.Module
-        if config.lane_stride == 2:
+        if config.lane_stride == 1:
+            self.lane_head = FullResolutionLaneHead(
+                config.seg_width, config.detail_width, config.lane_head_width, LANE_CHANNELS, act
+            )
+        elif config.lane_stride == 2:
             self.lane_head = DetailLaneHead(
                 config.seg_width, config.detail_width, config.lane_head_width, LANE_CHANNELS, act
             )
@@ -245,7 +282,8 @@ class MultiTaskNet(nn.Module):
         seg = self.decoder(c2, p3, p4)
         size = images.shape[2:]
         lanes = self.lane_head(seg, x) if isinstance(self.lane_head, DetailLaneHead) else self.lane_head(seg)
-        lanes = F.interpolate(lanes, size=size, mode="bilinear", align_corners=False)
+        if lanes.shape[2:] != size:
+            lanes = F.interpolate(lanes, size=size, mode="bilinear", align_corners=False)
         drivable = F.interpolate(self.drivable_head(seg), size=size, mode="bilinear", align_corners=False)
         return self.pan([p3, p4, p5]), lanes, drivable
 
