@@ -285,7 +285,7 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     rss_before = _vm_rss_mib()
     t0 = time.perf_counter()
     engine, prepare_seconds, box = None, 0.0, None
-    if job["impl"] in ("ours", "ours_deployed", "ours_onnxruntime", "ours_onnx"):
+    if job["impl"] in ("ours", "ours_deployed", "ours_onnxruntime", "ours_onnx", "ours_bf16"):
         from visionpipes.medical.msd.regions import Region
         from visionpipes.medical.runtime.predictor import InferenceConfig, Predictor
 
@@ -297,6 +297,7 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
             blend="gaussian",
             window_runtime=engine,
             crop_foreground=job["impl"] == "ours_deployed",  # as pipelines/medical/params.yaml deploys it
+            precision="bf16" if job["impl"] == "ours_bf16" else "fp32",  # bf16 autocast windows
         )
         entries = job["plan"]["normalization_entries"]
         predictor = Predictor(
@@ -427,6 +428,8 @@ def pair(
         ("monai", "monai", 1),
         ("ours_deployed", "ours_deployed", ours_batch),
     ]
+    if kind != "memory":  # engine only (crop off, MONAI's windows) with the windows under bf16 autocast
+        runs.insert(2, ("ours_bf16", "ours_bf16", 4))
     if onnxruntime and kind != "memory":
         runs += [("ours_onnxruntime", "ours_onnxruntime", 4)]
     for key, impl, batch in runs:
@@ -437,7 +440,7 @@ def pair(
     monai = out["monai"]["seconds"]
     out["speedup_monai_over_ours"] = round(monai / max(out["ours"]["seconds"], 1e-9), 3)
     out["outputs"] = compare(work / f"{name}-ours.npy", work / f"{name}-monai.npy")
-    for key in ("ours_onnxruntime", "ours_onnx"):
+    for key in ("ours_onnxruntime", "ours_onnx", "ours_bf16"):
         if key in out:
             out[f"speedup_monai_over_{key}"] = round(monai / max(out[key]["seconds"], 1e-9), 3)
             out[f"outputs_{key}"] = compare(work / f"{name}-{key}.npy", work / f"{name}-monai.npy")
@@ -508,6 +511,10 @@ def markdown(result: dict[str, Any]) -> str:
             d = r["outputs_ours_deployed"]
             rows.append(("ours_deployed", "as deployed (inside the box)", d["inside_max_abs_diff"],
                          d["inside_dice_min_over_regions"]))  # fmt: skip
+            if "ours_bf16" in r:
+                o = r["outputs_ours_bf16"]
+                rows.append(("ours_bf16", "engine only, bf16 windows", o["max_abs_diff"],
+                             o["dice_min_over_regions"]))  # fmt: skip
             if "ours_onnxruntime" in r:
                 o = r["outputs_ours_onnxruntime"]
                 rows.append(("ours_onnxruntime", "engine only, windows in onnxruntime", o["max_abs_diff"],
@@ -523,8 +530,11 @@ def markdown(result: dict[str, Any]) -> str:
             e = v["full_volume_extrapolated"]
             for key, label, ratio in (
                 ("ours", "engine only", e["speedup_engine_only"]),
+                ("ours_bf16", "engine only, bf16 windows", e.get("speedup_engine_only_bf16")),
                 ("ours_deployed", "as deployed", e["speedup_as_deployed"]),
             ):
+                if ratio is None:
+                    continue
                 windows_ours = e["windows_ours_deployed"] if key == "ours_deployed" else e["windows"]
                 lines.append(
                     f"| {name} | **extrapolated full volume** {tuple(v['geometry']['shape'])}: {label} | "
@@ -706,16 +716,21 @@ def main() -> None:
                 memory = pair(full_job, work, f"{name}-memory", kind="memory")
                 memory["shape"], memory["roi"], memory["overlap"] = list(spec["shape"]), memory_roi, 0.0
                 extra: dict[str, Any] = {"windows": n, "windows_ours_deployed": n_box}
-                for impl, count in (("ours", n), ("monai", n), ("ours_deployed", n_box)):
+                for impl, count in (("ours", n), ("monai", n), ("ours_deployed", n_box), ("ours_bf16", n)):
                     b = slab[impl]
                     per_window = b["seconds"] / max(b["windows"], 1)
                     extra[f"{impl}_seconds_per_window"] = round(per_window, 3)
                     extra[f"{impl}_seconds"] = round(count * per_window, 1)
                     extra[f"{impl}_peak_rss_mib"] = round(
-                        memory[impl]["peak_rss_mib"] + (b["peak_rss_mib"] - b["rss_before_call_mib"]), 1
+                        memory.get(impl, memory["ours"])["peak_rss_mib"]
+                        + (b["peak_rss_mib"] - b["rss_before_call_mib"]),
+                        1,
                     )
                 extra["speedup_engine_only"] = round(
                     extra["monai_seconds"] / max(extra["ours_seconds"], 1e-9), 3
+                )
+                extra["speedup_engine_only_bf16"] = round(
+                    extra["monai_seconds"] / max(extra["ours_bf16_seconds"], 1e-9), 3
                 )
                 extra["speedup_as_deployed"] = round(
                     extra["monai_seconds"] / max(extra["ours_deployed_seconds"], 1e-9), 3

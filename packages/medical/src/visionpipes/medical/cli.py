@@ -218,6 +218,11 @@ def _add_inference_options(parser: argparse.ArgumentParser, model_help: str) -> 
         action=argparse.BooleanOptionalAction,
         help="run windows over the non-zero bounding box only (skull-stripped MRI)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        help="window network precision: bf16 autocast, auto (bf16 where native), fp32 (the model's, else fp32)",
+    )
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: cpu)")
     _add_threads(parser)
 

@@ -24,6 +24,7 @@ def inference_overrides(args: argparse.Namespace) -> dict:
         "sw_batch_size": args.sw_batch_size,
         "tta_flips": args.tta,
         "crop_foreground": args.crop_foreground,
+        "precision": getattr(args, "precision", None),
     }
     return {**settings, **{k: v for k, v in flags.items() if v is not None}}
 
@@ -104,7 +105,9 @@ def _predict_ray(args: argparse.Namespace) -> int:
 
     require_ray()  # the one clear error before anything loads
     if args.input.is_dir() and not any(p.name.endswith((".nii", ".nii.gz")) for p in args.input.iterdir()):
-        raise UserError(f"--engine ray predicts NIfTI scans; {args.input} holds none (DICOM: use --engine local).")
+        raise UserError(
+            f"--engine ray predicts NIfTI scans; {args.input} holds none (DICOM: use --engine local)."
+        )
     if args.series or args.output_format != "nifti":
         raise UserError("--series and --output-format are for DICOM input, which --engine ray does not read.")
     scans = list_scans(args.input)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import model_validator
 
 from visionpipes.core.config import ConfigModel, Field, parse_config
 from visionpipes.core.device import select_device
@@ -35,6 +36,7 @@ from visionpipes.medical.msd.volumes import (
 from visionpipes.medical.runtime.checkpoint import network_from_checkpoint
 from visionpipes.medical.runtime.crop import body_box, ct_channels, foreground_box
 from visionpipes.medical.runtime.deployed import NotDeployedError, load_deployed
+from visionpipes.medical.runtime.precision import window_precision, with_precision
 
 #: Orientation every volume is brought to before the network sees it (training and inference alike).
 AXCODES = "RAS"
@@ -77,6 +79,11 @@ class InferenceConfig(ConfigModel):
             MRI plan's 128x128x96 x 16..160 full volume 118.1 s through onnxruntime (100.3 s network + 16.3 s
             export, peak RSS 5.0 GB) against 103.5 s in PyTorch and 120.8 s for MONAI plain in the same run.
             Mixed, so the default stays `torch`; `onnxruntime`/`auto` are opt-in.
+        precision: `fp32`, `bf16` (the window network under `torch.autocast(..., dtype=torch.bfloat16)`,
+            `runtime.precision`; logits, blending and probabilities stay float32) or `auto` (bf16 on a CUDA GPU
+            that supports it or a CPU with native bf16, `cpu_has_native_bf16`; fp32 elsewhere). PyTorch
+            windows only: `bf16` with `window_runtime: onnxruntime` or a deployed `model.onnx` is refused,
+            `auto` stays fp32 there, and `window_runtime: auto` keeps bf16 windows in PyTorch. Default fp32.
     """
 
     overlap: float = Field(0.5, ge=0.0, lt=1.0)
@@ -88,6 +95,16 @@ class InferenceConfig(ConfigModel):
     crop_margin: int = Field(4, ge=0)
     body_threshold_hu: float = -500.0
     window_runtime: Literal["auto", "torch", "onnxruntime"] = "torch"
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+
+    @model_validator(mode="after")
+    def _bf16_needs_torch(self) -> InferenceConfig:
+        if self.precision == "bf16" and self.window_runtime == "onnxruntime":
+            raise ValueError(
+                "precision bf16 runs the windows in PyTorch; window_runtime onnxruntime is fp32 only "
+                "(set window_runtime: torch, or precision: fp32)"
+            )
+        return self
 
 
 @dataclass
@@ -306,6 +323,8 @@ class Predictor:
             return False
         if engine == "onnxruntime":
             return True
+        if window_precision(self.config.precision, self.device) == "bf16":
+            return False  # bf16 windows run in PyTorch
         return self.device.type == "cpu" and math.prod(self.roi_size) >= ONNX_MIN_WINDOW_VOXELS
 
     def window_network(self) -> torch.nn.Module:
@@ -331,6 +350,7 @@ class Predictor:
                         f"PyTorch.",
                         stacklevel=2,
                     )
+            self._window_net = with_precision(self._window_net, self.config.precision, self.device)
         return self._window_net
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
