@@ -82,8 +82,9 @@ class InferenceConfig(ConfigModel):
         precision: `fp32`, `bf16` (the window network under `torch.autocast(..., dtype=torch.bfloat16)`,
             `runtime.precision`; logits, blending and probabilities stay float32) or `auto` (bf16 on a CUDA GPU
             that supports it or a CPU with native bf16, `cpu_has_native_bf16`; fp32 elsewhere). PyTorch
-            windows only: `bf16` with `window_runtime: onnxruntime` or a deployed `model.onnx` is refused,
-            `auto` stays fp32 there, and `window_runtime: auto` keeps bf16 windows in PyTorch. Default fp32.
+            windows only (eager or the deployed TorchScript `model.pt`): `bf16` with `window_runtime:
+            onnxruntime` or a deployed `model.onnx` is refused, `auto` stays fp32 there, and `window_runtime:
+            auto` keeps bf16 windows in PyTorch. Default fp32 (outputs unchanged).
     """
 
     overlap: float = Field(0.5, ge=0.0, lt=1.0)
