@@ -5,10 +5,15 @@ of the same network, patch, overlap and blending on the full grid (what a MONAI 
 this `cpu` and for a `cuda` 80 GB budget side by side; the plan's time estimate against the measurement.
 
     nice -n 5 .venv/bin/python benchmarks/medical_real_geometry.py [--overlap 0.5] [--only mri|ct] [--onnxruntime]
+    nice -n 5 .venv/bin/python benchmarks/medical_real_geometry.py --bf16-quality data/medical/train/checkpoints/last.ckpt
 
 Two ratios, labelled (MONAI plain / ours):
 - **engine only**: ours with `crop_foreground: false`, the same windows as MONAI (4 windows per forward
   under inference_mode against MONAI's default 1);
+- **engine only, bf16 windows** (`ours_bf16`): the same, with `InferenceConfig.precision: bf16` (the window
+  network under `torch.autocast(cpu, bfloat16)`; logits and blending float32), on this CPU's AMX/AVX512-BF16;
+  `--bf16-quality MODEL` compares a trained model's fp32 and bf16 windows on real scans (the medical
+  pipeline's validation scans by default): max abs probability diff and Dice per region;
 - **as deployed**: ours with `crop_foreground: true`, as `pipelines/medical/params.yaml` sets it and as
   nnU-Net crops every case to its non-zero region: the MRI's box of non-zero voxels (the brain), the CT's
   body box (voxels above `InferenceConfig.body_threshold_hu`, -500, in the raw HU, `Predictor.crop_box`);
@@ -854,7 +859,11 @@ def notes(result: dict[str, Any]) -> list[str]:
         "MONAI's default is 1; rows `ours` pin InferenceConfig.window_runtime `torch` (eager), rows `ours_onnxruntime` "
         "`onnxruntime` (opt-in; `auto` picks it on CPU for windows of >= 64^3 voxels): the windows run through onnxruntime, the network exported once per predictor (inside the timed call) with "
         "its instance norms rewritten as axis-by-axis reductions (`runtime/fast_windows.py`: onnxruntime's "
-        "own InstanceNormalization moved logits by 4.4e-3 on mostly-background windows).",
+        "own InstanceNormalization moved logits by 4.4e-3 on mostly-background windows). Rows `ours_bf16`: "
+        "engine only (crop off, MONAI's windows) with InferenceConfig.precision `bf16`, the window network "
+        "under torch.autocast(cpu, bfloat16), float32 logits and blending; their max abs diff and argmax Dice "
+        "are against MONAI plain's fp32 (a random-weight network's outputs sit near 0.5, so bf16 rounding flips "
+        "argmax labels; the trained Task01 model's fp32 vs bf16 check is `--bf16-quality`).",
     ]
     for name, v in result["volumes"].items():
         c = v["estimate_vs_measured"]
@@ -867,12 +876,22 @@ def notes(result: dict[str, Any]) -> list[str]:
             main, where = v["slab"], "measured on a full-plane slab one window thick, extrapolated"
             e = v["full_volume_extrapolated"]
             engine, deployed = e["speedup_engine_only"], e["speedup_as_deployed"]
+        bf16 = ""
+        if "ours_bf16" in main:
+            ratio = (
+                main["speedup_monai_over_ours_bf16"] if "full_volume" in v else e["speedup_engine_only_bf16"]
+            )
+            o = main["outputs_ours_bf16"]
+            bf16 = (
+                f"; engine only with bf16 windows {ratio}x (max abs diff {o['max_abs_diff']:.1e}, Dice of the "
+                f"argmax {o['dice_min_over_regions']})"
+            )
         d = main["outputs_ours_deployed"]
         out.append(
             f"{name}: cpu plan {p['patch_size']} x {p['batch_size']}, features {_features(p)} vs cuda "
             f"{v['plans']['cuda']['patch_size']} x {v['plans']['cuda']['batch_size']}; {where}. MONAI plain / "
             f"ours: engine only {engine}x (outputs equal to {main['outputs']['max_abs_diff']:.1e}, Dice of the "
-            f"argmax {main['outputs']['dice_min_over_regions']}); as deployed {deployed}x (box "
+            f"argmax {main['outputs']['dice_min_over_regions']}){bf16}; as deployed {deployed}x (box "
             f"{box['shape']}, {box['share_of_grid']:.0%} of the grid, {box['windows']} of {box['windows_full_grid']} "
             f"windows; inside the box max abs diff {d['inside_max_abs_diff']:.1e}, Dice of the argmax "
             f"{d['inside_dice_min_over_regions']}: the windows sit elsewhere, so a random-weight network with "
