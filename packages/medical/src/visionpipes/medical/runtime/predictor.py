@@ -84,7 +84,9 @@ class InferenceConfig(ConfigModel):
             that supports it or a CPU with native bf16, `cpu_has_native_bf16`; fp32 elsewhere). PyTorch
             windows only (eager or the deployed TorchScript `model.pt`): `bf16` with `window_runtime:
             onnxruntime` or a deployed `model.onnx` is refused, `auto` stays fp32 there, and `window_runtime:
-            auto` keeps bf16 windows in PyTorch. Default fp32 (outputs unchanged).
+            auto` keeps bf16 windows in PyTorch. Default fp32 (outputs unchanged). Measured (same script,
+            crop off, MONAI's windows, 2 shared cores, AMX): MRI 64 s vs MONAI plain fp32 125 s (1.95x), CT slab
+            45 s vs 90 s (1.99x); the trained Task01 model's probabilities move by <= 0.016 (Dice >= 0.998).
     """
 
     overlap: float = Field(0.5, ge=0.0, lt=1.0)
