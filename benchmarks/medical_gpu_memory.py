@@ -14,6 +14,11 @@ working tree and are put on PYTHONPATH; `.whl` is git-ignored and holds monai's 
       && python3 benchmarks/medical_gpu_memory.py --steps 5 --out "$OUT"
     # then copy files_at/medical_gpu_memory_<gpu>.json to benchmarks/results/ and commit it
 
+Expected cost: 8 rows (4 plans x 2 precisions) of ~130-150 TFLOP per step (the plans' `step_gflop`), 5 steps
+each: about a minute on an H200 in bf16, a few in fp32; rows run smallest estimate first and the JSON is
+rewritten after every row, so a run cut off by its limit keeps what it measured. An out-of-memory row (fp32
+at a plan that fills the GPU) is recorded (`oom`), another CUDA runtime error too (`error`).
+
 Import chain (checked in a venv with only torch + numpy + that wheel + PYTHONPATH): `make_plan` needs numpy
 and `visionpipes.core.errors` only; `probe_hardware`/`resolve_precision` torch; the network and the loss
 monai (which needs torch and numpy). No pydantic, yaml or lightning is imported.
@@ -189,6 +194,10 @@ def measure(
     except torch.OutOfMemoryError as err:
         result["oom"] = True
         result["oom_message"] = str(err).splitlines()[0][:300]
+    except RuntimeError as err:  # e.g. a cuDNN limit at these sizes: recorded, the other rows still run
+        if not cuda:
+            raise
+        result["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
     result["steps_done"] = len(times)
     result["first_step_s"] = round(times[0], 3) if times else None
     result["step_s"] = round(statistics.median(times[1:] or times), 3) if times else None
@@ -202,7 +211,9 @@ def measure(
         result["device_used_gib_after"] = round((total - free) / GIB, 3)
         result["ratio_reserved"] = round(reserved / p["estimated_gb"], 3)
         result["ratio_allocated"] = round(result["max_allocated_gib"] / p["estimated_gb"], 3)
-        result["within_20pct"] = (not result["oom"]) and abs(result["ratio_reserved"] - 1) <= GOAL
+        result["within_20pct"] = (
+            not result["oom"] and "error" not in result and abs(result["ratio_reserved"] - 1) <= GOAL
+        )
     objects.clear()
     del times
     if cuda:
@@ -229,7 +240,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         patch = "x".join(str(v) for v in r["patch_size"])
-        oom = " (OOM)" if r["oom"] else ""
+        oom = " (OOM)" if r["oom"] else " (error)" if r.get("error") else ""
         lines.append(
             f"| {r['volume']} | {r['budget']} ({r['plan_memory_gb']:g}) | {patch} | {r['batch_size']} | "
             f"{r['precision']} | {r['estimated_gb']:.1f} | {r['max_reserved_gib']:.1f}{oom} | "
@@ -266,12 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     hardware = probe_hardware("cuda")
     name = torch.cuda.get_device_name(0)
     entries = [e for e in plans(hardware.memory_gb, hardware.cpu_cores) if args.only in (None, e["volume"])]
-    rows = []
-    for entry in entries:
-        for precision in precisions:
-            row = measure(entry, device="cuda", steps=args.steps, precision=precision)
-            rows.append(row)
-            print(json.dumps({k: row[k] for k in ("volume", "budget", "precision", "max_reserved_gib", "estimated_gb", "ratio_reserved", "oom", "step_s")}), flush=True)  # fmt: skip
+    entries.sort(key=lambda e: e["plan"]["estimated_gb"])  # smallest first: a cut-off run keeps the most rows
+    rows: list[dict[str, Any]] = []
     result = {
         "gpu": name,
         "gpu_memory_gib": hardware.memory_gb,
@@ -284,10 +291,27 @@ def main(argv: list[str] | None = None) -> int:
         "optimizer": f"AdamW lr {LR:g} weight_decay {WEIGHT_DECAY:g}",
         "network": "MONAI DynUNet, the plan's kernels/strides/features, instance norm, no deep supervision",
         "inputs": "random normal images, random binary region masks (30 % ones)",
+        "rows_planned": len(entries) * len(precisions),
         "rows": rows,
     }
     out = args.out / f"medical_gpu_memory_{_slug(name)}.json"
-    _write_json(out, result)
+    for entry in entries:
+        for precision in precisions:
+            row = measure(entry, device="cuda", steps=args.steps, precision=precision)
+            rows.append(row)
+            _write_json(
+                out, result
+            )  # after every row: a run cut off by its time limit keeps what it measured
+            keys = (
+                "volume",
+                "budget",
+                "precision",
+                "max_reserved_gib",
+                "estimated_gb",
+                "ratio_reserved",
+                "oom",
+            )
+            print(json.dumps({k: row.get(k) for k in (*keys, "step_s", "error")}), flush=True)
     print(table(rows))
     print(f"wrote {out}")
     return 0
