@@ -344,8 +344,9 @@ def tick_profile(
     rt = PerceptionRuntime(perception)
     x, infos = network_input(frames, (rt.width, rt.height))
     predictions, lane_out, area_out = rt.session.run(None, {INPUT_NAME: x})
-    lane_logits = [unletterbox(lane_out[k], infos[k], sizes[k]) for k in range(len(frames))]
-    area_logits = [unletterbox(area_out[k], infos[k], sizes[k]) for k in range(len(frames))]
+    network = (rt.width, rt.height)
+    lane_logits = [unletterbox(lane_out[k], infos[k], sizes[k], network, upsample=True) for k in range(len(frames))]
+    area_logits = [unletterbox(area_out[k], infos[k], sizes[k], network) for k in range(len(frames))]
     dets = decode_predictions(predictions, infos, sizes, conf=conf)
     areas = [drivable_mask_from_logits(a, s) for a, s in zip(area_logits, sizes)]
     trackers = [make_tracker("bytetrack") for _ in frames]

@@ -4,6 +4,7 @@ decode in the exported detector's layout, and the default size stays below YOLOP
 
 from __future__ import annotations
 
+import json
 import os
 
 # Nothing may download: set before anything imports ultralytics (the driving conftest does the rest
@@ -346,13 +347,27 @@ def test_onnx_export_is_one_graph_with_three_named_outputs(tmp_path: Path) -> No
     predictions, lanes, drivable = runner(x.numpy())
     anchors = 8 * 16 + 4 * 8 + 2 * 4
     assert predictions.shape == (2, 4 + DETECTION_CLASSES, anchors)
-    assert lanes.shape == (2, LANE_CHANNELS, 64, 128) and drivable.shape == (2, DRIVABLE_CHANNELS, 64, 128)
+    # lanes at the lane head's stride 2, drivable at stride 4: no resize to the input in the graph
+    assert lanes.shape == (2, LANE_CHANNELS, 32, 64) and drivable.shape == (2, DRIVABLE_CHANNELS, 16, 32)
+    assert json.loads(runner.metadata["output_strides"]) == {"lanes": 2, "drivable": 4}
+    model.eval()
     with torch.no_grad():
-        eager = model.eval()(x)
+        full = model(x)  # the eager default (training, the loss): resized to the input
+        model.native_outputs = True
+        eager = model(x)
+        model.native_outputs = False
     for got, ref in zip((predictions, lanes, drivable), eager):
         np.testing.assert_allclose(got, ref.numpy(), atol=1e-3 * float(ref.abs().max()) + 1e-4)
-    assert model.detect.export is False  # the export worked on a copy
+    # the full-size logits are the native ones resized bilinearly (what the first graph did)
+    for native, resized in zip(eager[1:], full[1:]):
+        assert resized.shape[2:] == (64, 128)
+        up = torch.nn.functional.interpolate(native, size=(64, 128), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(up, resized)
+    assert model.detect.export is False and model.native_outputs is False  # the export worked on a copy
     assert runner.metadata["task"] == "multitask" and "car" in runner.metadata["detection_classes"]
+    first = export_multitask_onnx(model, tmp_path / "first.onnx", native_resolution=False)
+    _, lanes, drivable = OnnxRunner(first.path, threads=1)(x.numpy())
+    assert lanes.shape == (2, LANE_CHANNELS, 64, 128) and drivable.shape == (2, DRIVABLE_CHANNELS, 64, 128)
     with pytest.raises(UserError, match="multiples of 32"):
         export_multitask_onnx(model, tmp_path / "bad.onnx", width=100)
 

@@ -372,6 +372,7 @@ def test_train_deploy_and_the_runtime_equals_the_eager_model(dataset_json: Path,
     onnx_outputs, _ = runtime.raw(frames)
     model = load_multitask_model(run.model_path)
     x, _ = network_input(frames, (W, H))
+    model.native_outputs = True  # as exported: segmentation logits at the heads' strides
     with torch.inference_mode():
         eager = model(torch.from_numpy(x))
     for name, got, want in zip(("predictions", "lanes", "drivable"), onnx_outputs, eager):

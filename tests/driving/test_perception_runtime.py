@@ -135,8 +135,13 @@ def test_runtime_equals_the_torch_model_decoded_the_same_way(deploy: dict[str, P
     frames = _frames(deploy["video"], 3)
     frames.append(np.ascontiguousarray(frames[0][:, ::-1]))  # a 4th camera
     raw, infos = runtime.raw(frames)
-    with torch.no_grad():
-        eager = [t.numpy() for t in deploy["model"](torch.from_numpy(network_input(frames, (128, 64))[0]))]
+    model = deploy["model"]
+    model.native_outputs = True  # as exported: segmentation logits at the heads' strides
+    try:
+        with torch.no_grad():
+            eager = [t.numpy() for t in model(torch.from_numpy(network_input(frames, (128, 64))[0]))]
+    finally:
+        model.native_outputs = False
     for name, ours, theirs in zip(("predictions", "lanes", "drivable"), raw, eager):
         assert ours.shape == theirs.shape and ours.shape[0] == 4, name
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4, err_msg=name)
@@ -149,7 +154,9 @@ def test_runtime_equals_the_torch_model_decoded_the_same_way(deploy: dict[str, P
         np.testing.assert_array_equal(result.detections[2], classes)
         np.testing.assert_allclose(result.detections[0], boxes, atol=1e-3)
         np.testing.assert_allclose(result.detections[1], scores, atol=1e-5)
-    decoded = decode_outputs(eager, infos, sizes, lane_decoding=runtime.lane_decoding, conf=0.25)
+    decoded = decode_outputs(
+        eager, infos, sizes, lane_decoding=runtime.lane_decoding, network_size=(128, 64), conf=0.25
+    )
     for result, (_, lane_mask, drivable_mask), frame in zip(results, decoded, frames):
         assert result.drivable_mask.shape == result.lanes.shape == frame.shape[:2]
         assert result.drivable_mask.dtype == np.uint8 and set(np.unique(result.drivable_mask)) <= {0, 1, 2}
@@ -180,6 +187,34 @@ def test_network_input_is_the_detectors_input_written_into_one_buffer() -> None:
     np.testing.assert_array_equal(again, detector_input(frames[::-1], (128, 64))[0])
     fresh, _ = network_input(frames[:2], (128, 64), out=ours)  # another batch size: a new array
     assert fresh is not ours and fresh.shape == (2, 3, 64, 128)
+
+
+def test_unletterbox_cuts_the_frame_from_a_strided_grid() -> None:
+    """Segmentation logits at a stride of the network input: a 16:9 frame in 384x224 (rows 4..220)
+    is cut from the stride-4 grid as it is; with `upsample`, or when the letterbox's edges are off
+    the grid, the logits are first resized bilinearly to the input (the graph's former resize)."""
+    import cv2
+
+    from visionpipes.driving.detection.runtime import letterbox
+    from visionpipes.driving.multitask.decode import unletterbox
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 56, 96)).astype(np.float32)  # stride 4 of 384x224
+    full = np.stack([cv2.resize(c, (384, 224), interpolation=cv2.INTER_LINEAR) for c in logits])
+    _, info = letterbox(np.zeros((720, 1280, 3), np.uint8), (384, 224))
+    assert (info.pad_y, info.pad_x) == (4, 0)
+    cut = unletterbox(logits, info, (1280, 720), (384, 224))
+    np.testing.assert_array_equal(cut, logits[:, 1:55])  # rows 4..220 of the input = cells 1..55
+    np.testing.assert_array_equal(unletterbox(full, info, (1280, 720)), full[:, 4:220])
+    np.testing.assert_array_equal(
+        unletterbox(logits, info, (1280, 720), (384, 224), upsample=True), full[:, 4:220]
+    )
+    _, info = letterbox(np.zeros((480, 640, 3), np.uint8), (384, 224))  # 4:3: columns 42..341
+    assert info.pad_x % 4
+    off_grid = unletterbox(logits, info, (640, 480), (384, 224))
+    np.testing.assert_array_equal(off_grid, unletterbox(full, info, (640, 480)))
+    with pytest.raises(ValueError, match="not on a grid"):
+        unletterbox(logits[:, :55], info, (640, 480), (384, 224))
 
 
 def test_channel_argmax_is_numpys_argmax_ties_included() -> None:
@@ -254,7 +289,9 @@ def test_fast_mask_decoding_equals_the_reference_on_the_models_outputs(deploy: d
     size = (frames[0].shape[1], frames[0].shape[0])
     lane_pixels = 0
     for k, info in enumerate(infos):
-        lane_logits, area_logits = unletterbox(lanes[k], info, size), unletterbox(drivable[k], info, size)
+        network = (runtime.width, runtime.height)
+        lane_logits = unletterbox(lanes[k], info, size, network, upsample=True)
+        area_logits = unletterbox(drivable[k], info, size, network)
         for target in (size, (1280, 720), None):
             for decoding in (runtime.lane_decoding, {}, {**runtime.lane_decoding, "roi_top": 0.25}):
                 ours = lane_mask_from_logits(lane_logits, target, **decoding)
@@ -342,6 +379,7 @@ def test_stream_with_a_multitask_deploy_folder_labels_the_drivable_area(
     from visionpipes.driving.bdd100k.labels import load_frames
     from visionpipes.driving.bdd100k.masks import rasterize_drivable
     from visionpipes.driving.multitask.runtime import PerceptionRuntime
+    from visionpipes.driving.streams.outputs import drivable_labels
 
     assert cli.run(_stream_argv(deploy, tmp_path / "out", "--conf", "0.25")) == 0
     report = _report(capsys.readouterr().out)
@@ -359,11 +397,15 @@ def test_stream_with_a_multitask_deploy_folder_labels_the_drivable_area(
         assert all(p.closed and len(p.vertices) >= 3 for a in areas for p in a.poly2d or [])
         assert len({label.id for label in labels}) == len(labels)  # ids unique across boxes and areas
         mask = result.drivable_mask
-        filled = rasterize_drivable(areas, (mask.shape[1], mask.shape[0]))
-        # the polygons fill back into the model's mask: 0.97-0.99 here on an idle machine; one CI check under
-        # heavy load gave 0.967 on one frame (not reproduced in 4 reruns; whether the stream paired that frame
-        # with a neighbour's mask or the mask differed is not known yet), hence 0.95
-        assert (filled == mask).mean() > 0.95
+        size = (mask.shape[1], mask.shape[0])
+        filled = rasterize_drivable(areas, size)
+        # the stream labelled this frame with this frame's mask: its polygons are those of the mask
+        # decoded here, up to pixels that flip between the stream's onnxruntime threads and ours
+        own = rasterize_drivable(drivable_labels(mask), size)
+        assert (filled == own).mean() > 0.995
+        # and the polygons keep the mask: on a 128x72 frame a simplified outline (1 px tolerance)
+        # misses ~3 % of the pixels (0.970-0.973 on these frames, the same on every run)
+        assert (own == mask).mean() > 0.95
         if frame.frame_index >= 1:  # ByteTrack confirms a track on its second frame
             assert len(boxes) >= 1
 

@@ -55,11 +55,48 @@ def letterbox_window(info: Letterbox, frame_size: tuple[int, int]) -> tuple[int,
     return top, top + new_h, left, left + new_w
 
 
-def unletterbox(logits: np.ndarray, info: Letterbox, frame_size: tuple[int, int]) -> np.ndarray:
-    """(C, H, W) logits at network size -> (C, h, w) over the frame's part of the input only (the
-    padding cut away), still at network resolution; the decoders resize to the frame."""
+def unletterbox(
+    logits: np.ndarray,
+    info: Letterbox,
+    frame_size: tuple[int, int],
+    network_size: tuple[int, int] | None = None,
+    *,
+    upsample: bool = False,
+) -> np.ndarray:
+    """(C, h, w) logits over the network input -> (C, h', w') over the frame's part of it only (the
+    padding cut away); the decoders resize to the frame.
+
+    `network_size` = (width, height) of the network input, when the logits are at a coarser grid
+    than it (the exported graph's segmentation outputs at the heads' own strides, 2 and 4: see
+    `multitask.export`); None: the logits are at the network's size. With `upsample` (the lane
+    logits), or when the letterbox's edges do not fall on the grid, the logits are first resized
+    bilinearly to the network's size (OpenCV; what the graph did before it left the resize out),
+    then cut; else the window is cut from the grid as it is (a 16:9 frame in 384x224: the picture
+    is rows 4..220, on every grid up to stride 4). Lanes need the upsampling: their decoding takes
+    a log-sum-exp of the category logits, which is convex, so computed on the coarse grid and then
+    resized it widens the lanes between cells (measured on the 20-epoch model: val F1_pix2 77.8
+    against 79.8); the drivable arg-max straight from the stride-4 grid scores as before (92.6).
+
+    Raises:
+        ValueError: if the network size is not an integer multiple of the logits' grid.
+    """
     top, bottom, left, right = letterbox_window(info, frame_size)
-    return logits[:, top:bottom, left:right]
+    logits = np.asarray(logits)
+    if network_size is None or (logits.shape[2], logits.shape[1]) == tuple(network_size):
+        return logits[:, top:bottom, left:right]
+    width, height = network_size
+    stride_x, stride_y = width // logits.shape[2], height // logits.shape[1]
+    if stride_x != stride_y or stride_x * logits.shape[2] != width or stride_y * logits.shape[1] != height:
+        raise ValueError(
+            f"logits of {logits.shape[2]}x{logits.shape[1]} are not on a grid of the {width}x{height} input."
+        )
+    stride = stride_x
+    if upsample or top % stride or bottom % stride or left % stride or right % stride:
+        import cv2
+
+        full = np.stack([cv2.resize(c, (width, height), interpolation=cv2.INTER_LINEAR) for c in logits])
+        return full[:, top:bottom, left:right]
+    return logits[:, top // stride : bottom // stride, left // stride : right // stride]
 
 
 def drivable_mask_from_logits(logits: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
@@ -83,6 +120,7 @@ def decode_outputs(
     frame_sizes: Sequence[tuple[int, int]],
     *,
     lane_decoding: Mapping[str, Any] | None = None,
+    network_size: tuple[int, int] | None = None,
     conf: float = 0.25,
     iou: float = 0.6,
     max_det: int = 100,
@@ -90,11 +128,14 @@ def decode_outputs(
     """The graph's three outputs for a batch -> per frame (detections, lane mask, drivable mask).
 
     Args:
-        outputs: `predictions` (N, 14, A), `lanes` (N, 13, H, W), `drivable` (N, 3, H, W) (the
-            names and layout of `multitask.export`).
+        outputs: `predictions` (N, 14, A), `lanes` (N, 13, h, w), `drivable` (N, 3, h', w') (the
+            names and layout of `multitask.export`; segmentation grids at the input size or at a
+            stride of it).
         infos: each frame's letterbox (`network_input`).
         frame_sizes: each frame's (width, height).
         lane_decoding: `lane_mask_from_logits` keywords (`MultiTaskModelConfig.decoding()`).
+        network_size: (width, height) of the network input (`unletterbox`); None: the segmentation
+            outputs are at that size.
         conf, iou, max_det: the detector's decoding (`decode_predictions`).
 
     Returns:
@@ -106,6 +147,7 @@ def decode_outputs(
     decoding = dict(lane_decoding or {})
     out = []
     for det, lane, area, info, size in zip(detections, lanes, drivable, infos, frame_sizes):
-        lane_mask = lane_mask_from_logits(unletterbox(lane, info, size), size, **decoding)
-        out.append((det, lane_mask, drivable_mask_from_logits(unletterbox(area, info, size), size)))
+        lane_mask = lane_mask_from_logits(unletterbox(lane, info, size, network_size, upsample=True), size, **decoding)
+        area_mask = drivable_mask_from_logits(unletterbox(area, info, size, network_size), size)
+        out.append((det, lane_mask, area_mask))
     return out

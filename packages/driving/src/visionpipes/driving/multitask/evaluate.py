@@ -32,10 +32,12 @@ Runner = Callable[[np.ndarray], Sequence[np.ndarray]]
 
 
 def torch_runner(model: Any, device: str = "cpu") -> Runner:
-    """An eager `MultiTaskNet` (eval mode) as a `Runner`."""
+    """An eager `MultiTaskNet` (eval mode, `native_outputs` on: segmentation logits at the heads'
+    strides, as the exported graph returns them) as a `Runner`."""
     import torch
 
     net = model.to(device).eval()
+    net.native_outputs = True
 
     def run(x: np.ndarray) -> list[np.ndarray]:
         with torch.inference_mode():
@@ -114,7 +116,14 @@ def predict_split(
         x, infos = network_input(pictures, size)
         sizes = [(p.shape[1], p.shape[0]) for p in pictures]
         decoded = decode_outputs(
-            runner(x), infos, sizes, lane_decoding=config.decoding(), conf=conf, iou=iou, max_det=max_det
+            runner(x),
+            infos,
+            sizes,
+            lane_decoding=config.decoding(),
+            network_size=size,
+            conf=conf,
+            iou=iou,
+            max_det=max_det,
         )
         for path, ((boxes, scores, classes), lanes, drivable) in zip(chunk, decoded):
             frames.append(detections_to_frame(path.name, boxes, scores, [int(c) for c in classes]))

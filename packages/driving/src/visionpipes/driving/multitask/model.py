@@ -195,7 +195,8 @@ class MultiTaskNet(nn.Module):
     stride-4 feature (`SegmentationDecoder`) feeding two heads: drivable at stride 4, lanes at stride
     2 (`DetailLaneHead`: the decoder's features fused with a stride-2 conv of the image; lanes of
     8 px at 1280 are under 3 px at 384), both resized bilinearly to the input size (as smp's FPN
-    and HybridNets' `SegmentationHead(upsampling=4)` do). The ImageNet normalisation is part of the
+    and HybridNets' `SegmentationHead(upsampling=4)` do) unless `native_outputs` is set (the
+    exported graph and the evaluation: the decoders resize straight to each frame). The ImageNet normalisation is part of the
     network, so the exported graph takes plain [0, 1] RGB like the exported detector and lane model.
 
     Outputs, a tuple `(detection, lanes, drivable)`:
@@ -205,9 +206,10 @@ class MultiTaskNet(nn.Module):
           probabilities (sigmoid) — the layout of the exported YOLO detector, A = sum of
           H/s * W/s over s in 8, 16, 32.
         - lanes: (N, 13, H, W) logits: 9 category (8 lane types, background last), 2 style,
-          2 direction (the lane model's layout).
+          2 direction (the lane model's layout); (N, 13, H/s, W/s) with `native_outputs`, s the
+          `lane_stride`.
         - drivable: (N, 3, H, W) logits, channel k = drivable-mask value k (direct,
-          alternative, background).
+          alternative, background); (N, 3, H/4, W/4) with `native_outputs`.
 
     Measured (default config: mobilenet_v2 backbone, neck 64 (so `Detect`'s box and class branches
     are 64 wide), seg 64, lane head 32 at stride 2, drivable head 16; one image; `core.profile`,
@@ -253,6 +255,10 @@ class MultiTaskNet(nn.Module):
         self.drivable_head = SegmentationHead(
             config.seg_width, config.drivable_head_width, DRIVABLE_CHANNELS, act
         )
+        #: False (training, the loss): lane and drivable logits resized to the input size; True
+        #: (the exported graph, the evaluation): at the heads' own strides (`output_strides`), resized
+        #: once, straight to each frame, by the decoders (`multitask.decode.unletterbox`).
+        self.native_outputs = False
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -260,6 +266,11 @@ class MultiTaskNet(nn.Module):
     def stride(self) -> torch.Tensor:
         """The detection strides (what ultralytics' code reads from a detection model)."""
         return self.detect.stride
+
+    @property
+    def output_strides(self) -> dict[str, int]:
+        """The strides of the lane and drivable logits when `native_outputs` is set."""
+        return {"lanes": self.config.lane_stride, "drivable": 4}
 
     def task_modules(self) -> dict[str, list[nn.Module]]:
         """The parts a staged schedule freezes or trains (YOLOP's encoder / detect head / segment
@@ -282,9 +293,11 @@ class MultiTaskNet(nn.Module):
         seg = self.decoder(c2, p3, p4)
         size = images.shape[2:]
         lanes = self.lane_head(seg, x) if isinstance(self.lane_head, DetailLaneHead) else self.lane_head(seg)
-        if lanes.shape[2:] != size:
-            lanes = F.interpolate(lanes, size=size, mode="bilinear", align_corners=False)
-        drivable = F.interpolate(self.drivable_head(seg), size=size, mode="bilinear", align_corners=False)
+        drivable = self.drivable_head(seg)
+        if not self.native_outputs:
+            if lanes.shape[2:] != size:
+                lanes = F.interpolate(lanes, size=size, mode="bilinear", align_corners=False)
+            drivable = F.interpolate(drivable, size=size, mode="bilinear", align_corners=False)
         return self.pan([p3, p4, p5]), lanes, drivable
 
     def forward(self, images: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:

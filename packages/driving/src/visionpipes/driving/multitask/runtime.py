@@ -264,8 +264,9 @@ class PerceptionRuntime:
         decoding = dict(self.lane_decoding)
         out = []
         for k, (size, info) in enumerate(zip(sizes, infos)):
-            lane = functools.partial(_lane_mask, lane_logits[k], info, size, decoding) if lanes else None
-            drivable = functools.partial(_drivable_mask, drivable_logits[k], info, size)
+            network = (self.width, self.height)
+            lane = functools.partial(_lane_mask, lane_logits[k], info, size, network, decoding) if lanes else None
+            drivable = functools.partial(_drivable_mask, drivable_logits[k], info, size, network)
             out.append((detections[k], lane, drivable))
         return out
 
@@ -274,10 +275,18 @@ class PerceptionRuntime:
 
 
 def _lane_mask(
-    logits: np.ndarray, info: Letterbox, size: tuple[int, int], decoding: dict[str, Any]
+    logits: np.ndarray,
+    info: Letterbox,
+    size: tuple[int, int],
+    network: tuple[int, int],
+    decoding: dict[str, Any],
 ) -> np.ndarray:
-    return lane_mask_from_logits(unletterbox(logits, info, size), size, **decoding)
+    return lane_mask_from_logits(
+        unletterbox(logits, info, size, network, upsample=True), size, **decoding
+    )
 
 
-def _drivable_mask(logits: np.ndarray, info: Letterbox, size: tuple[int, int]) -> np.ndarray:
-    return drivable_mask_from_logits(unletterbox(logits, info, size), size)
+def _drivable_mask(
+    logits: np.ndarray, info: Letterbox, size: tuple[int, int], network: tuple[int, int]
+) -> np.ndarray:
+    return drivable_mask_from_logits(unletterbox(logits, info, size, network), size)
