@@ -379,3 +379,21 @@ def test_train_deploy_and_the_runtime_equals_the_eager_model(dataset_json: Path,
         np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-4, err_msg=name)
     result = runtime.predict(frames)[0]
     assert result.drivable_mask.shape == frames[0].shape[:2] and result.lanes.shape == frames[0].shape[:2]
+
+
+def test_the_int8_graph_is_kept_only_within_both_the_ap_and_the_lane_limits() -> None:
+    from visionpipes.driving.deploy import DeployConfig
+    from visionpipes.driving.multitask.deploy import int8_verdict
+
+    fp32 = {"AP": 0.600, "AP_50": 0.886, "lane_F1_pix2": 79.8, "drivable_mIoU": 92.6}
+    config = DeployConfig()
+    limits = (config.perception_max_ap_drop, config.perception_max_lane_drop)
+    assert limits == (0.01, 1.0)
+    kept, reason = int8_verdict(fp32, {**fp32, "AP": 0.5966, "lane_F1_pix2": 79.92}, *limits)
+    assert kept and "AP -0.0034" in reason and "F1_pix2 +0.12" in reason
+    # the first graph's int8 version: AP within 0.01, lanes 1.1 points down -> not deployed
+    kept, reason = int8_verdict(fp32, {**fp32, "AP": 0.5966, "lane_F1_pix2": 78.7}, *limits)
+    assert not kept and "lane F1_pix2 on val fell by 1.10 points (79.80 -> 78.70)" in reason
+    kept, reason = int8_verdict(fp32, {**fp32, "AP": 0.585, "lane_F1_pix2": 80.0}, *limits, split="test")
+    assert not kept and "AP on test fell by 0.0150" in reason
+    assert int8_verdict(fp32, {**fp32, "lane_F1_pix2": 79.8 - 2.0}, 0.01, 2.5)[0]  # limits are honoured

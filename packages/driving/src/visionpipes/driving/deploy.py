@@ -43,9 +43,11 @@ class DeployConfig(ConfigModel):
         calibration_images: training images the int8 calibration sees.
         perception_int8: with a multi-task model, also try `perception_int8.onnx` (the detector's
             static int8 recipe); it is kept only if its official detection AP on the evaluation split
-            is at most `perception_max_ap_drop` below the fp32 graph's, else left out with the
-            reason in the model card. Needs the dataset (`--dataset`).
+            is at most `perception_max_ap_drop` below the fp32 graph's and its lane F1_pix2 at most
+            `perception_max_lane_drop` points below, else left out with the reason in the model
+            card. Needs the dataset (`--dataset`).
         perception_max_ap_drop: the largest AP drop the int8 multi-task graph may have.
+        perception_max_lane_drop: the largest lane F1_pix2 drop (points) it may have.
     """
 
     atol: float = Field(1e-4, ge=0)
@@ -56,6 +58,7 @@ class DeployConfig(ConfigModel):
     calibration_images: int = Field(32, ge=1)
     perception_int8: bool = True
     perception_max_ap_drop: float = Field(0.01, ge=0)
+    perception_max_lane_drop: float = Field(1.0, ge=0)
 
 
 def _latency_ms(runner: Any, example: Any, runs: int) -> float | None:
@@ -194,6 +197,7 @@ def export_models(
                 dataset=dataset,
                 calibration_images=config.calibration_images,
                 max_ap_drop=config.perception_max_ap_drop,
+                max_lane_drop=config.perception_max_lane_drop,
             )
         )
     return report

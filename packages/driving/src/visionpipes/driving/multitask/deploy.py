@@ -1,7 +1,8 @@
 """The multi-task network in the driving deploy folder: `perception.onnx` (one graph, three outputs,
 checked against the eager model), optionally `perception_int8.onnx` — kept only when its official
-detection AP on the evaluation split stays within `max_ap_drop` of the fp32 graph's, else removed
-with the reason recorded — and the model-card sections of the three tasks.
+detection AP on the evaluation split stays within `max_ap_drop` of the fp32 graph's and its lane
+F1_pix2 within `max_lane_drop` points (`int8_verdict`), else removed with the reason recorded — and
+the model-card sections of the three tasks.
 
 Deploy-time code called by `driving.deploy`: it exports, quantises and scores; it never trains.
 """
@@ -58,6 +59,7 @@ def export_perception(
     dataset: str | os.PathLike | None = None,
     calibration_images: int = 32,
     max_ap_drop: float = 0.01,
+    max_lane_drop: float = 1.0,
 ) -> dict[str, Any]:
     """Export a `multitask_model.pt` to `out_dir/perception.onnx` and, with `int8`, try the int8 graph.
 
@@ -65,7 +67,8 @@ def export_perception(
     (per-channel weights, the `Detect` head's output layers and decoding in float), calibrated on
     training images letterboxed as the runtime does. Both graphs are scored on the dataset's
     evaluation split (`evaluate_multitask`); the int8 file stays only if its official AP is at most
-    `max_ap_drop` below the fp32 graph's, else it is deleted and the report says why.
+    `max_ap_drop` below the fp32 graph's and its lane F1_pix2 at most `max_lane_drop` points below
+    (`int8_verdict`), else it is deleted and the report says why.
 
     Returns:
         `{"perception": {...}}` (file, input, parameters, GFLOPs, parity, latency, config; with `int8`
@@ -101,7 +104,7 @@ def export_perception(
         }
     }
     if int8:
-        verdict = _int8(out, dataset, calibration_images, max_ap_drop, shape, latency_runs)
+        verdict = _int8(out, dataset, calibration_images, (max_ap_drop, max_lane_drop), shape, latency_runs)
         report["perception"]["int8"] = verdict
         if verdict["kept"]:
             report["perception_int8"] = {
@@ -115,7 +118,7 @@ def _int8(
     out: Path,
     dataset: str | os.PathLike | None,
     calibration_images: int,
-    max_ap_drop: float,
+    limits: tuple[float, float],
     shape: tuple[int, int, int, int],
     latency_runs: int,
 ) -> dict[str, Any]:
@@ -140,27 +143,58 @@ def _int8(
         name: _headline(evaluate_multitask(dataset, out / name, split=split))
         for name in (PERCEPTION_ONNX, PERCEPTION_INT8_ONNX)
     }
-    drop = scores[PERCEPTION_ONNX]["AP"] - scores[PERCEPTION_INT8_ONNX]["AP"]
-    kept = drop <= max_ap_drop
+    kept, reason = int8_verdict(scores[PERCEPTION_ONNX], scores[PERCEPTION_INT8_ONNX], *limits, split=split)
     entry: dict[str, Any] = {
         "kept": kept,
+        "reason": reason,
         "split": split,
         "calibration_images": len(calibration),
         "official_scores_onnx": scores,
-        "ap_drop": round(drop, 4),
-        "max_ap_drop": max_ap_drop,
+        "ap_drop": round(scores[PERCEPTION_ONNX]["AP"] - scores[PERCEPTION_INT8_ONNX]["AP"], 4),
+        "max_ap_drop": limits[0],
+        "lane_drop": round(
+            scores[PERCEPTION_ONNX]["lane_F1_pix2"] - scores[PERCEPTION_INT8_ONNX]["lane_F1_pix2"], 2
+        ),
+        "max_lane_drop": limits[1],
     }
     if kept:
-        entry["reason"] = f"official AP {drop:+.4f} below fp32 (within {max_ap_drop})"
         entry["latency_ms_onnxruntime"] = _latency_ms(out / PERCEPTION_INT8_ONNX, shape, latency_runs)
     else:
         (out / PERCEPTION_INT8_ONNX).unlink()
-        entry["reason"] = (
-            f"int8 skipped: official detection AP on {split} fell by {drop:.4f} "
-            f"({scores[PERCEPTION_ONNX]['AP']:.4f} -> {scores[PERCEPTION_INT8_ONNX]['AP']:.4f}), more than {max_ap_drop}"
-        )
     print(f"export: {entry['reason']}", flush=True)
     return entry
+
+
+def int8_verdict(
+    fp32: Mapping[str, Any],
+    int8: Mapping[str, Any],
+    max_ap_drop: float,
+    max_lane_drop: float,
+    *,
+    split: str = "val",
+) -> tuple[bool, str]:
+    """Whether the int8 graph may replace the fp32 one, and why, from both graphs' official scores
+    (`_headline`: `AP`, `lane_F1_pix2`): its AP at most `max_ap_drop` below, and its lane F1_pix2
+    at most `max_lane_drop` points below. The issue's int8 rule is the AP's; lanes are guarded too
+    because int8 has hurt them more: on the 20-epoch model the first graph's int8 version (lane
+    logits resized to the input inside the graph) lost 1.1 points of F1_pix2 at an AP drop of
+    0.0034, where today's graph (logits at the heads' strides) gains 0.1 at the same AP drop."""
+    drop = fp32["AP"] - int8["AP"]
+    lane_drop = fp32["lane_F1_pix2"] - int8["lane_F1_pix2"]
+    if drop > max_ap_drop:
+        return False, (
+            f"int8 skipped: official detection AP on {split} fell by {drop:.4f} "
+            f"({fp32['AP']:.4f} -> {int8['AP']:.4f}), more than {max_ap_drop}"
+        )
+    if lane_drop > max_lane_drop:
+        return False, (
+            f"int8 skipped: lane F1_pix2 on {split} fell by {lane_drop:.2f} points "
+            f"({fp32['lane_F1_pix2']:.2f} -> {int8['lane_F1_pix2']:.2f}), more than {max_lane_drop}"
+        )
+    return True, (
+        f"official AP {-drop:+.4f} and lane F1_pix2 {-lane_drop:+.2f} against fp32 "
+        f"(within {max_ap_drop} and {max_lane_drop})"
+    )
 
 
 def card_lines(report: Mapping[str, Any], metrics: Mapping[str, Any] | None) -> list[str]:
