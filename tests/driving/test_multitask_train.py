@@ -397,3 +397,27 @@ def test_the_int8_graph_is_kept_only_within_both_the_ap_and_the_lane_limits() ->
     kept, reason = int8_verdict(fp32, {**fp32, "AP": 0.585, "lane_F1_pix2": 80.0}, *limits, split="test")
     assert not kept and "AP on test fell by 0.0150" in reason
     assert int8_verdict(fp32, {**fp32, "lane_F1_pix2": 79.8 - 2.0}, 0.01, 2.5)[0]  # limits are honoured
+    # the model card states the verdict with both graphs' scores
+    from visionpipes.driving.multitask.deploy import card_lines
+
+    int8 = {**fp32, "AP": 0.5966, "lane_F1_pix2": 78.7}
+    kept, reason = int8_verdict(fp32, int8, *limits)
+    report = {
+        "perception": {
+            "input": [1, 3, 224, 384],
+            "parameters": 2_880_000,
+            "gflops": 1.9,
+            "max_abs_diff": 1e-5,
+            "latency_ms_onnxruntime": None,
+            "int8": {
+                "kept": kept,
+                "reason": reason,
+                "split": "val",
+                "official_scores_onnx": {"perception.onnx": fp32, "perception_int8.onnx": int8},
+            },
+        }
+    }
+    card = "\n".join(card_lines(report, None))
+    assert "int8 (not deployed): int8 skipped: lane F1_pix2 on val fell by 1.10 points" in card
+    assert "`perception_int8.onnx` AP 0.597 / AP_50 0.886, lane F1_pix2 78.70" in card
+    assert "`lanes` (N, 13, H/s, W/s)" in card

@@ -206,8 +206,8 @@ def card_lines(report: Mapping[str, Any], metrics: Mapping[str, Any] | None) -> 
     lines = [
         "## Multi-task network (`perception.onnx`)",
         "",
-        f"One graph, three outputs (`predictions` (N, 14, anchors) as the detector's, `lanes` (N, 13, H, W) logits, "
-        f"`drivable` (N, 3, H, W) logits), input `images` (N, 3, {item['input'][2]}, {item['input'][3]}) RGB in "
+        f"One graph, three outputs (`predictions` (N, 14, anchors) as the detector's, `lanes` (N, 13, H/s, W/s) "
+        f"logits at the lane head's stride s, `drivable` (N, 3, H/4, W/4) logits), input `images` (N, 3, {item['input'][2]}, {item['input'][3]}) RGB in "
         f"[0, 1], frames letterboxed (grey 114); {item['parameters']:,} parameters, {item['gflops']} GFLOPs; "
         f"ONNX vs eager max abs diff {item['max_abs_diff']:.2e}; onnxruntime latency "
         f"{item['latency_ms_onnxruntime']} ms at batch 1. "
@@ -218,7 +218,7 @@ def card_lines(report: Mapping[str, Any], metrics: Mapping[str, Any] | None) -> 
     int8 = item.get("int8")
     if int8:
         scores = ", ".join(
-            f"`{name}` AP {v['AP']:.3f} / AP_50 {v['AP_50']:.3f}"
+            f"`{name}` AP {v['AP']:.3f} / AP_50 {v['AP_50']:.3f}, lane F1_pix2 {v['lane_F1_pix2']:.2f}"
             for name, v in int8["official_scores_onnx"].items()
         )
         verdict = "kept: `perception_int8.onnx`" if int8["kept"] else "not deployed"
