@@ -12,7 +12,7 @@ two-model stream (detector + lane model on every tick) and the detector-only str
 fps ratios (target: multi-task >= 3x the two-model fps; goal: within 1.5x of detector-only), plus
 the three-task model's parameters and GFLOPs at 640x384 against YOLOP's published 7.9 M / 18.6 G.
 The two-model files come from a deploy folder (`--deploy`, the files `vp-driving stream --deploy`
-runs: the int8 detector when deployed); the multi-task graph is the folder's perception.onnx when it
+runs: the int8 detector when deployed); the multi-task graphs are the folder's perception.onnx (and perception_int8.onnx) when it
 has one, else a seeded (untrained: same graph, same cost) model exported at each `--multitask-size`
 (default: the model config's own input size, what `deploy` exports). Each run also prints where a
 tick's time goes, stage by stage (`tick_profile`), and the process CPU time per frame of each stream
@@ -251,10 +251,12 @@ def multitask_models(
     config: dict[str, Any] = {}
     graphs: dict[str, Path] = {}
     info: dict[str, Any] = {}
-    if deployed.perception is not None:
+    if deployed.perception is not None:  # the folder's fp32 graph, and its int8 one when deployed
         runtime = PerceptionRuntime(deployed.perception, threads=1)
         config = json.loads(runtime.metadata["config"])
-        graphs[f"deployed {deployed.perception.name} {runtime.width}x{runtime.height}"] = deployed.perception
+        for path in (deployed.perception.parent / "perception.onnx", deployed.perception):
+            if path.exists():
+                graphs[f"deployed {path.name} {runtime.width}x{runtime.height}"] = path
     torch.manual_seed(0)
     model = build_multitask_model(config or None)
     if not graphs:
