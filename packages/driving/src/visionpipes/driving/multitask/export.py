@@ -45,7 +45,7 @@ def export_multitask_onnx(
         - `drivable` (N, 3, height / 4, width / 4): drivable logits (direct, alternative, background).
     With `native_resolution` False both are resized bilinearly to height x width inside the graph
     (the first layout): the decoders read either (`multitask.decode.unletterbox`), but the resize
-    to the input, which every decoder then resizes again to the frame, was 12 % of the graph's
+    to the input, which every decoder then resizes again to the frame, was ~7 % of the graph's
     kernel time (4 frames, 384x224, onnxruntime on 2 threads) and four to sixteen times the data.
     The model's metadata records the task, the input size (frames are letterboxed into it, grey 114,
     as the exported detector's: `multitask.decode.network_input`), the class names of each output,
