@@ -52,6 +52,7 @@ def main() -> None:
 
     import cv2
 
+    from visionpipes.core.io import write_json
     from visionpipes.core.settings import apply_runtime_settings
     from visionpipes.driving.bdd100k.masks import write_mask
     from visionpipes.driving.lanes.decode import lane_mask_from_logits
@@ -109,11 +110,10 @@ def main() -> None:
                 }
                 print(split, f"{name:36s}", rows[name], flush=True)
             result["splits"][split] = {"images": len(images), "steps": rows}
-    text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+        write_json(args.out, result)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

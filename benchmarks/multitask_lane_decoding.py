@@ -33,6 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from visionpipes.core.image import read_image
+    from visionpipes.core.io import write_json
     from visionpipes.core.settings import apply_runtime_settings
     from visionpipes.driving.bdd100k.masks import mask_name, write_mask
     from visionpipes.driving.lanes.decode import lane_mask_from_logits
@@ -75,11 +76,10 @@ def main() -> None:
             rows.append(row)
         best = max(rows, key=lambda r: r["train_F1_pix2"]) if "train" in splits else None
         result["models"][model_path] = {"trained_with": config.decoding(), "rows": rows, "best_on_train": best}
-    text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+        write_json(args.out, result)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

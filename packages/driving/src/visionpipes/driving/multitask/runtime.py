@@ -262,9 +262,9 @@ class PerceptionRuntime:
         sizes = [(f.shape[1], f.shape[0]) for f in frames]
         detections = decode_predictions(predictions, infos, sizes, conf=conf, iou=iou, max_det=max_det)
         decoding = dict(self.lane_decoding)
+        network = (self.width, self.height)
         out = []
         for k, (size, info) in enumerate(zip(sizes, infos)):
-            network = (self.width, self.height)
             lane = functools.partial(_lane_mask, lane_logits[k], info, size, network, decoding) if lanes else None
             drivable = functools.partial(_drivable_mask, drivable_logits[k], info, size, network)
             out.append((detections[k], lane, drivable))

@@ -39,8 +39,8 @@ tasks: the staged run spends half its steps on detection alone and still ends wi
 detector, and its segmentation heads get only 90 steps. The default stays `joint`.
 At 15 epochs (450 joint steps of 8, same data and size) `joint` scores AP 0.408 / AP_50 0.729, lane
 F1_pix2 66.5, drivable mIoU 85.3; with batches of 4 at lr 0.003 (900 steps) 0.534 / 0.833, 78.6,
-90.9; the pipeline's 20 epochs of 4 0.600 / 0.886, 79.8, 92.6 (packages/driving/README.md, "Two
-models or one").
+90.9; 20 epochs of 4 0.600 / 0.886, 79.8, 92.6; the pipeline's 25 epochs of 4 (with the network's
+own lane decoding) 0.625 / 0.890, 84.1, 92.6 (packages/driving/README.md, "Two models or one").
 
 At equal steps early on, the shared encoder did not slow detection down: val detection loss after
 epochs 1 and 2 was 16.75 / 11.38 with `joint` against 17.31 / 12.42 with `staged` (whose first
