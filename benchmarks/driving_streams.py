@@ -311,7 +311,7 @@ def tick_profile(
     """Where one stream tick's time goes (all cameras' newest frames, one stage at a time, in this
     thread, no overlap): the multi-task tick (letterbox, the one ONNX call, NMS, lane decoding,
     drivable mask, its poly2d polygons, tracking, the JSON frame; the lane and drivable decoding also
-    with the reference decoders the runtime used before, to show what the fast ones save) and the
+    with the decoders the runtime used before (the lanes: all 13 channels upsampled, then decoded), to show what the fast ones save) and the
     two-model tick (detector, lane model, its lane decoding, tracking, JSON). Each stage: median
     wall and process-CPU ms over `repeats` calls (onnxruntime's pool included in the CPU)."""
     import cv2
@@ -322,6 +322,7 @@ def tick_profile(
     from visionpipes.driving.lanes.runtime import OnnxLaneModel
     from visionpipes.driving.multitask.decode import (
         drivable_mask_from_logits,
+        lane_mask_from_grid,
         network_input,
         unletterbox,
     )
@@ -347,7 +348,6 @@ def tick_profile(
     x, infos = network_input(frames, (rt.width, rt.height))
     predictions, lane_out, area_out = rt.session.run(None, {INPUT_NAME: x})
     network = (rt.width, rt.height)
-    lane_logits = [unletterbox(lane_out[k], infos[k], sizes[k], network, upsample=True) for k in range(len(frames))]
     area_logits = [unletterbox(area_out[k], infos[k], sizes[k], network) for k in range(len(frames))]
     dets = decode_predictions(predictions, infos, sizes, conf=conf)
     areas = [drivable_mask_from_logits(a, s) for a, s in zip(area_logits, sizes)]
@@ -370,8 +370,9 @@ def tick_profile(
         "letterbox + input tensor": lambda: network_input(frames, (rt.width, rt.height)),
         "onnx forward (one call)": lambda: rt.session.run(None, {INPUT_NAME: x}),
         "detection decode (class-wise NMS)": lambda: decode_predictions(predictions, infos, sizes, conf=conf),
-        "lane decoding (lane_mask_from_logits)": lambda: [
-            lane_mask_from_logits(g, s, **rt.lane_decoding) for g, s in zip(lane_logits, sizes)
+        "lane decoding (lane_mask_from_grid)": lambda: [
+            lane_mask_from_grid(lane_out[k], infos[k], sizes[k], network, **rt.lane_decoding)
+            for k in range(len(frames))
         ],
         "drivable mask (channel_argmax)": lambda: [
             drivable_mask_from_logits(a, s) for a, s in zip(area_logits, sizes)
@@ -381,6 +382,12 @@ def tick_profile(
         "JSON frames": lambda: frames_json(True),
     }
     before = {
+        "lane decoding (13 channels upsampled + lane_mask_from_logits)": lambda: [
+            lane_mask_from_logits(
+                unletterbox(lane_out[k], infos[k], sizes[k], network, upsample=True), sizes[k], **rt.lane_decoding
+            )
+            for k in range(len(frames))
+        ],
         "drivable mask (reference resize + NumPy argmax)": lambda: [
             reference_drivable(a, s) for a, s in zip(area_logits, sizes)
         ],

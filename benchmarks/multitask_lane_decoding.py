@@ -2,8 +2,9 @@
 one or more trained multi-task models (`multitask_model.pt` or an exported `.onnx`) over a grid of
 `join_gaps` x `min_area` (`lane_mask_from_logits`, `vote` on), on the train split (where the choice
 is made) and the val split (the held-out check). The network runs once per image; only the decoding
-changes between rows, through the evaluation's own code path (`multitask.decode.unletterbox`, then
-`lane_mask_from_logits`, then `metrics.evaluate_lanes` on official PNGs).
+changes between rows: the logits are upsampled once (`multitask.decode.unletterbox`), then decoded
+by `lane_mask_from_logits` (the evaluation's `lane_mask_from_grid` gives the same masks, computing
+only the cells that can be lanes), then scored by `metrics.evaluate_lanes` on official PNGs.
 
     python benchmarks/multitask_lane_decoding.py --dataset data/driving/prepared/dataset.json \
         --model seed0/multitask_model.pt --model seed1/multitask_model.pt \

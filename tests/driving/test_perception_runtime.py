@@ -226,8 +226,10 @@ def test_channel_argmax_is_numpys_argmax_ties_included() -> None:
         np.testing.assert_array_equal(channel_argmax(values), values.argmax(0).astype(np.uint8))
         noisy = rng.normal(size=(channels, 5, 7)).astype(np.float32)[:, ::-1, 1:]  # a strided view
         np.testing.assert_array_equal(channel_argmax(noisy), noisy.argmax(0).astype(np.uint8))
+    flat = rng.normal(size=(8, 31)).astype(np.float32)  # (C, n): the cells of a sparse decoding
+    np.testing.assert_array_equal(channel_argmax(flat), flat.argmax(0).astype(np.uint8))
     with pytest.raises(ValueError, match="C, h, w"):
-        channel_argmax(np.zeros((4, 4), np.float32))
+        channel_argmax(np.zeros(4, np.float32))
 
 
 def _reference_lane_mask(
@@ -301,6 +303,115 @@ def test_fast_mask_decoding_equals_the_reference_on_the_models_outputs(deploy: d
             reference = np.stack([cv2.resize(c, out, interpolation=cv2.INTER_LINEAR) for c in area_logits])
             np.testing.assert_array_equal(drivable_mask_from_logits(area_logits, out), reference.argmax(0))
     assert lane_pixels > 0  # the seeded head marks some lanes: the comparison is not of empty masks
+
+
+def _lane_like_logits(stride: int, network: tuple[int, int], seed: int) -> np.ndarray:
+    """Lane logits on the stride-`stride` grid of `network`: a few drawn lines of several types,
+    styles and directions (thin, so that many cells sit near the lane/background boundary) plus noise."""
+    import cv2
+
+    from visionpipes.driving.lanes.decode import CATEGORY_CHANNELS, LANE_CHANNELS
+
+    rng = np.random.default_rng(seed)
+    height, width = network[1] // stride, network[0] // stride
+    logits = rng.normal(scale=1.5, size=(LANE_CHANNELS, height, width)).astype(np.float32)
+    logits[CATEGORY_CHANNELS - 1] += 6.0  # background wins away from the lines
+    for _ in range(6):
+        canvas = np.zeros((height, width), np.float32)
+        p = (int(rng.integers(width)), int(rng.integers(height)))
+        q = (int(rng.integers(width)), int(rng.integers(height)))
+        cv2.line(canvas, p, q, 1.0, int(rng.integers(1, 3)))
+        lane_type, style, direction = int(rng.integers(8)), int(rng.integers(2)), int(rng.integers(2))
+        logits[lane_type] += 9.0 * canvas
+        logits[CATEGORY_CHANNELS + style] += 4.0 * canvas
+        logits[CATEGORY_CHANNELS + 2 + direction] += 4.0 * canvas
+    return logits
+
+
+@pytest.mark.parametrize("stride", [2, 4])
+def test_sparse_lane_decoding_equals_the_dense_one(deploy: dict[str, Path], stride: int) -> None:
+    """`lane_mask_from_grid` (the lane fields computed only near the cells whose grid margin can be
+    positive, `upsampled_lane_fields`) gives the same masks, byte for byte, as upsampling all 13
+    channels bilinearly and decoding them (`lane_mask_from_logits(unletterbox(..., upsample=True))`):
+    on lane-like logits at strides 2 and 4, and on the seeded graph's own stride-2 outputs, at frame
+    sizes above, at and below the network's, a 4:3 frame whose letterbox is off the grid, and with
+    and without the lane-level steps. The sparse decoding must also have left cells out."""
+    import cv2
+
+    from visionpipes.driving.detection.runtime import letterbox
+    from visionpipes.driving.lanes.decode import lane_mask_from_logits
+    from visionpipes.driving.multitask import decode
+    from visionpipes.driving.multitask.runtime import PerceptionRuntime
+
+    network = (384, 224)
+    cases = [(_lane_like_logits(stride, network, seed), network) for seed in range(3)]
+    if stride == 2:
+        runtime = PerceptionRuntime(deploy["folder"], threads=1)
+        (_, lanes, _), _ = runtime.raw(_frames(deploy["video"], 2))
+        assert lanes.shape[2] * 2 == runtime.height
+        cases += [(lanes[k], (runtime.width, runtime.height)) for k in range(len(lanes))]
+    lane_pixels, left_out = 0, []
+    for logits, size in cases:
+        for frame_size in ((1280, 720), (size[0], size[0] * 9 // 16), (320, 180), (640, 480)):
+            _, info = letterbox(np.zeros((frame_size[1], frame_size[0], 3), np.uint8), size)
+            margin, _ = decode.upsampled_lane_fields(logits, stride, decode.letterbox_window(info, frame_size))
+            left_out.append(float((margin == decode._OUTSIDE_MARGIN).mean()))
+            for decoding in ({}, {"join_gaps": 6.0, "min_area": 0.0005, "vote": True}):
+                dense = lane_mask_from_logits(
+                    decode.unletterbox(logits, info, frame_size, size, upsample=True), frame_size, **decoding
+                )
+                sparse = decode.lane_mask_from_grid(logits, info, frame_size, size, **decoding)
+                np.testing.assert_array_equal(sparse, dense)
+                lane_pixels += int((dense != 255).sum())
+    assert lane_pixels > 0 and max(left_out) > 0.5
+    full = cv2.resize(cases[0][0][0], network, interpolation=cv2.INTER_LINEAR)  # the taps are OpenCV's
+    rows, cols = (decode._linear_taps(n, n * stride) for n in cases[0][0].shape[1:])
+    upper = decode._lerp(cases[0][0][0][rows[0]][:, cols[0]], cases[0][0][0][rows[0]][:, cols[1]], cols[2])
+    lower = decode._lerp(cases[0][0][0][rows[1]][:, cols[0]], cases[0][0][0][rows[1]][:, cols[1]], cols[2])
+    np.testing.assert_array_equal(decode._lerp(upper, lower, rows[2][:, None]), full)
+
+
+def _dense_pieces_by_type(types: np.ndarray, where: np.ndarray, shape: tuple[int, ...]):  # type: ignore[no-untyped-def]
+    """`lanes.decode._pieces_by_type` labelling each type over the whole image (the code before the
+    bounding boxes)."""
+    import cv2
+
+    for lane_type in np.unique(types):
+        sel = np.flatnonzero(types == lane_type)
+        binary = np.zeros(shape, np.uint8)
+        binary.ravel()[where[sel]] = 1
+        n, labels = cv2.connectedComponents(binary, connectivity=8)
+        yield int(lane_type), n, labels.ravel()[where[sel]], sel
+
+
+def test_lane_level_steps_label_pieces_as_over_the_whole_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clean-ups label each lane type's pieces inside the bounding box of its pixels: the same
+    masks as labelling over the whole image, on masks with many pieces of several types."""
+    import cv2
+
+    from visionpipes.driving.bdd100k.masks import encode_lane_value
+    from visionpipes.driving.lanes import decode
+
+    rng = np.random.default_rng(0)
+    masks = []
+    for _ in range(8):
+        mask = np.full((90, 160), 255, np.uint8)
+        for _ in range(14):
+            p, q = tuple(int(v) for v in rng.integers(0, 160, 2)), tuple(int(v) for v in rng.integers(0, 90, 2))
+            value = encode_lane_value(int(rng.integers(8)), style=int(rng.integers(2)), direction=int(rng.integers(2)))
+            cv2.line(mask, (p[0], q[0]), (p[1], q[1]), value, int(rng.integers(1, 4)))
+        masks.append(mask)
+    steps = (
+        lambda m: decode.join_lane_gaps(m, max_gap_ratio=6.0),
+        lambda m: decode.drop_small_pieces(m, 40),
+        decode.vote_lane_style,
+    )
+    ours = [[step(m) for step in steps] for m in masks]
+    monkeypatch.setattr(decode, "_pieces_by_type", _dense_pieces_by_type)
+    for mask, results in zip(masks, ours):
+        for step, result in zip(steps, results):
+            np.testing.assert_array_equal(result, step(mask))
+    assert any((r != m).any() for m, results in zip(masks, ours) for r in results)  # the steps changed masks
 
 
 def test_the_runtime_reads_the_graph_the_exporter_writes() -> None:

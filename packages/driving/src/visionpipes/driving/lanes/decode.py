@@ -13,11 +13,11 @@ import numpy as np
 
 from visionpipes.driving.bdd100k.categories import (
     LANE_BACKGROUND,
+    LANE_BACKGROUND_BIT,
     LANE_CATEGORIES,
     LANE_DIRECTION_BIT,
     LANE_STYLE_BIT,
 )
-from visionpipes.driving.bdd100k.masks import decode_lane_mask
 
 #: Channel groups of the network output: category (8 lane types, then background), style, direction.
 CATEGORY_CHANNELS: int = len(LANE_CATEGORIES) + 1
@@ -26,6 +26,10 @@ DIRECTION_CHANNELS: int = 2
 LANE_CHANNELS: int = CATEGORY_CHANNELS + STYLE_CHANNELS + DIRECTION_CHANNELS
 #: The category index of "no lane" in the network's category group.
 BACKGROUND_CLASS: int = len(LANE_CATEGORIES)
+# a lane mask value's fields (`bdd100k.masks.decode_lane_mask`): the lane type, background, direction
+_CATEGORY_BITS = np.uint8(0b111)
+_BACKGROUND_MASK = np.uint8(1 << LANE_BACKGROUND_BIT)
+_DIRECTION_MASK = np.uint8(1 << LANE_DIRECTION_BIT)
 
 
 def roi_top_rows(height: int, roi_top: float) -> int:
@@ -34,13 +38,15 @@ def roi_top_rows(height: int, roi_top: float) -> int:
 
 
 def channel_argmax(values: np.ndarray) -> np.ndarray:
-    """`values.argmax(0)` of (C, h, w) values as an (h, w) uint8 (C <= 256), by C - 1 running
+    """`values.argmax(0)` of (C, h, w) (or (C, n)) values as an (h, w) (or (n,)) uint8 (C <= 256), by C - 1 running
     comparisons over contiguous planes instead of NumPy's strided arg-max over the first axis
     (several times faster: that arg-max was ~40 % of a stream frame's lane decoding). Ties go to the
     first channel, as `argmax`'s; identical to it for finite values."""
     values = np.asarray(values)
-    if values.ndim != 3 or not 1 <= values.shape[0] <= 256:
-        raise ValueError(f"channel_argmax needs (C, h, w) values with 1 <= C <= 256, got {values.shape}.")
+    if values.ndim not in (2, 3) or not 1 <= values.shape[0] <= 256:
+        raise ValueError(
+            f"channel_argmax needs (C, h, w) or (C, n) values with 1 <= C <= 256, got {values.shape}."
+        )
     index = np.zeros(values.shape[1:], dtype=np.uint8)
     best = np.array(values[0], dtype=values.dtype, copy=True)
     for c in range(1, values.shape[0]):
@@ -78,11 +84,21 @@ def lane_mask_from_logits(
     Returns:
         An HxW uint8 lane mask (255 where no lane).
     """
-    import cv2
-
     logits = np.asarray(logits, dtype=np.float32)
     if logits.ndim != 3 or logits.shape[0] != LANE_CHANNELS:
         raise ValueError(f"lane logits must be ({LANE_CHANNELS}, h, w), got {logits.shape}.")
+    margin, value = lane_fields(logits)
+    return lane_mask_from_fields(
+        margin, value, size, roi_top, join_gaps=join_gaps, min_area=min_area, vote=vote
+    )
+
+
+def lane_fields(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(13, ...) logits -> the lane/background margin (float32, `lane_margin`) and the mask value
+    (uint8: the lane type's arg-max with the style and direction bits set), per position.
+
+    Elementwise over the trailing axes: (13, h, w) logits give (h, w) fields, (13, n) logits (the
+    chosen cells of a sparse decoding) give (n,) fields with the same values."""
     margin = lane_margin(logits[:CATEGORY_CHANNELS])
     # arg-max of each channel group; a two-channel arg-max is `second > first` (ties: the first)
     value = channel_argmax(logits[:BACKGROUND_CLASS])
@@ -92,6 +108,24 @@ def lane_mask_from_logits(
     value |= (logits[CATEGORY_CHANNELS + 3] > logits[CATEGORY_CHANNELS + 2]).view(np.uint8) << np.uint8(
         LANE_DIRECTION_BIT
     )
+    return margin, value
+
+
+def lane_mask_from_fields(
+    margin: np.ndarray,
+    value: np.ndarray,
+    size: tuple[int, int] | None = None,
+    roi_top: float = 0.0,
+    *,
+    join_gaps: float = 0.0,
+    min_area: float = 0.0,
+    vote: bool = False,
+) -> np.ndarray:
+    """`lane_mask_from_logits` from its two fields (`lane_fields`, or a sparse decoding's): the
+    margin resized bilinearly and the value to the nearest pixel, a lane where the margin is
+    positive, then the lane-level clean-ups. Arguments as `lane_mask_from_logits`'s."""
+    import cv2
+
     top = 0
     if size is not None:
         top = roi_top_rows(size[1], roi_top)
@@ -154,18 +188,15 @@ def join_lane_gaps(
     import cv2
 
     mask = np.asarray(mask, dtype=np.uint8)
-    bits = decode_lane_mask(mask)
-    lane = bits.background == 0
-    if not lane.any():
+    where, values = _lane_pixels(mask)  # row-major, as the sums below were always taken
+    if not where.size:
         return mask.copy()
-    labels = np.zeros(mask.size, dtype=np.int32)  # the pieces of all types, numbered from 1
+    k = np.zeros(where.size, dtype=np.intp)  # each lane pixel's piece, the pieces of all types numbered from 0
     piece_type: list[int] = []
-    for lane_type, n, lab, where in _pieces_by_type(bits.category, lane):
-        labels[where] = lab + len(piece_type)
+    for lane_type, n, lab, sel in _pieces_by_type(values & _CATEGORY_BITS, where, mask.shape):
+        k[sel] = lab + (len(piece_type) - 1)
         piece_type += [lane_type] * (n - 1)
-    flat = np.flatnonzero(labels)  # row-major, as the sums below were always taken
-    ys, xs = np.divmod(flat, mask.shape[1])
-    k = labels[flat] - 1
+    ys, xs = np.divmod(where, mask.shape[1])
     pieces = len(piece_type)
     x, y = xs.astype(np.float64), ys.astype(np.float64)
 
@@ -189,7 +220,7 @@ def join_lane_gaps(
     length = t_max - t_min
     width = count / np.maximum(length, 1.0)
     local = np.clip(length / 3, 3.0, 60.0)
-    value = np.bincount(k * 256 + mask[ys, xs], minlength=pieces * 256).reshape(pieces, 256).argmax(1)
+    value = np.bincount(k * 256 + values, minlength=pieces * 256).reshape(pieces, 256).argmax(1)
 
     ends, dirs = [], []
     for sign, sel in ((-1.0, t <= (t_min + local)[k]), (1.0, t >= (t_max - local)[k])):
@@ -238,39 +269,55 @@ def join_lane_gaps(
     return out
 
 
-def _pieces_by_type(
-    category: np.ndarray, pixels: np.ndarray
-) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-    """The 8-connected pieces of each lane type among `pixels` (a boolean HxW selection), one type at
-    a time: (type, number of labels with 0 for the other pixels, each selected pixel's label, and
-    those pixels' flat indices in row-major order).
+def _lane_pixels(mask: np.ndarray, *, parallel_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The flat indices (row-major) of a lane mask's lane pixels and their mask values (with
+    `parallel_only`, of its lane pixels whose direction is parallel): one pass over the image."""
+    flat = mask.ravel()
+    bits = _BACKGROUND_MASK | _DIRECTION_MASK if parallel_only else _BACKGROUND_MASK
+    where = np.flatnonzero((flat & bits) == 0)
+    return where, flat[where]
 
-    Sparse: lanes are a few percent of a frame, so after one pass over the image (the selection)
-    only the selected pixels are touched, apart from OpenCV's labelling of each type (a trained
+
+def _pieces_by_type(
+    types: np.ndarray, where: np.ndarray, shape: tuple[int, ...]
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """The 8-connected pieces of each lane type among selected pixels, one type at a time.
+
+    Args:
+        types: each selected pixel's lane type.
+        where: their flat indices in an image of `shape` (row-major order).
+
+    Yields:
+        (type, number of labels with 0 for the unselected pixels, each of the type's pixels' label
+        (from 1), their positions in `where`).
+
+    Sparse: lanes are a few percent of a frame, so only the selected pixels are touched, apart
+    from OpenCV's labelling of each type inside the bounding box of its pixels (a trained
     multi-task model's 640x360 frame took 14 ms to decode with per-type passes over the whole
-    image, most of them in `drop_small_pieces` and `vote_lane_style`)."""
+    image; the labels inside the box are the whole image's, numbered in the same raster order)."""
     import cv2
 
-    where = np.flatnonzero(pixels)
-    types = category.ravel()[where]
-    binary = np.zeros(category.shape, dtype=np.uint8)
-    flat = binary.ravel()
+    width = shape[1]
     for lane_type in np.unique(types):
-        of_type = where[types == lane_type]
-        flat[:] = 0
-        flat[of_type] = 1
+        sel = np.flatnonzero(types == lane_type)
+        rows, cols = np.divmod(where[sel], width)
+        top, left = int(rows[0]), int(cols.min())  # rows ascend with the flat indices
+        box = (int(rows[-1]) + 1 - top, int(cols.max()) + 1 - left)
+        local = (rows - top) * box[1] + (cols - left)
+        binary = np.zeros(box, dtype=np.uint8)
+        binary.ravel()[local] = 1
         n, labels = cv2.connectedComponents(binary, connectivity=8)
-        yield int(lane_type), n, labels.ravel()[of_type], of_type
+        yield int(lane_type), n, labels.ravel()[local], sel
 
 
 def drop_small_pieces(mask: np.ndarray, min_pixels: int) -> np.ndarray:
     """A copy of a lane mask without the connected pieces of one lane type smaller than `min_pixels`."""
     out = np.array(mask, dtype=np.uint8)
-    bits = decode_lane_mask(out)
     flat = out.ravel()
-    for _, n, labels, where in _pieces_by_type(bits.category, bits.background == 0):
+    where, values = _lane_pixels(out)
+    for _, n, labels, sel in _pieces_by_type(values & _CATEGORY_BITS, where, out.shape):
         small = np.bincount(labels, minlength=n) < min_pixels
-        flat[where[small[labels]]] = LANE_BACKGROUND
+        flat[where[sel[small[labels]]]] = LANE_BACKGROUND
     return out
 
 
@@ -287,11 +334,12 @@ def vote_lane_style(mask: np.ndarray) -> np.ndarray:
     it at 100.
     """
     out = np.array(mask, dtype=np.uint8)
-    bits = decode_lane_mask(out)
     style_bit = np.uint8(1 << LANE_STYLE_BIT)
-    flat, style = out.ravel(), bits.style.ravel()
-    for _, n, piece, where in _pieces_by_type(bits.category, (bits.background == 0) & (bits.direction == 0)):
-        majority = np.bincount(piece, style[where].astype(np.float64), n) * 2 > np.bincount(piece, minlength=n)
-        values = flat[where]
-        flat[where] = np.where(majority[piece], values | style_bit, values & ~style_bit)
+    flat = out.ravel()
+    where, values = _lane_pixels(out, parallel_only=True)
+    style = (values >> LANE_STYLE_BIT) & 1
+    for _, n, piece, sel in _pieces_by_type(values & _CATEGORY_BITS, where, out.shape):
+        majority = np.bincount(piece, style[sel].astype(np.float64), n) * 2 > np.bincount(piece, minlength=n)
+        kept = values[sel]
+        flat[where[sel]] = np.where(majority[piece], kept | style_bit, kept & ~style_bit)
     return out

@@ -49,6 +49,9 @@ class MultiTaskModelConfig(ConfigModel):
             the input's resolution with a stride-1 conv of the image, `model.FullResolutionLaneHead`)
             or 4 (the drivable head's layout).
         detail_width: channels of that stride-2 image conv.
+        lane_upsample_width: with `lane_stride` 2, the decoder's features are projected to this
+            many channels (a 1x1 conv at stride 4) before the lane head upsamples them to stride 2
+            (0: all `seg_width` channels are upsampled, the layout of the models trained before).
         drivable_head_width: channels of the drivable head's depthwise separable conv.
         aspp_rates: dilation rates of the ASPP on the stride-16 level (in stride-16 cells).
         act: activation of the neck and segmentation heads (`core.layers` names).
@@ -71,6 +74,7 @@ class MultiTaskModelConfig(ConfigModel):
     lane_head_width: int = Field(32, ge=4)
     lane_stride: Literal[1, 2, 4] = 2
     detail_width: int = Field(16, ge=4)
+    lane_upsample_width: int = Field(0, ge=0)
     drivable_head_width: int = Field(16, ge=4)
     aspp_rates: list[int] = Field(default_factory=lambda: [2, 4, 6], min_length=1)
     act: str = "silu"

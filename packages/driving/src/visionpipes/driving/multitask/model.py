@@ -138,16 +138,33 @@ class DetailLaneHead(nn.Module):
         width: channels of the fused depthwise separable conv.
         classes: output channels.
         act: activation.
+        upsample_channels: project the decoder's features to this many channels by a 1x1 conv at
+            stride 4 before upsampling them (0: upsample all `in_channels`). Everything after the
+            upsampling runs on four times the cells, so the projection shrinks the head's stride-2
+            tensors (resize, concatenation, depthwise conv) from `in_channels + detail_channels`
+            channels to `upsample_channels + detail_channels`.
     """
 
-    def __init__(self, in_channels: int, detail_channels: int, width: int, classes: int, act: str) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        detail_channels: int,
+        width: int,
+        classes: int,
+        act: str,
+        upsample_channels: int = 0,
+    ) -> None:
         super().__init__()
         self.detail = ConvNormAct(2, 3, detail_channels, 3, 2, act=act)
-        self.conv = DepthwiseSeparableConv(2, in_channels + detail_channels, width, 3, act=act, pw_act=act)
+        self.project = ConvNormAct(2, in_channels, upsample_channels, 1, act=act) if upsample_channels else None
+        fused = (upsample_channels or in_channels) + detail_channels
+        self.conv = DepthwiseSeparableConv(2, fused, width, 3, act=act, pw_act=act)
         self.classifier = nn.Conv2d(width, classes, 1)
 
     def forward(self, seg: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         detail = self.detail(image)
+        if self.project is not None:
+            seg = self.project(seg)
         x = F.interpolate(seg, size=detail.shape[2:], mode="bilinear", align_corners=False)
         return self.classifier(self.conv(torch.cat([x, detail], dim=1)))
 
@@ -248,7 +265,12 @@ class MultiTaskNet(nn.Module):
             )
         elif config.lane_stride == 2:
             self.lane_head = DetailLaneHead(
-                config.seg_width, config.detail_width, config.lane_head_width, LANE_CHANNELS, act
+                config.seg_width,
+                config.detail_width,
+                config.lane_head_width,
+                LANE_CHANNELS,
+                act,
+                config.lane_upsample_width,
             )
         else:
             self.lane_head = SegmentationHead(config.seg_width, config.lane_head_width, LANE_CHANNELS, act)

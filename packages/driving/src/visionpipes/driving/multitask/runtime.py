@@ -4,8 +4,8 @@ BGR frames in, per frame the detections, the official lane mask and the official
 All the frames of one call (the cameras of one stream tick) go through one session call. Decoding
 is `multitask.decode`'s (shared with the evaluation), i.e. the two-model runtime's own: boxes through
 `detection.runtime.decode_predictions` (class-wise NMS, letterbox undone), lanes through
-`lanes.decode.lane_mask_from_logits` (its arg-maxes by `lanes.decode.channel_argmax`), the drivable
-arg-max after a bilinear resize.
+`multitask.decode.lane_mask_from_grid` (`lanes.decode.lane_mask_from_logits`' mask, its fields
+computed only near the cells that can be lanes), the drivable arg-max after a bilinear resize.
 
 Speed (issue #15; `benchmarks/driving_streams.py` prints where a stream tick's time goes): the
 session runs every intra-op thread without spin-waiting between calls (a stream's decoding thread
@@ -34,10 +34,11 @@ import numpy as np
 from visionpipes.core.errors import UserError
 from visionpipes.driving.bdd100k.categories import DET_CATEGORIES, DRIVABLE_CATEGORIES
 from visionpipes.driving.detection.runtime import Letterbox, decode_predictions
-from visionpipes.driving.lanes.decode import LANE_CHANNELS, lane_mask_from_logits
+from visionpipes.driving.lanes.decode import LANE_CHANNELS
 from visionpipes.driving.multitask.config import MultiTaskModelConfig
 from visionpipes.driving.multitask.decode import (
     drivable_mask_from_logits,
+    lane_mask_from_grid,
     network_input,
     unletterbox,
 )
@@ -281,9 +282,7 @@ def _lane_mask(
     network: tuple[int, int],
     decoding: dict[str, Any],
 ) -> np.ndarray:
-    return lane_mask_from_logits(
-        unletterbox(logits, info, size, network, upsample=True), size, **decoding
-    )
+    return lane_mask_from_grid(logits, info, size, network, **decoding)
 
 
 def _drivable_mask(
