@@ -193,6 +193,23 @@ def test_the_lane_head_predicts_at_its_stride_and_returns_input_size_logits(lane
     assert isinstance(model.lane_head, FullResolutionLaneHead) == (lane_stride == 1)
 
 
+def test_the_lane_head_can_project_the_decoder_before_upsampling() -> None:
+    """`lane_upsample_width`: a 1x1 projection at stride 4, so the stride-2 tensors are narrower
+    (fewer FLOPs); the outputs keep their layout. Only the stride-2 head has it."""
+    plain = build_multitask_model(TINY).eval()
+    projected = build_multitask_model({**TINY, "lane_upsample_width": 4}).eval()
+    assert plain.lane_head.project is None and projected.lane_head.project is not None
+    widths: list[int] = []
+    projected.lane_head.conv.register_forward_hook(lambda m, i, o: widths.append(i[0].shape[1]))
+    with torch.no_grad():
+        _, lanes, drivable = projected(_images(1))
+    assert widths == [4 + 16]  # the projection + the default 16 channels of the stride-2 image conv
+    assert lanes.shape == (1, LANE_CHANNELS, H, W) and drivable.shape == (1, DRIVABLE_CHANNELS, H, W)
+    assert projected.profile()["gflops"] < plain.profile()["gflops"]
+    with pytest.raises(UserError, match="lane_upsample_width applies to the stride-2 lane head only"):
+        build_multitask_model({**TINY, "lane_stride": 4, "lane_upsample_width": 4})
+
+
 def test_task_modules_partition_the_parameters() -> None:
     model = build_multitask_model(TINY)
     seen = [id(p) for modules in model.task_modules().values() for m in modules for p in m.parameters()]

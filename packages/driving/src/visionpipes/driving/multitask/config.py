@@ -95,6 +95,15 @@ class MultiTaskModelConfig(ConfigModel):
             raise ValueError(f"ASPP rates must be >= 1, got {rates}")
         return rates
 
+    @model_validator(mode="after")
+    def _upsample_width_needs_the_stride_2_head(self) -> MultiTaskModelConfig:
+        if self.lane_upsample_width and self.lane_stride != 2:
+            raise ValueError(
+                f"lane_upsample_width applies to the stride-2 lane head only (lane_stride is {self.lane_stride}); "
+                "set it to 0"
+            )
+        return self
+
     @classmethod
     def from_params(cls, data: Any, *, source: str) -> MultiTaskModelConfig:
         """Validate `data` and inline a backbone spec file, so a saved model never needs the file.
