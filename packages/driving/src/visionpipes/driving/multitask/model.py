@@ -234,8 +234,9 @@ class MultiTaskNet(nn.Module):
     the default 384x224, 2.53 at 448x256 (there: backbone 1.37, FPN 0.20, Detect 0.41, decoder 0.27,
     lane head ~0.24), 5.42 GFLOPs at 640x384, against YOLOP's published 7.9 M / 18.6 GFLOPs at
     640x384 (YOLOP's own `MCnet(YOLOP)` from hustvl/YOLOP measures 7.94 M / 18.49 GFLOPs with the
-    same counter, so the conventions agree). The first layout (neck 128, seg 96, lanes at stride
-    4) was 3.87 M / 3.71 GFLOPs at 448x256. Command: `.venv/bin/python -c "from visionpipes.driving.multitask.model
+    same counter, so the conventions agree). With `lane_upsample_width: 16` (the pipeline's
+    params.yaml): 2.88 M, 1.82 GFLOPs at 384x224, 5.21 at 640x384. The first layout (neck 128, seg 96,
+    lanes at stride 4) was 3.87 M / 3.71 GFLOPs at 448x256. Command: `.venv/bin/python -c "from visionpipes.driving.multitask.model
     import MultiTaskNet; m = MultiTaskNet(); print(m.profile(), m.profile(640, 384))"`.
 
     Args:
