@@ -335,11 +335,12 @@ def test_sparse_lane_decoding_equals_the_dense_one(deploy: dict[str, Path], stri
     channels bilinearly and decoding them (`lane_mask_from_logits(unletterbox(..., upsample=True))`):
     on lane-like logits at strides 2 and 4, and on the seeded graph's own stride-2 outputs, at frame
     sizes above, at and below the network's, a 4:3 frame whose letterbox is off the grid, and with
-    and without the lane-level steps. The sparse decoding must also have left cells out."""
+    and without the lane-level steps. The fields it computes are the dense fields' bits, and it must
+    have left cells out."""
     import cv2
 
     from visionpipes.driving.detection.runtime import letterbox
-    from visionpipes.driving.lanes.decode import lane_mask_from_logits
+    from visionpipes.driving.lanes.decode import lane_fields, lane_mask_from_logits
     from visionpipes.driving.multitask import decode
     from visionpipes.driving.multitask.runtime import PerceptionRuntime
 
@@ -354,8 +355,12 @@ def test_sparse_lane_decoding_equals_the_dense_one(deploy: dict[str, Path], stri
     for logits, size in cases:
         for frame_size in ((1280, 720), (size[0], size[0] * 9 // 16), (320, 180), (640, 480)):
             _, info = letterbox(np.zeros((frame_size[1], frame_size[0], 3), np.uint8), size)
-            margin, _ = decode.upsampled_lane_fields(logits, stride, decode.letterbox_window(info, frame_size))
-            left_out.append(float((margin == decode._OUTSIDE_MARGIN).mean()))
+            margin, value = decode.upsampled_lane_fields(logits, stride, decode.letterbox_window(info, frame_size))
+            computed = margin != decode._OUTSIDE_MARGIN
+            left_out.append(1.0 - float(computed.mean()))
+            dense_margin, dense_value = lane_fields(decode.unletterbox(logits, info, frame_size, size, upsample=True))
+            np.testing.assert_array_equal(margin[computed], dense_margin[computed])  # the same bits
+            np.testing.assert_array_equal(value[computed], dense_value[computed])
             for decoding in ({}, {"join_gaps": 6.0, "min_area": 0.0005, "vote": True}):
                 dense = lane_mask_from_logits(
                     decode.unletterbox(logits, info, frame_size, size, upsample=True), frame_size, **decoding

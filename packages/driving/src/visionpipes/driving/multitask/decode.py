@@ -152,7 +152,7 @@ def _candidate_cells(logits: np.ndarray) -> np.ndarray:
     maybe = np.flatnonzero(lanes.max(axis=0) > logits[BACKGROUND_CLASS] + bound)
     out = np.zeros(logits.shape[1:], dtype=np.uint8)
     if maybe.size:
-        cells = logits[:CATEGORY_CHANNELS].reshape(CATEGORY_CHANNELS, -1)[:, maybe]
+        cells = np.take(logits[:CATEGORY_CHANNELS].reshape(CATEGORY_CHANNELS, -1), maybe, axis=1)
         out.ravel()[maybe] = lane_margin(cells) > _CANDIDATE_MARGIN
     return out
 
@@ -187,8 +187,8 @@ def upsampled_lane_fields(
     cols = tuple(a[left:right] for a in cols)
     coarse = _candidate_cells(np.asarray(logits, dtype=np.float32))
     # a window cell is a candidate when one of its four grid cells is
-    by_row = coarse[rows[0]] | coarse[rows[1]]
-    candidate = by_row[:, cols[0]] | by_row[:, cols[1]]
+    by_row = np.take(coarse, rows[0], axis=0) | np.take(coarse, rows[1], axis=0)
+    candidate = np.take(by_row, cols[0], axis=1) | np.take(by_row, cols[1], axis=1)
     needed = cv2.dilate(candidate, np.ones((3, 3), np.uint8))
     flat = np.flatnonzero(needed)
     margin = np.full(needed.shape, _OUTSIDE_MARGIN, dtype=np.float32)
@@ -198,8 +198,14 @@ def upsampled_lane_fields(
         y0, y1, wy = (a[y] for a in rows)
         x0, x1, wx = (a[x] for a in cols)
         grid = np.asarray(logits, dtype=np.float32).reshape(channels, -1)
-        upper = _lerp(grid[:, y0 * width + x0], grid[:, y0 * width + x1], wx)
-        lower = _lerp(grid[:, y1 * width + x0], grid[:, y1 * width + x1], wx)
+
+        def cells(index: np.ndarray) -> np.ndarray:
+            # (13, n) C-contiguous (`take`; `grid[:, index]` is laid out cell by cell): each channel's
+            # values in one run, so NumPy's vector loops (and their rounding) are the dense path's
+            return np.take(grid, index, axis=1)
+
+        upper = _lerp(cells(y0 * width + x0), cells(y0 * width + x1), wx)
+        lower = _lerp(cells(y1 * width + x0), cells(y1 * width + x1), wx)
         margin.flat[flat], value.flat[flat] = lane_fields(_lerp(upper, lower, wy))
     return margin, value
 
