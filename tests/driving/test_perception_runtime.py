@@ -353,7 +353,8 @@ def test_sparse_lane_decoding_equals_the_dense_one(deploy: dict[str, Path], stri
         cases += [(lanes[k], (runtime.width, runtime.height)) for k in range(len(lanes))]
     lane_pixels, left_out = 0, []
     for logits, size in cases:
-        for frame_size in ((1280, 720), (size[0], size[0] * 9 // 16), (320, 180), (640, 480)):
+        # above, at, below and at half the network's size (OpenCV resizes that by 2x2 averages), a 4:3 frame
+        for frame_size in ((1280, 720), (size[0], size[0] * 9 // 16), (320, 180), (size[0] // 2, size[0] * 9 // 32), (640, 480)):
             _, info = letterbox(np.zeros((frame_size[1], frame_size[0], 3), np.uint8), size)
             margin, value = decode.upsampled_lane_fields(logits, stride, decode.letterbox_window(info, frame_size))
             computed = margin != decode._OUTSIDE_MARGIN

@@ -124,7 +124,9 @@ def unletterbox(
 
 def _linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """OpenCV's bilinear taps of a `src` -> `dst` resize along one axis (half-pixel centres, the
-    edges clamped): per destination index the two source indices and the second one's weight."""
+    edges clamped): per destination index the two source indices and the second one's weight.
+    Bit-exact for the integer upscales used here (the graph's strides); for other ratios OpenCV's
+    weights can differ in their last bits."""
     d = np.arange(dst, dtype=np.float64)
     f = ((d + 0.5) * (src / dst) - 0.5).astype(np.float32)
     first = np.floor(f).astype(np.intp)
