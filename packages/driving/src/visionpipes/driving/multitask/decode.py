@@ -181,13 +181,14 @@ def upsampled_lane_fields(
     """
     import cv2
 
+    logits = np.asarray(logits, dtype=np.float32)
     channels, height, width = logits.shape
     top, bottom, left, right = window
     rows = _linear_taps(height, height * stride)
     cols = _linear_taps(width, width * stride)
     rows = tuple(a[top:bottom] for a in rows)
     cols = tuple(a[left:right] for a in cols)
-    coarse = _candidate_cells(np.asarray(logits, dtype=np.float32))
+    coarse = _candidate_cells(logits)
     # a window cell is a candidate when one of its four grid cells is
     by_row = np.take(coarse, rows[0], axis=0) | np.take(coarse, rows[1], axis=0)
     candidate = np.take(by_row, cols[0], axis=1) | np.take(by_row, cols[1], axis=1)
@@ -199,7 +200,7 @@ def upsampled_lane_fields(
         y, x = np.divmod(flat, needed.shape[1])
         y0, y1, wy = (a[y] for a in rows)
         x0, x1, wx = (a[x] for a in cols)
-        grid = np.asarray(logits, dtype=np.float32).reshape(channels, -1)
+        grid = logits.reshape(channels, -1)
 
         def cells(index: np.ndarray) -> np.ndarray:
             # (13, n) C-contiguous (`take`; `grid[:, index]` is laid out cell by cell): each channel's
@@ -254,6 +255,18 @@ def drivable_mask_from_logits(logits: np.ndarray, frame_size: tuple[int, int]) -
     return channel_argmax(resized)
 
 
+def drivable_mask_from_grid(
+    logits: np.ndarray,
+    info: Letterbox,
+    frame_size: tuple[int, int],
+    network_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """The official drivable mask of one frame from the graph's drivable logits (at the network's
+    size or at a stride of it): the frame's window cut (`unletterbox`), then
+    `drivable_mask_from_logits` at the frame's size. The twin of `lane_mask_from_grid`."""
+    return drivable_mask_from_logits(unletterbox(logits, info, frame_size, network_size), frame_size)
+
+
 def decode_outputs(
     outputs: Sequence[np.ndarray],
     infos: Sequence[Letterbox],
@@ -288,6 +301,6 @@ def decode_outputs(
     out = []
     for det, lane, area, info, size in zip(detections, lanes, drivable, infos, frame_sizes):
         lane_mask = lane_mask_from_grid(lane, info, size, network_size, **decoding)
-        area_mask = drivable_mask_from_logits(unletterbox(area, info, size, network_size), size)
+        area_mask = drivable_mask_from_grid(area, info, size, network_size)
         out.append((det, lane_mask, area_mask))
     return out

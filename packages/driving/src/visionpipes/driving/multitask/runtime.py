@@ -37,10 +37,9 @@ from visionpipes.driving.detection.runtime import Letterbox, decode_predictions
 from visionpipes.driving.lanes.decode import LANE_CHANNELS
 from visionpipes.driving.multitask.config import MultiTaskModelConfig
 from visionpipes.driving.multitask.decode import (
-    drivable_mask_from_logits,
+    drivable_mask_from_grid,
     lane_mask_from_grid,
     network_input,
-    unletterbox,
 )
 
 #: The graph's file name in a deploy folder and its input/output names (as `multitask.export` writes them).
@@ -266,26 +265,14 @@ class PerceptionRuntime:
         network = (self.width, self.height)
         out = []
         for k, (size, info) in enumerate(zip(sizes, infos)):
-            lane = functools.partial(_lane_mask, lane_logits[k], info, size, network, decoding) if lanes else None
-            drivable = functools.partial(_drivable_mask, drivable_logits[k], info, size, network)
+            lane = (
+                functools.partial(lane_mask_from_grid, lane_logits[k], info, size, network, **decoding)
+                if lanes
+                else None
+            )
+            drivable = functools.partial(drivable_mask_from_grid, drivable_logits[k], info, size, network)
             out.append((detections[k], lane, drivable))
         return out
 
     def __call__(self, frames: Sequence[np.ndarray], **kwargs: Any) -> list[PerceptionResult]:
         return self.predict(frames, **kwargs)
-
-
-def _lane_mask(
-    logits: np.ndarray,
-    info: Letterbox,
-    size: tuple[int, int],
-    network: tuple[int, int],
-    decoding: dict[str, Any],
-) -> np.ndarray:
-    return lane_mask_from_grid(logits, info, size, network, **decoding)
-
-
-def _drivable_mask(
-    logits: np.ndarray, info: Letterbox, size: tuple[int, int], network: tuple[int, int]
-) -> np.ndarray:
-    return drivable_mask_from_logits(unletterbox(logits, info, size, network), size)
